@@ -1,0 +1,44 @@
+"""Shared fixtures: a real byte-level BPE trained on standard-library files and tiny models built on it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mdlm  # noqa: F401  (registers the Auto classes)
+from mdlm import MDLMConfig, MDLMForMaskedLM
+from mdlm.data import stdlib_texts
+from mdlm.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="session")
+def stdlib_tokenizer():
+    """A 512-token byte-level BPE trained on the first 60 train-split files (under a second)."""
+    return train_tokenizer(stdlib_texts("train", limit=60), vocab_size=512)
+
+
+def tiny_config(tokenizer, **overrides) -> MDLMConfig:
+    return MDLMConfig.from_preset(
+        "tiny",
+        vocab_size=len(tokenizer),
+        mask_token_id=tokenizer.mask_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(stdlib_tokenizer):
+    torch.manual_seed(0)
+    return MDLMForMaskedLM(tiny_config(stdlib_tokenizer)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory, stdlib_tokenizer, tiny_model):
+    """A run folder as `train/pretrain.py` leaves it for use: model (safetensors) + tokenizer."""
+    run = tmp_path_factory.mktemp("tiny_run")
+    tiny_model.save_pretrained(run)
+    stdlib_tokenizer.save_pretrained(run)
+    return run
