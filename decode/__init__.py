@@ -1,1 +1,21 @@
+"""Decoding for masked diffusion language models.
 
+    from mdlm.decode import DecodeConfig, decode, generate
+    result = decode(model, canvas, DecodeConfig(sampler="first-hitting", seed=0))
+    texts = generate(model, tokenizer, ["def parse("], 64, DecodeConfig(sampler="confidence", steps=32))
+
+Samplers: confidence (LLaDA / Fast-dLLM / MDPO RCR / EOSER+ASS, semi-autoregressive blocks, block KV
+cache), ancestral (tau-leaping with the RADD cache), first-hitting (Zheng et al. 2024), assd (any-subset
+speculative decoding). Each lives in its own module; `registry.SAMPLER_REGISTRY` maps names to them.
+"""
+
+from mdlm.decode.config import DecodeConfig, DecodeResult
+from mdlm.decode.denoiser import Denoiser, HFMaskedLMDenoiser, as_denoiser
+from mdlm.decode.generate import build_canvas, generate, generate_with_result
+from mdlm.decode.registry import SAMPLER_REGISTRY, decode, register_sampler
+from mdlm.decode.trace import TraceStep
+
+registry = SAMPLER_REGISTRY
+
+__all__ = ["DecodeConfig", "DecodeResult", "TraceStep", "Denoiser", "HFMaskedLMDenoiser", "as_denoiser", "decode",
+           "generate", "generate_with_result", "build_canvas", "register_sampler", "SAMPLER_REGISTRY", "registry"]

@@ -1,0 +1,104 @@
+"""The decoding API's data types: `DecodeConfig` (what to run) and `DecodeResult` (what came out).
+
+Every sampler in `mdlm.decode` takes a canvas (B, L) whose mask-id positions are to be generated and
+returns a `DecodeResult`. Fixed tokens (prompt, infill suffix, schema scaffolding) are never changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mdlm.decode.trace import TraceStep
+
+SAMPLERS = ("ancestral", "first-hitting", "confidence", "assd")
+UNMASKING_SCHEDULES = ("uniform", "cosine", "ascending")
+REMASKING_POLICIES = ("random", "low-confidence", "margin", "entropy", "threshold", "rcr")
+ASSD_ORDERS = ("left-to-right", "random", "right-to-left")
+MASKING_SCHEDULES = ("linear", "cosine")
+
+
+def _choose(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(str, choices))}")
+
+
+@dataclass
+class DecodeConfig:
+    """What to decode with. Fields that a sampler does not use are ignored by it.
+
+    sampler: "confidence" (LLaDA-style: commit the most confident predictions, optionally in
+        semi-autoregressive blocks), "ancestral" (tau-leaping over a masking schedule, RADD cache),
+        "first-hitting" (Zheng et al. 2024, one token per network call, exact), "assd" (any-subset
+        speculative decoding, Guo & Ermon 2025).
+    steps: denoising steps (per sequence; per block they are split evenly). None: one token per step
+        for "confidence", 1000 for "ancestral"; "ascending" fixes its own count (log2 of the length).
+    schedule: how many tokens a step reveals ("uniform", "cosine", "ascending" step size).
+    remasking: which positions a step commits ("random", "low-confidence", "margin", "entropy",
+        "threshold" = Fast-dLLM's confidence >= `threshold`, at least one; "rcr" = MDPO's running
+        confidence remasking).
+    block_length: semi-autoregressive blocks of this many generated positions (None: one block). For a
+        block-causal model the blocks are its attention blocks (default and unit: config.block_size).
+    temperature / top_k / top_p: of every categorical draw (temperature 0 = argmax).
+    eoser: EOS early rejection (scale the confidence of drawn EOS tokens by a gamma rising to 1).
+    use_cache: exact caches (RADD output reuse; block KV cache on block-causal models).
+    approximate_prefix_cache: Fast-dLLM prefix KV cache on a bidirectional model (not exact; opt-in).
+    masking_schedule: alpha_t of the "ancestral" sampler ("linear" or "cosine").
+    trace: record a `TraceStep` per step. seed: makes the run reproducible.
+    draft_size / adaptive_draft / order: ASSD only.
+    """
+
+    sampler: str = "confidence"
+    steps: int | None = None
+    schedule: str = "uniform"
+    remasking: str = "low-confidence"
+    threshold: float = 0.9
+    block_length: int | None = None
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    eoser: bool = False
+    eoser_gamma_min: float | None = None
+    eos_token_id: int | None = None
+    use_cache: bool = True
+    approximate_prefix_cache: bool = False
+    trace: bool = False
+    seed: int | None = None
+    draft_size: int = 4
+    adaptive_draft: bool = False
+    order: str = "left-to-right"
+    masking_schedule: str = "linear"
+
+    def __post_init__(self):
+        from mdlm.decode.registry import SAMPLER_REGISTRY
+
+        _choose("sampler", self.sampler, tuple(SAMPLER_REGISTRY))
+        _choose("schedule", self.schedule, UNMASKING_SCHEDULES)
+        _choose("remasking", self.remasking, REMASKING_POLICIES)
+        _choose("masking_schedule", self.masking_schedule, MASKING_SCHEDULES)
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.block_length is not None and self.block_length < 1:
+            raise ValueError(f"block_length must be >= 1, got {self.block_length}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.draft_size < 1:
+            raise ValueError(f"draft_size must be >= 1, got {self.draft_size}")
+
+
+@dataclass
+class DecodeResult:
+    """tokens (B, L): the canvas with every mask filled. nfe: network calls (batched forward passes).
+    trace: one `TraceStep` per step when `DecodeConfig.trace`, else None. stats: sampler extras."""
+
+    tokens: torch.Tensor
+    nfe: int
+    trace: list[TraceStep] | None = None
+    stats: dict = field(default_factory=dict)

@@ -1,0 +1,148 @@
+"""Confidence decoding (LLaDA / Fast-dLLM / MDPO RCR / EOSER+ASS), blocks, caches and `generate`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mdlm import MDLMConfig, MDLMForMaskedLM
+from mdlm.decode import DecodeConfig, decode, generate
+
+MASK, PAD, EOS = 19, 0, 1
+
+
+def small_model(attention="bidirectional", seed=0):
+    torch.manual_seed(seed)
+    config = MDLMConfig.from_preset("tiny", vocab_size=20, mask_token_id=MASK, pad_token_id=PAD, eos_token_id=EOS,
+                                    attention=attention, block_size=4)
+    return MDLMForMaskedLM(config).eval()
+
+
+def padded_batch(prompts, new_tokens):
+    """Left-padded canvas of prompts followed by `new_tokens` masks."""
+    length = max(map(len, prompts)) + new_tokens
+    canvas = torch.full((len(prompts), length), PAD)
+    valid = torch.zeros_like(canvas, dtype=torch.bool)
+    for b, prompt in enumerate(prompts):
+        row = torch.tensor(prompt + [MASK] * new_tokens)
+        canvas[b, length - len(row):] = row
+        valid[b, length - len(row):] = True
+    return canvas, valid
+
+
+PROMPTS = [[5, 6], [4, 5, 6, 7, 8], [9]]
+
+
+@pytest.mark.parametrize("remasking", ["low-confidence", "random", "margin", "entropy", "threshold", "rcr"])
+@pytest.mark.parametrize("schedule", ["uniform", "cosine", "ascending"])
+def test_fills_every_mask_and_keeps_fixed_tokens(remasking, schedule):
+    model = small_model()
+    canvas, valid = padded_batch(PROMPTS, 9)
+    config = DecodeConfig(steps=6, schedule=schedule, remasking=remasking, block_length=4, seed=0, trace=True,
+                          eoser=True)
+    result = decode(model, canvas, config, valid=valid)
+    assert not (result.tokens[valid] == MASK).any()
+    fixed = canvas != MASK
+    assert torch.equal(result.tokens[fixed], canvas[fixed])
+    assert result.nfe == len(result.trace) >= 1
+    # The trace replays the run: revealed tokens accumulate to the output.
+    state = result.trace[0].state
+    for step, nxt in zip(result.trace, result.trace[1:] + [None]):
+        assert torch.equal(step.state, state)
+        assert not (step.revealed & ~(step.state == MASK)).any()
+        state = step.state.clone()
+        state[step.revealed] = step.x0[step.revealed]
+        state[step.remasked] = MASK
+    assert torch.equal(state, result.tokens)
+    if remasking == "rcr":
+        return
+    assert all(not s.remasked.any() for s in result.trace)
+
+
+def test_uniform_counts_per_step_follow_llada():
+    model = small_model()
+    canvas, valid = padded_batch([[5, 6]], 10)
+    result = decode(model, canvas, DecodeConfig(steps=4, seed=1, trace=True), valid=valid)
+    assert [int(s.revealed.sum()) for s in result.trace] == [3, 3, 2, 2]
+
+
+def test_threshold_commits_confident_tokens_at_least_one():
+    model = small_model()
+    canvas, valid = padded_batch([[5, 6]], 8)
+    result = decode(model, canvas, DecodeConfig(remasking="threshold", threshold=0.9, seed=0, trace=True), valid=valid)
+    for step in result.trace:
+        committed = step.confidence[step.revealed]
+        assert len(committed) >= 1
+        assert len(committed) == 1 or bool((committed >= 0.9).all())
+
+
+def test_batch_equals_one_by_one_at_temperature_zero():
+    model = small_model()
+    config = DecodeConfig(steps=6, block_length=3, temperature=0.0)
+    canvas, valid = padded_batch(PROMPTS, 7)
+    batched = decode(model, canvas, config, valid=valid).tokens
+    for b, prompt in enumerate(PROMPTS):
+        single, _ = padded_batch([prompt], 7)
+        alone = decode(model, single, config).tokens[0]
+        assert torch.equal(batched[b][valid[b]], alone)
+
+
+def test_block_causal_cache_gives_identical_tokens_and_fewer_tokens_through_the_network():
+    model = small_model("block-causal")
+    canvas, valid = padded_batch(PROMPTS, 10)
+    config = DecodeConfig(steps=12, seed=3, trace=True)
+    cached = decode(model, canvas, config, valid=valid)
+    uncached = decode(model, canvas, DecodeConfig(steps=12, seed=3, trace=True, use_cache=False), valid=valid)
+    assert torch.equal(cached.tokens, uncached.tokens)
+    assert cached.nfe == uncached.nfe
+    assert torch.equal(cached.trace[-1].revealed, uncached.trace[-1].revealed)
+
+
+def test_block_causal_batch_equals_one_by_one():
+    model = small_model("block-causal")
+    config = DecodeConfig(steps=8, temperature=0.0)
+    canvas, valid = padded_batch(PROMPTS, 7)
+    batched = decode(model, canvas, config, valid=valid).tokens
+    for b, prompt in enumerate(PROMPTS):
+        single, _ = padded_batch([prompt], 7)
+        assert torch.equal(batched[b][valid[b]], decode(model, single, config).tokens[0])
+
+
+def test_approximate_prefix_cache_runs_and_fills():
+    model = small_model()
+    canvas, valid = padded_batch(PROMPTS, 8)
+    result = decode(model, canvas, DecodeConfig(steps=8, block_length=4, approximate_prefix_cache=True, seed=0),
+                    valid=valid)
+    assert not (result.tokens[valid] == MASK).any()
+
+
+def test_infill_and_arbitrary_fixed_spans_are_kept():
+    model = small_model()
+    canvas = torch.tensor([[5, MASK, MASK, 7, MASK, 8, MASK, MASK, 9]])
+    result = decode(model, canvas, DecodeConfig(steps=5, seed=0))
+    fixed = canvas != MASK
+    assert torch.equal(result.tokens[fixed], canvas[fixed]) and not (result.tokens == MASK).any()
+
+
+def test_seed_reproducible_and_bad_options_rejected():
+    model = small_model()
+    canvas, valid = padded_batch(PROMPTS, 6)
+    a = decode(model, canvas, DecodeConfig(seed=7, temperature=1.0), valid=valid).tokens
+    b = decode(model, canvas, DecodeConfig(seed=7, temperature=1.0), valid=valid).tokens
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="remasking"):
+        DecodeConfig(remasking="nope")
+    with pytest.raises(ValueError, match="sampler"):
+        DecodeConfig(sampler="nope")
+    long_canvas = torch.full((1, 100), MASK)
+    with pytest.raises(ValueError, match="context"):
+        decode(model, long_canvas, DecodeConfig())
+
+
+def test_generate_text_in_text_out(stdlib_tokenizer, tiny_model):
+    texts = generate(tiny_model, stdlib_tokenizer, ["def parse(", "import"], 12, DecodeConfig(steps=6, seed=0))
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    infilled = generate(tiny_model, stdlib_tokenizer, ["def f("], 5, DecodeConfig(seed=0), suffixes=["):\n"])
+    assert len(infilled) == 1
+    with pytest.raises(ValueError, match="context"):
+        generate(tiny_model, stdlib_tokenizer, ["x " * 80], 10, DecodeConfig())
