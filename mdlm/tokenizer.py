@@ -48,3 +48,27 @@ def ensure_special_tokens(tokenizer) -> None:
         tokenizer.add_special_tokens({"bos_token": SPECIAL_TOKENS["bos_token"]})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+
+
+def corpus_tokenizer(dataset: str = "stdlib", vocab_size: int = 4096, text_column: str | None = None,
+                     limit: int | None = None) -> PreTrainedTokenizerFast:
+    """The default tokenizer of a run: a byte-level BPE trained on the corpus's train split.
+
+    Cached under `mdlm.data.cache_root()/tokenizers/` by a fingerprint of the corpus and the vocabulary
+    size, so every run on the same corpus gets the same tokenizer without training it again."""
+    import hashlib
+    import os
+
+    from mdlm.data import cache_root, corpus_fingerprint, load_text_dataset
+
+    key = hashlib.sha1(f"{corpus_fingerprint(dataset, 'train', text_column, limit)}-{vocab_size}".encode())
+    folder = cache_root() / "tokenizers" / key.hexdigest()[:20]
+    if (folder / "tokenizer.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    texts = load_text_dataset(dataset, "train", text_column, limit)["text"]
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tokenizer.save_pretrained(str(tmp))
+    if not folder.exists():
+        os.replace(tmp, folder)
+    return tokenizer

@@ -1,0 +1,298 @@
+"""Pretrain a masked diffusion language model (or its autoregressive baseline) on a text corpus.
+
+    accelerate launch train/pretrain.py                       # the `small` model on the stdlib corpus
+    python train/pretrain.py --config tiny --max-steps 100    # seconds, for a smoke test
+    torchrun --nproc_per_node 2 train/pretrain.py             # two processes (gloo on CPU)
+    mdlm-pretrain --objective ar --output-dir runs/ar-small   # the AR baseline, same backbone
+
+Options are layered: built-in defaults < the preset's training defaults (`--config tiny|small|gpt2`)
+< a YAML file (`--config-file`, keys are option names) < the command line. The resolved options are
+printed at start and saved as `run_options.yaml` in the run folder. Python API: `train(PretrainArgs(...))`
+or `train({"config": "tiny", ...})` returns the run folder. The training loop itself is `train/trainer.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mdlm.config import ATTENTION_MODES, PRESETS
+from mdlm.train.trainer import OPTIONS_FILE
+
+OBJECTIVES = ("mdlm", "ar", "as-arm")
+LOSSES = ("t-dce", "lambda-dce", "k-dce")
+MODEL_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings", "dropout", "rope_theta")
+
+# Training defaults per preset. `small`: ~4k tokens/s on 2 quiet CPU cores (measured: 16 x 256 tokens per
+# step in ~1 s), so 1500 steps (6.1M tokens) take about half an hour.
+PRESET_TRAINING = {
+    "tiny": dict(vocab_size=512, seq_len=64, batch_size=16, max_steps=200, lr=3e-3, warmup_steps=20,
+                 ema=0.99, eval_every=50, eval_batches=8, save_every=100, log_every=10, max_documents=100),
+    "small": dict(vocab_size=4096, seq_len=256, batch_size=16, max_steps=1500, lr=1e-3, warmup_steps=100,
+                  ema=0.999, eval_every=100, eval_batches=16, save_every=100, log_every=10, max_documents=None),
+    "gpt2": dict(vocab_size=16384, seq_len=1024, batch_size=16, max_steps=100_000, lr=3e-4, warmup_steps=2500,
+                 ema=0.9999, eval_every=1000, eval_batches=32, save_every=1000, log_every=50, max_documents=None),
+}
+
+
+@dataclass
+class PretrainArgs:
+    """Every option of a pretraining run. None means "the preset's default" (see PRESET_TRAINING)."""
+
+    # data
+    dataset: str = "stdlib"  # stdlib | local .txt/.jsonl/.parquet file or folder | hub name[:config]
+    text_column: str | None = None  # column of jsonl/parquet/hub data (default "text")
+    max_documents: int | None = None  # use only the first N training documents (tiny preset: 100)
+    tokenizer: str | None = None  # default: a byte-level BPE trained on the train split; or an HF name/path
+    vocab_size: int | None = None  # of the trained BPE
+    seq_len: int | None = None  # tokens per training sequence (packed block)
+    # model
+    config: str = "small"  # preset: tiny | small | gpt2
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_attention_heads: int | None = None
+    intermediate_size: int | None = None
+    max_position_embeddings: int | None = None
+    dropout: float | None = None
+    rope_theta: float | None = None
+    objective: str = "mdlm"  # mdlm | ar | as-arm
+    loss: str = "t-dce"  # t-dce | lambda-dce | k-dce (masked objective only)
+    attention: str | None = None  # bidirectional | causal | block-causal (default: from the objective)
+    block_size: int | None = None  # attention block of block-causal attention
+    init_from: str | None = None  # start from another run's weights (and tokenizer)
+    # optimisation
+    output_dir: str | None = None  # default runs/<objective>-<config>
+    max_steps: int | None = None
+    seed: int = 0
+    batch_size: int | None = None  # sequences per process per micro-batch
+    grad_accum: int = 1
+    lr: float | None = None
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    warmup_steps: int | None = None
+    grad_clip: float = 1.0
+    ema: float | None = None  # EMA decay; 0 disables it (the saved model is the EMA)
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    eval_every: int | None = None
+    eval_batches: int | None = None
+    save_every: int | None = None
+    log_every: int | None = None
+    resume: str | None = None  # "latest" (bare --resume) or a checkpoint folder
+    overwrite: bool = False
+    stop_at_step: int | None = None  # stop after this step as if killed (for testing --resume)
+    progress: bool = True
+    config_file: str | None = None
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "PretrainArgs":
+        names = {f.name for f in dataclasses.fields(cls)}
+        normalised = {key.replace("-", "_"): value for key, value in options.items()}
+        unknown = sorted(set(normalised) - names)
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown}; run `python train/pretrain.py --help` for the list")
+        return cls(**normalised)
+
+    def resolved(self) -> "PretrainArgs":
+        """A copy with preset defaults filled in and the options checked."""
+        if self.config not in PRESETS:
+            raise ValueError(f"unknown --config {self.config!r}; choose one of {sorted(PRESETS)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown --objective {self.objective!r}; choose one of {OBJECTIVES}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown --loss {self.loss!r}; choose one of {LOSSES}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"unknown --mixed-precision {self.mixed_precision!r}; choose no, bf16 or fp16")
+        args = dataclasses.replace(self)
+        for key, value in PRESET_TRAINING[self.config].items():
+            if getattr(args, key) is None and key != "max_documents":
+                setattr(args, key, value)
+        if args.max_documents is None and args.dataset == "stdlib":
+            args.max_documents = PRESET_TRAINING[self.config]["max_documents"]
+        if args.objective == "ar":
+            if args.attention not in (None, "causal"):
+                raise ValueError(f"--objective ar trains next-token prediction and needs causal attention, "
+                                 f"not --attention {args.attention}")
+            args.attention = "causal"
+        args.attention = args.attention or "bidirectional"
+        if args.attention not in ATTENTION_MODES:
+            raise ValueError(f"unknown --attention {args.attention!r}; choose one of {ATTENTION_MODES}")
+        args.output_dir = default_output_dir(dataclasses.asdict(args))
+        context = args.max_position_embeddings or PRESETS[args.config]["max_position_embeddings"]
+        if args.seq_len > context and args.init_from is None:
+            raise ValueError(f"--seq-len {args.seq_len} is larger than the model's context of {context} tokens; "
+                             f"lower --seq-len or raise --max-position-embeddings")
+        return args
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,  # only options actually given override the YAML file
+    )
+    choices = {"config": sorted(PRESETS), "objective": OBJECTIVES, "loss": LOSSES, "attention": ATTENTION_MODES,
+               "mixed_precision": ("no", "bf16", "fp16")}
+    for f in dataclasses.fields(PretrainArgs):
+        if f.name in ("resume", "overwrite", "progress"):
+            continue
+        kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(str(f.type), str)
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),
+                            help=f"(default: {f.default})" if f.default is not None else "(default: preset)")
+    parser.add_argument("--resume", nargs="?", const="latest", dest="resume",
+                        help="continue the run in --output-dir from its last checkpoint, or from the given one")
+    parser.add_argument("--overwrite", action="store_true", dest="overwrite",
+                        help="replace a run already in --output-dir")
+    parser.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> PretrainArgs:
+    given = vars(build_parser().parse_args(argv))
+    options = {}
+    if given.get("config_file"):
+        path = Path(given["config_file"])
+        if not path.is_file():
+            raise FileNotFoundError(f"--config-file {path} does not exist")
+        options = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"--config-file {path} must hold a mapping of option names to values")
+    options.update(given)
+    if options.get("resume"):  # continue with the run's own options; only the ones given here change
+        saved = Path(default_output_dir(options)) / OPTIONS_FILE
+        if saved.is_file():
+            options = {**yaml.safe_load(saved.read_text()), **options}
+    return PretrainArgs.from_dict(options)
+
+
+def default_output_dir(options: dict) -> str:
+    return options.get("output_dir") or f"runs/{options.get('objective', 'mdlm')}-{options.get('config', 'small')}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building the pieces
+# ----------------------------------------------------------------------------------------------------
+
+def build_tokenizer(args: PretrainArgs):
+    from mdlm.tokenizer import corpus_tokenizer, load_tokenizer
+
+    if args.tokenizer:
+        return load_tokenizer(args.tokenizer)
+    if args.init_from:
+        return load_tokenizer(args.init_from)
+    return corpus_tokenizer(args.dataset, args.vocab_size, args.text_column, args.max_documents)
+
+
+def build_model(args: PretrainArgs, tokenizer):
+    from mdlm import MDLMConfig, MDLMForMaskedLM
+
+    structure = dict(attention=args.attention, objective=args.objective)
+    if args.block_size is not None:
+        structure["block_size"] = args.block_size
+    if args.init_from:
+        model = MDLMForMaskedLM.from_pretrained(args.init_from)
+        if model.config.vocab_size < len(tokenizer):
+            raise ValueError(f"--init-from {args.init_from}: its vocabulary ({model.config.vocab_size}) does not "
+                             f"cover the tokenizer ({len(tokenizer)} tokens); use the run's own tokenizer")
+        for key, value in structure.items():
+            setattr(model.config, key, value)
+    else:
+        overrides = {k: getattr(args, k) for k in MODEL_FIELDS if getattr(args, k) is not None}
+        config = MDLMConfig.from_preset(
+            args.config, vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, **overrides, **structure)
+        model = MDLMForMaskedLM(config)
+    if args.seq_len > model.config.max_position_embeddings:
+        raise ValueError(f"--seq-len {args.seq_len} is larger than the model's context of "
+                         f"{model.config.max_position_embeddings} tokens; lower --seq-len")
+    return model
+
+
+def train(args: PretrainArgs | dict) -> Path:
+    """Train one run; returns its folder. Works in a single process or under accelerate/torchrun."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    from mdlm.data import packed_split
+    from mdlm.train.trainer import Trainer, TrainerConfig, objective_loss_fn, prepare_output_dir
+
+    args = PretrainArgs.from_dict(args) if isinstance(args, dict) else args
+    args = args.resolved()
+    if not torch.distributed.is_initialized() and AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one Python process
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        prepare_output_dir(output_dir, args.resume, args.overwrite)
+    accelerator.wait_for_everyone()
+    set_seed(args.seed)  # model initialisation: the same on every process
+    accelerator.print("options:\n" + yaml.safe_dump(args.to_dict(), sort_keys=False))
+
+    with accelerator.main_process_first():  # the main process tokenizes and caches; the others read the cache
+        tokenizer = build_tokenizer(args)
+        train_data = packed_split(args.dataset, "train", tokenizer, args.seq_len, args.text_column,
+                                  args.max_documents)
+        eval_data = packed_split(args.dataset, "validation", tokenizer, args.seq_len, args.text_column)
+    model = build_model(args, tokenizer)
+    accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                      f"{model.config.attention} attention; data: {len(train_data)} train and {len(eval_data)} "
+                      f"validation blocks of {args.seq_len} tokens; {accelerator.num_processes} process(es) "
+                      f"on {accelerator.device}")
+    if accelerator.is_main_process:
+        saved = output_dir / OPTIONS_FILE
+        if args.resume and saved.exists():
+            check_resume_options(yaml.safe_load(saved.read_text()), args.to_dict())
+        else:
+            saved.write_text(yaml.safe_dump(args.to_dict(), sort_keys=False))
+    config = TrainerConfig(
+        output_dir=str(output_dir), max_steps=args.max_steps, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, lr=args.lr, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema=args.ema,
+        mixed_precision=args.mixed_precision, eval_every=args.eval_every, eval_batches=args.eval_batches,
+        save_every=args.save_every, log_every=args.log_every, seed=args.seed, resume=args.resume,
+        overwrite=args.overwrite, stop_at_step=args.stop_at_step, progress=args.progress)
+    trainer = Trainer(model, tokenizer, train_data, eval_data, objective_loss_fn(args.objective, args.loss), config,
+                      accelerator=accelerator, title=f"{args.objective} {args.config}")
+    result = trainer.train()
+    accelerator.wait_for_everyone()
+    return result
+
+
+# Options that may change when a run is resumed; any other change would make it a different run.
+RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "eval_every", "save_every", "log_every", "progress",
+                     "stop_at_step", "config_file", "eval_batches"}
+
+
+def check_resume_options(saved: dict, now: dict) -> None:
+    changed = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
+    if changed:
+        raise ValueError(f"--resume with options that differ from the run's ({json.dumps(changed)}); "
+                         "resume with the same options, or start a new --output-dir")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = parse_args(argv)
+        train(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
