@@ -42,7 +42,9 @@ class HFMaskedLMDenoiser:
         self.config = config
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None):
-        kwargs = {"attention_mask": attention_mask if attention_mask is not None else torch.ones_like(input_ids)}
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs = {"attention_mask": attention_mask.long()}
         if self.pass_position_ids and position_ids is not None:
             kwargs["position_ids"] = position_ids
         with torch.no_grad():
@@ -135,3 +137,30 @@ class NetworkCounter:
         with torch.no_grad():
             out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
         return out.logits if hasattr(out, "logits") else out
+
+
+class RowOutputCache:
+    """The RADD cache: a row's logits are reused for as long as none of its tokens changed.
+
+    `logits(x, needed)` returns a (B, L, V) buffer whose rows `needed` hold the network's output for the
+    current tokens; only rows whose tokens changed since their last evaluation go through the network
+    (one batched call). With `enabled=False` every needed row is recomputed (the standard sampler)."""
+
+    def __init__(self, network: NetworkCounter, valid, position_ids, enabled: bool = True):
+        self.network, self.valid, self.position_ids, self.enabled = network, valid, position_ids, enabled
+        self.buffer = None
+        self.evaluated_tokens = None
+
+    def logits(self, x: torch.Tensor, needed: torch.Tensor) -> torch.Tensor:
+        stale = needed.clone()
+        if self.enabled and self.evaluated_tokens is not None:
+            stale &= (x != self.evaluated_tokens).any(-1)
+        if stale.any():
+            rows = stale.nonzero()[:, 0]
+            out = self.network.logits(x[rows], self.valid[rows], self.position_ids[rows])
+            if self.buffer is None:
+                self.buffer = out.new_zeros((x.shape[0], *out.shape[1:]))
+                self.evaluated_tokens = torch.full_like(x, -1)
+            self.buffer[rows] = out
+            self.evaluated_tokens[rows] = x[rows]
+        return self.buffer
