@@ -21,8 +21,7 @@ import torch
 
 from mdlm.decode.config import DecodeConfig, DecodeResult
 from mdlm.decode.denoiser import NetworkCounter, RowOutputCache, check_canvas, mask_token_id_of
-from mdlm.decode.trace import TraceRecorder
-from mdlm.kernels import sample_categorical
+from mdlm.decode.trace import TraceRecorder, reveal_tokens
 from mdlm.schedules import get_schedule
 
 DEFAULT_STEPS = 1000
@@ -63,11 +62,6 @@ def ancestral_decode(model, canvas, config: DecodeConfig, valid=None, position_i
         logits = outputs.logits(x, needed)
         if not reveal.any():
             continue
-        draw = sample_categorical(logits[reveal], config.temperature, config.top_k, config.top_p, generator=generator)
-        logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-        logprob[reveal] = draw.logprob
-        recorder.record(x, reveal, logprob)
-        x = x.clone()
-        x[reveal] = draw.tokens
+        x = reveal_tokens(x, reveal, logits, config, generator, recorder)
     return DecodeResult(tokens=x, nfe=network.nfe, trace=recorder.result(),
                         stats={"steps": steps, "row_evaluations": network.row_evaluations})

@@ -58,3 +58,17 @@ class TraceRecorder:
 
     def result(self) -> list[TraceStep] | None:
         return self.steps if self.enabled else None
+
+
+def reveal_tokens(x, reveal, logits, config, generator, recorder: TraceRecorder):
+    """Draw the tokens at the `reveal` positions of x from their logits (float64 Gumbel-max with the
+    config's temperature/top-k/top-p), record the step and return the new canvas."""
+    from mdlm.kernels import sample_categorical
+
+    draw = sample_categorical(logits[reveal], config.temperature, config.top_k, config.top_p, generator=generator)
+    logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+    logprob[reveal] = draw.logprob
+    recorder.record(x, reveal, logprob)
+    x = x.clone()
+    x[reveal] = draw.tokens
+    return x
