@@ -267,7 +267,8 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
     """Any-subset speculative decoding of every mask position of `canvas` (B, L) -> DecodeResult.
 
     stats: drafted / accepted (tested drafts, the free first one excluded), acceptance_rate, rounds,
-    generated tokens, tokens_per_call, calls_per_row (calls in which the row had a query), draft_sizes."""
+    generated (tokens, whole batch), generated_per_row, calls_per_row (calls in which the row had a
+    query), tokens_per_call (generated tokens per row-call), draft_sizes (k of each round)."""
     state, priority, generator = _prepare(model, canvas, config, valid, position_ids, generator)
     trace = TraceRecorder(config.trace)
     total = state.undecided.sum(1)
@@ -329,7 +330,7 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
     progress.close()
     generated = int(total.sum())
     stats = dict(drafted=drafted, accepted=accepted, acceptance_rate=accepted / max(drafted, 1), rounds=rounds,
-                 generated=generated, generated_per_row=total.tolist(), tokens_per_call=generated / max(state.nfe, 1),
+                 generated=generated, generated_per_row=total.tolist(), tokens_per_call=generated / max(int(state.calls_per_row.sum()), 1),
                  calls_per_row=state.calls_per_row.tolist(), draft_sizes=draft_sizes)
     return DecodeResult(tokens=state.tokens, nfe=state.nfe, trace=trace.result(), stats=stats)
 
@@ -375,6 +376,6 @@ def parallel_decode(model, canvas, config: DecodeConfig, valid=None, position_id
         call += 1
     progress.close()
     generated = int(total.sum())
-    stats = dict(generated=generated, generated_per_row=total.tolist(), tokens_per_call=generated / max(state.nfe, 1),
+    stats = dict(generated=generated, generated_per_row=total.tolist(), tokens_per_call=generated / max(int(state.calls_per_row.sum()), 1),
                  calls_per_row=state.calls_per_row.tolist())
     return DecodeResult(tokens=state.tokens, nfe=state.nfe, trace=trace.result(), stats=stats)

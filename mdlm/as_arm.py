@@ -192,6 +192,21 @@ def mask_rate_bounds(step: int, curriculum_steps: int) -> tuple[float, float]:
     return low, high
 
 
+def joint_mask_logits(model, input_ids, masked, valid=None):
+    """The "joint" training mask in one pass: logits (B, K, V) of every masked position (left-aligned,
+    left to right), their true tokens (B, K) and validity (B, K). Target i sees the unmasked tokens
+    (bidirectional among themselves) and the masked tokens left of it."""
+    B, L = input_ids.shape
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if valid is None else valid.bool()
+    positions = torch.arange(L, device=input_ids.device).expand(B, L)
+    rank = torch.where(masked, positions + 1, torch.zeros_like(positions))  # masked: left to right
+    position_ids = (valid.long().cumsum(-1) - 1).clamp_min(0)
+    query_index, query_valid = left_align(masked & valid)
+    logits, _ = two_stream_forward(model, input_ids, position_ids, rank, valid,
+                                   position_ids.gather(1, query_index), rank.gather(1, query_index), query_valid)
+    return logits, input_ids.gather(1, query_index), query_valid
+
+
 def as_arm_loss(model, input_ids, fixed=None, attention_mask=None, generator=None, step: int = 0,
                 curriculum_steps: int = 1000) -> LossOutput:
     """Cross-entropy of the any-subset AR model under the "joint" mask, nats per masked token.
@@ -215,13 +230,7 @@ def as_arm_loss(model, input_ids, fixed=None, attention_mask=None, generator=Non
     keys = torch.rand(B, L, generator=generator, device=device).masked_fill(~eligible, 2.0)
     masked = (keys.argsort(1).argsort(1) < count[:, None]) & eligible
 
-    positions = torch.arange(L, device=device).expand(B, L)
-    rank = torch.where(masked, positions + 1, torch.zeros_like(positions))  # masked: left to right
-    position_ids = (valid.long().cumsum(-1) - 1).clamp_min(0)
-    query_index, query_valid = left_align(masked)
-    logits, _ = two_stream_forward(model, input_ids, position_ids, rank, valid,
-                                   position_ids.gather(1, query_index), rank.gather(1, query_index), query_valid)
-    targets = input_ids.gather(1, query_index)
+    logits, targets, query_valid = joint_mask_logits(model, input_ids, masked, valid)
     nll = F.cross_entropy(logits[query_valid], targets[query_valid], reduction="none")
     num_tokens = query_valid.sum()
     total = nll.sum()
