@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from mdlm.config import MDLMConfig
+from mdlm.kernels import cached_attention
 
 try:  # optional extra; never a hard import
     from flash_attn import flash_attn_func as _flash_attn_func
@@ -153,6 +154,9 @@ class Attention(nn.Module):
         if mask is None and past_kv is None and self._flash_ok(q):
             y = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                  dropout_p=dropout).transpose(1, 2)
+        elif dropout == 0.0 and (mask is not None or past_kv is not None):
+            # Cached / masked step: Triton kernel on CUDA, SDPA (+ nan_to_num) elsewhere; see mdlm.kernels.
+            y = cached_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
             if mask is not None:  # a query row allowed no key at all gives NaN; such rows are never read
