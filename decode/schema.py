@@ -48,7 +48,11 @@ later rounds (and the final text) look like ordinary JSON. Two cases trigger ano
   and B_f more masks are appended (up to `maxLength`, or 4 B_f tokens without one), because a too-short
   slot should not force a truncated value;
 - a slot whose content does not fit its type (an integer that does not parse, a value outside
-  `minimum`/`maximum`, a choice that mixes two options) is re-masked, at most `max_retries` times.
+  `minimum`/`maximum`) is re-masked, at most `max_retries` times, and decoded again at temperature
+  max(T, 1) (at temperature 0 the same context would give the same content again);
+- a choice slot whose tokens mix two options (a sampler that reveals several positions of one slot in
+  a step can do that) is settled by one network call: the option with the highest summed token
+  log-probability given the rest of the canvas.
 An optional property whose slots all come out empty is left out (or null when the type is nullable).
 A string longer than `maxLength` after growth is truncated, and the repair is reported.
 
@@ -70,6 +74,7 @@ import jsonschema
 import torch
 
 from mdlm.decode.config import DecodeConfig
+from mdlm.decode.denoiser import NetworkCounter
 from mdlm.decode.registry import decode
 from mdlm.decode.schema_constraints import SlotConstraints, constrained, number_token_masks
 
@@ -77,6 +82,7 @@ DEFAULT_SLOT_TOKENS = 16
 INTEGER_SLOT_TOKENS = 6
 NUMBER_SLOT_TOKENS = 10
 UNBOUNDED_STRING_GROWTH = 4  # a string without maxLength may grow to this many times B_f tokens
+RETRY_TEMPERATURE = 1.0  # re-masked slots are decoded again at least this hot
 
 ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "$schema", "$id", "deprecated",
                "readOnly", "writeOnly"}
@@ -118,6 +124,7 @@ class Slot:
     kind: str  # "string", "integer", "number" or "choice"
     initial_tokens: int = 0
     max_tokens: int = 0
+    may_be_empty: bool = False  # optional or nullable: an empty slot means absent / null
     options: list = field(default_factory=list)  # choice: the meaning of each option
     option_texts: list[str] = field(default_factory=list)
     option_ids: list[list[int]] = field(default_factory=list)  # filled by the tokenizer pass
@@ -255,16 +262,16 @@ class _Builder:
         max_items, min_items = int(schema["maxItems"]), int(schema.get("minItems", 0))
         if min_items > max_items:
             raise UnsupportedSchemaError(f"minItems > maxItems at {path or '/'}")
-        items_path = _pointer(path, "items")
-        items = [self.node(schema["items"], items_path, "" if k == 0 else " ") for k in range(max_items)]
-        continues = {}
-        for k in range(min_items, max_items):
-            close = _close_text(items[k - 1]) if k > 0 else ""
-            stop = (lead + "[]") if k == 0 else close + "]"
-            go_on = (lead + "[" + _open_text(items[0])) if k == 0 else close + "," + _open_text(items[k])
-            slot = Slot(f"{path}#{k}", "choice", options=[False, True], option_texts=[stop, go_on])
-            continues[k] = slot
-            self.slots.append(slot)
+        items, continues = [], {}
+        for k in range(max_items):
+            first_slot_of_item = len(self.slots)
+            items.append(self.node(schema["items"], _pointer(path, "items"), "" if k == 0 else " "))
+            if k >= min_items:  # the choice "the array ends here / one more item" comes before item k
+                close = _close_text(items[k - 1]) if k > 0 else ""
+                stop = (lead + "[]") if k == 0 else close + "]"
+                go_on = (lead + "[" + _open_text(items[0])) if k == 0 else close + "," + _open_text(items[k])
+                continues[k] = Slot(f"{path}#{k}", "choice", options=[False, True], option_texts=[stop, go_on])
+                self.slots.insert(first_slot_of_item, continues[k])  # slots stay in canvas order
         return ArrayNode(items, min_items, continues, lead)
 
     def scalar(self, schema, kind, path, lead, may_be_null, nullable):
@@ -280,10 +287,10 @@ class _Builder:
             limit = schema.get("maxLength")
             initial = min(self.slot_tokens, limit) if limit is not None else self.slot_tokens
             cap = max(initial, limit if limit is not None else UNBOUNDED_STRING_GROWTH * self.slot_tokens)
-            slot = Slot(path, "string", max(1, initial), max(1, cap))
+            slot = Slot(path, "string", max(1, initial), max(1, cap), may_be_null)
         else:
             size = min(self.slot_tokens, INTEGER_SLOT_TOKENS if kind == "integer" else NUMBER_SLOT_TOKENS)
-            slot = Slot(path, kind, size, size)
+            slot = Slot(path, kind, size, size, may_be_null)
         self.slots.append(slot)
         return Leaf(schema, slot, nullable, lead)
 
@@ -325,7 +332,7 @@ class Scaffold:
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as error:
-            where = "/" + "/".join(map(str, error.path)) if error.path else "/"
+            where = "".join(_pointer("", part) for part in error.path) or "/"
             raise UnsupportedSchemaError(f"the schema itself is not valid JSON Schema at {where}: "
                                          f"{error.message}") from None
         self.schema = schema
@@ -617,6 +624,7 @@ class GeneratedJSON:
     masked_tokens: int = 0  # mask positions decoded over all rounds
     canvas_tokens: int = 0  # skeleton length of the first round (fixed + masks)
     retries: dict[str, int] = field(default_factory=dict)  # slot path -> re-masks
+    scored_choices: int = 0  # choice slots settled by scoring their options (after a mixed decode)
     repairs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -643,6 +651,9 @@ def _constraints_for(scaffold: Scaffold, canvas: torch.Tensor, offset: int, span
             constraints.add_choice(list(range(offset + start, offset + end)), slot.option_ids)
         elif slot.kind in ("integer", "number"):
             first, rest = number_token_masks(scaffold.tokenizer, slot.kind, vocab_size)
+            if not slot.may_be_empty:  # a required number cannot start with the stop token
+                first = first.clone()
+                first[scaffold.eos_id] = False
             for p in range(first_mask, end):
                 constraints.add_static(offset + p, first if p == start else rest)
     return constraints
@@ -682,6 +693,7 @@ def generate_json(model, tokenizer, prompt: str, schema: dict, config: DecodeCon
         generator = torch.Generator().manual_seed(int(config.seed))
     states = scaffold.initial_states()
     choices: dict[Slot, object] = {}
+    retrying = False
     result = GeneratedJSON(value=None, text="", valid=False, nfe=0, rounds=0)
     readings: dict[Slot, SlotReading] = {}
     growth_rounds = max((math.ceil((s.max_tokens - s.initial_tokens) / scaffold.slot_tokens) for s in scaffold.slots), default=0)
@@ -698,7 +710,9 @@ def generate_json(model, tokenizer, prompt: str, schema: dict, config: DecodeCon
                              f"model's context of {context}; shorten the prompt or lower slot_tokens/maxItems")
         canvas = torch.tensor([prompt_ids + ids], dtype=torch.long, device=device)
         masks = int((canvas == tokenizer.mask_token_id).sum())
-        round_config = config
+        # A re-masked slot decoded again at temperature 0 in the same context would repeat itself.
+        round_config = config if not retrying else replace(config, temperature=max(config.temperature,
+                                                                                    RETRY_TEMPERATURE))
         if tokens_per_step is not None:
             round_config = replace(config, steps=max(1, math.ceil(masks / tokens_per_step)))
         elif config.steps is not None:
@@ -726,6 +740,7 @@ def generate_json(model, tokenizer, prompt: str, schema: dict, config: DecodeCon
                 choices[slot] = reading.value
         bad: dict[Slot, str] = {}
         result.repairs = []
+        retrying = False
         rendered_done = {s: readings[s] for s in spans if states[s].done}
         if all(states[s].done for s in spans):
             assemble(scaffold.root, rendered_done, bad, result.repairs)
@@ -733,18 +748,55 @@ def generate_json(model, tokenizer, prompt: str, schema: dict, config: DecodeCon
             for s, reading in rendered_done.items():
                 if reading.error:
                     bad[s] = reading.error
+        mixed_choices = [slot for slot in bad if slot.kind == "choice"]
+        if mixed_choices:
+            readings.update(_choose_by_score(model, scaffold, prompt_ids, states, choices, mixed_choices,
+                                             [s for s in bad if s.kind != "choice"], device))
+            result.nfe += 1
+            result.scored_choices += len(mixed_choices)
         for slot, reason in bad.items():
+            if slot.kind == "choice":
+                continue
             state = states[slot]
             if state.attempts >= max_retries:
                 result.errors.append(f"{slot.path or '/'}: {reason} (after {state.attempts} re-masks)")
                 continue
             state.attempts += 1
+            retrying = True
             result.retries[slot.path or "/"] = state.attempts
             state.prefix, state.masks, state.done = [], slot.initial_tokens, False
             choices.pop(slot, None)
         if result.errors:
             break
     return _finish(scaffold, states, choices, readings, result, strict, started)
+
+
+def _choose_by_score(model, scaffold: Scaffold, prompt_ids, states, choices, choice_slots, other_bad,
+                     device) -> dict[Slot, SlotReading]:
+    """Settle choice slots whose decoded tokens mixed two options (a sampler that reveals several of a
+    slot's positions in one step can do that): one network call on the canvas with these slots (and the
+    other slots going back to the decoder) masked, then the option with the largest sum of token
+    log-probabilities (one network call). Returns the new readings of the choice slots."""
+    for slot in list(choice_slots) + list(other_bad):
+        states[slot].prefix, states[slot].masks, states[slot].done = [], slot.initial_tokens, False
+        choices.pop(slot, None)
+    ids, spans = scaffold.render(states, choices)
+    canvas = torch.tensor([prompt_ids + ids], dtype=torch.long, device=device)
+    valid = torch.ones_like(canvas, dtype=torch.bool)
+    positions = torch.arange(canvas.shape[1], device=device)[None]
+    logprobs = torch.log_softmax(NetworkCounter(model).logits(canvas, valid, positions)[0].double(), -1)
+    readings = {}
+    for slot in choice_slots:
+        if slot not in spans:
+            continue  # an array ended before it: nothing to choose
+        start = len(prompt_ids) + spans[slot][0]
+        columns = torch.arange(start, start + slot.initial_tokens, device=device)
+        scores = [float(logprobs[columns, torch.tensor(option, device=device)].sum()) for option in slot.option_ids]
+        best = max(range(len(scores)), key=scores.__getitem__)
+        readings[slot] = read_slot(scaffold, slot, slot.option_ids[best])
+        states[slot].prefix, states[slot].masks, states[slot].done = readings[slot].ids, 0, True
+        choices[slot] = readings[slot].value
+    return readings
 
 
 def _finish(scaffold, states, choices, readings, result: GeneratedJSON, strict, started) -> GeneratedJSON:

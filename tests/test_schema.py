@@ -1,0 +1,369 @@
+"""Schema scaffolding (S3): the scaffold builder per schema feature, slot reading, the supported subset's
+errors, and generate_json end to end with a tiny real model (every sampler; random schemas by hypothesis)."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mdlm import MDLMForMaskedLM
+from mdlm.decode import DecodeConfig
+from mdlm.decode.schema import (ABSENT, Scaffold, SchemaFitError, SlotState, UnsupportedSchemaError, assemble,
+                                generate_json, read_slot)
+from mdlm.decode.schema_constraints import SlotConstraints
+from mdlm.train.tasks.signatures import SIGNATURE_SCHEMA
+from tests.conftest import tiny_config
+
+OBJECT = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 5},
+                                           "n": {"type": "integer"}, "ok": {"type": "boolean"}},
+          "required": ["name", "n"]}
+
+
+@pytest.fixture(scope="module")
+def model(stdlib_tokenizer):
+    torch.manual_seed(0)
+    return MDLMForMaskedLM(tiny_config(stdlib_tokenizer, max_position_embeddings=512)).eval()
+
+
+def preview(schema, tokenizer, slot_tokens=16):
+    return Scaffold(schema, tokenizer, slot_tokens).preview()
+
+
+# --- the scaffold builder, feature by feature ---------------------------------------------------------
+
+def test_object_keys_and_punctuation_are_fixed_text(stdlib_tokenizer):
+    assert preview(OBJECT, stdlib_tokenizer) == \
+        '{"name": "<string:5>", "n":<integer:6>, "ok":<choice:%d>}' % Scaffold(OBJECT, stdlib_tokenizer).slots[2].initial_tokens
+
+
+def test_string_slot_length_follows_max_length_and_slot_tokens(stdlib_tokenizer):
+    assert preview({"type": "string"}, stdlib_tokenizer) == '"<string:16>"'
+    assert preview({"type": "string"}, stdlib_tokenizer, slot_tokens=4) == '"<string:4>"'
+    assert preview({"type": "string", "maxLength": 3}, stdlib_tokenizer) == '"<string:3>"'
+    slot = Scaffold({"type": "string", "maxLength": 40}, stdlib_tokenizer, 8).slots[0]
+    assert (slot.initial_tokens, slot.max_tokens) == (8, 40)
+
+
+def test_number_slots(stdlib_tokenizer):
+    assert preview({"type": "integer"}, stdlib_tokenizer) == "<integer:6>"
+    assert preview({"type": "number"}, stdlib_tokenizer) == "<number:10>"
+    assert preview({"type": "number"}, stdlib_tokenizer, slot_tokens=4) == "<number:4>"
+
+
+def test_boolean_and_enum_are_choices_over_their_json_texts(stdlib_tokenizer):
+    scaffold = Scaffold({"type": "object", "properties": {"b": {"type": "boolean"},
+                                                          "e": {"enum": ["red", "green", "blue"]}},
+                         "required": ["b", "e"]}, stdlib_tokenizer)
+    b, e = scaffold.slots
+    assert (b.kind, b.options, b.option_texts) == ("choice", [True, False], [" true", " false"])
+    assert e.option_texts == [' "red"', ' "green"', ' "blue"']
+    width = max(len(stdlib_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in e.option_texts)
+    assert all(len(ids) == width for ids in e.option_ids)  # padded with EOS to one slot length
+    assert all(ids[-1] == stdlib_tokenizer.eos_token_id for ids in e.option_ids
+               if len(stdlib_tokenizer(scaffold.tokenizer.decode(ids, skip_special_tokens=True))["input_ids"]) < width)
+
+
+def test_null_const_and_single_enum_are_fixed(stdlib_tokenizer):
+    schema = {"type": "object", "properties": {"a": {"type": "null"}, "b": {"const": "x"}, "c": {"enum": [3]}},
+              "required": ["a", "b", "c"]}
+    scaffold = Scaffold(schema, stdlib_tokenizer)
+    assert scaffold.slots == []
+    assert scaffold.preview() == '{"a": null, "b": "x", "c": 3}'
+
+
+def test_optional_and_nullable_scalars_may_choose_null(stdlib_tokenizer):
+    scaffold = Scaffold({"type": "object", "properties": {"b": {"type": "boolean"}, "c": {"enum": ["x", "y"]}},
+                         "required": ["c"]}, stdlib_tokenizer)
+    assert scaffold.slots[0].options == [True, False, None]  # optional: null means absent
+    assert scaffold.slots[1].options == ["x", "y"]
+    nullable = Scaffold({"type": ["boolean", "null"]}, stdlib_tokenizer)
+    assert nullable.slots[0].options == [True, False, None]
+
+
+def test_nested_objects(stdlib_tokenizer):
+    schema = {"type": "object", "properties": {"outer": {"type": "object", "properties": {
+        "inner": {"type": "integer"}}, "required": ["inner"]}}, "required": ["outer"]}
+    assert preview(schema, stdlib_tokenizer) == '{"outer": {"inner":<integer:6>}}'
+
+
+def test_array_items_with_end_choices(stdlib_tokenizer):
+    schema = {"type": "array", "items": {"type": "string", "maxLength": 4}, "maxItems": 3, "minItems": 1}
+    scaffold = Scaffold(schema, stdlib_tokenizer)
+    assert [s.kind for s in scaffold.slots] == ["string", "choice", "string", "choice", "string"]
+    assert scaffold.preview(placeholder="<{kind}>") == '["<string><choice><string><choice><string>"]'
+    first_choice = scaffold.slots[1]
+    assert first_choice.option_texts == ['"]', '", "']  # end the array / one more item
+    # Once the model ends the array, the items after the end are not rendered.
+    states = scaffold.initial_states()
+    pieces = scaffold.pieces(states, {first_choice: False})
+    assert [p for p in pieces if not isinstance(p, str)] == scaffold.slots[:2]
+
+
+def test_array_that_may_be_empty_and_arrays_of_objects(stdlib_tokenizer):
+    empty_ok = Scaffold({"type": "array", "items": {"type": "integer"}, "maxItems": 2}, stdlib_tokenizer)
+    assert empty_ok.slots[0].option_texts == ["[]", "["]
+    assert empty_ok.slots[2].option_texts == ["]", ","]
+    objects = Scaffold({"type": "array", "items": {"type": "object", "properties": {"k": {"type": "boolean"}},
+                                                   "required": ["k"]}, "maxItems": 2, "minItems": 2},
+                       stdlib_tokenizer)
+    assert objects.preview(placeholder="<{kind}>") == '[{"k":<choice>}, {"k":<choice>}]'
+    assert Scaffold({"type": "array", "items": {"type": "integer"}, "maxItems": 0}, stdlib_tokenizer).preview() == "[]"
+
+
+def test_canvas_tokenizes_fixed_segments_separately(stdlib_tokenizer):
+    scaffold = Scaffold(OBJECT, stdlib_tokenizer)
+    states = scaffold.initial_states()
+    ids, spans = scaffold.render(states, {})
+    mask = stdlib_tokenizer.mask_token_id
+    assert ids[: spans[scaffold.slots[0]][0]] == stdlib_tokenizer('{"name": "', add_special_tokens=False)["input_ids"]
+    for slot, (start, end) in spans.items():
+        assert ids[start:end] == [mask] * slot.initial_tokens
+    assert sum(t == mask for t in ids) == sum(s.initial_tokens for s in scaffold.slots)
+
+
+# --- unsupported schemas get clear errors ---------------------------------------------------------------
+
+@pytest.mark.parametrize("schema, expected", [
+    ({"type": "object", "properties": {"a": {"type": "string", "pattern": "x+"}}}, "'pattern' at /properties/a/pattern"),
+    ({"anyOf": [{"type": "string"}], "type": "string"}, "'anyOf' at /anyOf"),
+    ({"type": "array", "items": {"type": "integer"}}, "no `maxItems`"),
+    ({"type": ["string", "integer"]}, "type union"),
+    ({"type": "object", "properties": {"a/b": {"type": "date"}}}, "not valid JSON Schema at /properties/a~1b/type"),
+    ({"type": "string", "maxLength": "ten"}, "not valid JSON Schema"),
+    ({"type": "object", "properties": {}, "required": ["x"]}, "not in `properties`"),
+    ({"properties": {"a": {}}}, "accepts anything"),
+    ({"enum": ["a", 1]}, "mixes types"),
+])
+def test_unsupported_schemas_name_the_keyword_and_its_path(stdlib_tokenizer, schema, expected):
+    with pytest.raises(UnsupportedSchemaError, match=expected):
+        Scaffold(schema, stdlib_tokenizer)
+
+
+# --- reading a slot back --------------------------------------------------------------------------------
+
+def _ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_string_slot_ends_at_the_closing_quote_or_eos(stdlib_tokenizer):
+    scaffold = Scaffold({"type": "string"}, stdlib_tokenizer)
+    slot = scaffold.slots[0]
+    reading = read_slot(scaffold, slot, _ids(stdlib_tokenizer, 'parse_args", "args": ['))
+    assert (reading.value, reading.terminated) == ("parse_args", True)
+    assert stdlib_tokenizer.decode(reading.ids) == "parse_args"
+    eos = stdlib_tokenizer.eos_token_id
+    reading = read_slot(scaffold, slot, _ids(stdlib_tokenizer, "abc") + [eos, *_ids(stdlib_tokenizer, "zzz")])
+    assert (reading.value, reading.terminated) == ("abc", True)
+    reading = read_slot(scaffold, slot, _ids(stdlib_tokenizer, r'say \"hi\" \\ now" tail'))
+    assert reading.value == 'say "hi" \\ now'
+    reading = read_slot(scaffold, slot, _ids(stdlib_tokenizer, "no end here"))
+    assert not reading.terminated
+
+
+def test_number_slots_parse_by_type(stdlib_tokenizer):
+    integer = Scaffold({"type": "integer"}, stdlib_tokenizer)
+    number = Scaffold({"type": "number"}, stdlib_tokenizer)
+    assert read_slot(integer, integer.slots[0], _ids(stdlib_tokenizer, ' 42, "x"')).value == 42
+    assert read_slot(integer, integer.slots[0], _ids(stdlib_tokenizer, " -7}")).value == -7
+    assert read_slot(integer, integer.slots[0], _ids(stdlib_tokenizer, " 4.5")).error
+    assert read_slot(integer, integer.slots[0], _ids(stdlib_tokenizer, " x")).error
+    assert read_slot(number, number.slots[0], _ids(stdlib_tokenizer, " 4.5e3]")).value == 4500.0
+    assert read_slot(number, number.slots[0], _ids(stdlib_tokenizer, " 1.")).error
+
+
+def test_choice_slot_matches_an_option_or_reports(stdlib_tokenizer):
+    scaffold = Scaffold({"type": "boolean"}, stdlib_tokenizer)
+    slot = scaffold.slots[0]
+    assert read_slot(scaffold, slot, slot.option_ids[1]).value is False
+    assert read_slot(scaffold, slot, slot.option_ids[0]).value is True
+    mixed = [slot.option_ids[0][0]] + slot.option_ids[1][1:]
+    if mixed not in slot.option_ids:
+        assert read_slot(scaffold, slot, mixed).error
+
+
+def test_assemble_drops_empty_optional_values_and_flags_bad_ones(stdlib_tokenizer):
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"},
+                                               "c": {"type": ["integer", "null"]},
+                                               "d": {"type": "integer", "minimum": 10}},
+              "required": ["a", "c", "d"]}
+    scaffold = Scaffold(schema, stdlib_tokenizer)
+    a, b, c, d = scaffold.slots
+    eos = [stdlib_tokenizer.eos_token_id]
+    readings = {a: read_slot(scaffold, a, eos), b: read_slot(scaffold, b, eos), c: read_slot(scaffold, c, eos),
+                d: read_slot(scaffold, d, _ids(stdlib_tokenizer, " 3"))}
+    bad, repairs = {}, []
+    value = assemble(scaffold.root, readings, bad, repairs)
+    assert value == {"a": "", "c": None, "d": 3}  # b optional and empty: absent; c nullable: null
+    assert list(bad) == [d] and "minimum" in bad[d]
+    assert assemble(scaffold.root.properties[1][1], readings, {}, [], optional=True) is ABSENT
+
+
+def test_choice_constraints_follow_the_revealed_tokens(stdlib_tokenizer):
+    mask = stdlib_tokenizer.mask_token_id
+    options = [[5, 6, 7], [5, 8, 9], [10, 11, 12]]
+    canvas = torch.tensor([[1, mask, mask, mask]])
+    constraints = SlotConstraints(canvas, mask)
+    constraints.add_choice([1, 2, 3], options)
+    logits = torch.zeros(1, 4, 20)
+    constraints.apply(logits, canvas, None)
+    assert set(torch.isfinite(logits[0, 1]).nonzero().flatten().tolist()) == {5, 10}
+    after = torch.tensor([[1, 10, mask, mask]])
+    logits = torch.zeros(1, 4, 20)
+    constraints.apply(logits, after, None)
+    assert torch.isfinite(logits[0, 2]).nonzero().flatten().tolist() == [11]
+    assert torch.isfinite(logits[0, 3]).nonzero().flatten().tolist() == [12]
+
+
+# --- generate_json end to end ---------------------------------------------------------------------------
+
+def _check(out, schema):
+    assert out.valid
+    jsonschema.validate(out.value, schema)
+    assert json.loads(out.text) == out.value
+
+
+def test_generate_json_is_valid_and_needs_fewer_calls_than_plain_generation(model, stdlib_tokenizer):
+    out = generate_json(model, stdlib_tokenizer, "def f(x):\n    return x\n", SIGNATURE_SCHEMA, slot_tokens=8)
+    _check(out, SIGNATURE_SCHEMA)
+    # One token per step: plain generation of the same skeleton length needs one call per token.
+    assert out.nfe <= out.masked_tokens < out.canvas_tokens
+    assert set(out.value) == set(SIGNATURE_SCHEMA["properties"])
+
+
+SAMPLER_CONFIGS = [
+    DecodeConfig(sampler="confidence", temperature=0.0),
+    DecodeConfig(sampler="confidence", remasking="random", seed=1),
+    DecodeConfig(sampler="confidence", remasking="margin", block_length=8, seed=1),
+    DecodeConfig(sampler="confidence", remasking="entropy", schedule="cosine", steps=8, seed=1),
+    DecodeConfig(sampler="confidence", remasking="threshold", threshold=0.5, seed=1),
+    DecodeConfig(sampler="confidence", remasking="rcr", steps=8, seed=1),
+    DecodeConfig(sampler="confidence", schedule="ascending", eoser=True, seed=1),
+    DecodeConfig(sampler="ancestral", steps=16, seed=1),
+    DecodeConfig(sampler="first-hitting", seed=1),
+    DecodeConfig(sampler="assd", seed=1),
+]
+
+
+@pytest.mark.parametrize("config", SAMPLER_CONFIGS, ids=lambda c: f"{c.sampler}-{c.remasking}-{c.schedule}")
+def test_generate_json_composes_with_every_sampler(model, stdlib_tokenizer, config):
+    schema = {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 6}, "count": {"type": "integer"},
+        "flag": {"type": "boolean"}, "color": {"enum": ["red", "green", "blue"]},
+        "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 2}},
+        "required": ["name", "count", "flag", "color", "tags"]}
+    out = generate_json(model, stdlib_tokenizer, "x = 1\n", schema, config, slot_tokens=4, strict=False)
+    if out.valid:
+        _check(out, schema)
+    else:
+        assert out.value is None and out.errors
+    # Number and choice slots are constrained to valid tokens: a random model fills them validly.
+    assert out.valid, out.errors
+
+
+def test_fixed_tokens_are_kept_and_block_causal_models_work(stdlib_tokenizer):
+    torch.manual_seed(1)
+    block_model = MDLMForMaskedLM(tiny_config(stdlib_tokenizer, attention="block-causal", block_size=8,
+                                              max_position_embeddings=512)).eval()
+    out = generate_json(block_model, stdlib_tokenizer, "y = 2\n", OBJECT, DecodeConfig(temperature=0.0),
+                        slot_tokens=4)
+    _check(out, OBJECT)
+
+
+def _steer(model, token_id, bonus=50.0):
+    """A forward hook that makes the real model strongly prefer one token (to drive slot behaviour)."""
+    def hook(_module, _args, output):
+        output.logits[..., token_id] += bonus
+        return output
+    return model.register_forward_hook(hook)
+
+
+def test_a_slot_that_never_ends_grows_then_is_truncated(model, stdlib_tokenizer):
+    letter = _ids(stdlib_tokenizer, "a")[0]
+    handle = _steer(model, letter)
+    try:
+        out = generate_json(model, stdlib_tokenizer, "", {"type": "string", "maxLength": 10}, slot_tokens=3)
+    finally:
+        handle.remove()
+    assert out.rounds == 4  # 3 -> 6 -> 9 -> 10 tokens
+    assert out.value == "a" * 10 and out.repairs == []
+    assert out.masked_tokens == 3 + 3 + 3 + 1
+
+
+def test_eos_ends_slots_and_optional_values_are_left_out(model, stdlib_tokenizer):
+    handle = _steer(model, stdlib_tokenizer.eos_token_id)
+    schema = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"},
+                                               "c": {"type": "integer"}}, "required": ["a"]}
+    try:
+        out = generate_json(model, stdlib_tokenizer, "", schema)
+    finally:
+        handle.remove()
+    assert out.value == {"a": ""}
+
+
+def test_content_that_cannot_fit_is_reported_never_returned_as_valid(model, stdlib_tokenizer):
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 10 ** 30}}, "required": ["n"]}
+    with pytest.raises(SchemaFitError, match=r"/properties/n: .*after 2 re-masks") as caught:
+        generate_json(model, stdlib_tokenizer, "", schema, max_retries=2)
+    assert caught.value.result.valid is False and caught.value.result.retries == {"/properties/n": 2}
+    out = generate_json(model, stdlib_tokenizer, "", schema, max_retries=1, strict=False)
+    assert (out.valid, out.value) == (False, None) and out.errors
+
+
+def test_context_overflow_is_a_clear_error(stdlib_tokenizer):
+    small = MDLMForMaskedLM(tiny_config(stdlib_tokenizer)).eval()  # 64 positions
+    schema = {"type": "array", "items": {"type": "string"}, "maxItems": 8}
+    with pytest.raises(ValueError, match="exceed the model's context"):
+        generate_json(small, stdlib_tokenizer, "x", schema)
+
+
+# --- property-based: random schemas of the supported subset --------------------------------------------
+
+WORDS = ["red", "green", "blue", "alpha", "beta"]
+scalars = st.one_of(
+    st.just({"type": "string"}),
+    st.integers(1, 12).map(lambda n: {"type": "string", "maxLength": n}),
+    st.just({"type": "integer"}),
+    st.just({"type": "integer", "minimum": 0}),
+    st.just({"type": "number"}),
+    st.just({"type": "boolean"}),
+    st.just({"type": "null"}),
+    st.just({"type": ["string", "null"]}),
+    st.just({"type": ["integer", "null"]}),
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=4, unique=True).map(lambda v: {"enum": v}),
+    st.sampled_from([{"const": "fixed"}, {"enum": [1, 2, 3]}]),
+)
+
+
+def _object(children):
+    return st.dictionaries(st.sampled_from(["a", "b", "key", "x y", "n"]), children, max_size=3).flatmap(
+        lambda props: st.lists(st.sampled_from(sorted(props)), unique=True).map(
+            lambda required: {"type": "object", "properties": props, "required": required})
+        if props else st.just({"type": "object", "properties": {}}))
+
+
+def _array(children):
+    return st.tuples(children, st.integers(0, 3), st.integers(0, 2)).map(
+        lambda t: {"type": "array", "items": t[0], "maxItems": t[1], "minItems": min(t[1], t[2])})
+
+
+schemas = st.recursive(scalars, lambda children: st.one_of(_object(children), _array(children)), max_leaves=5)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(schema=schemas, sampler=st.sampled_from(["confidence", "first-hitting", "ancestral"]),
+       seed=st.integers(0, 3))
+def test_random_schemas_always_give_valid_json_or_a_clear_failure(model, stdlib_tokenizer, schema, sampler, seed):
+    config = DecodeConfig(sampler=sampler, seed=seed, steps=8 if sampler == "ancestral" else None)
+    try:
+        out = generate_json(model, stdlib_tokenizer, "data:", schema, config, slot_tokens=3, tokens_per_step=2
+                            if sampler == "confidence" else None)
+    except SchemaFitError as error:
+        assert error.result.valid is False and error.result.value is None and error.result.errors
+        return
+    _check(out, schema)
