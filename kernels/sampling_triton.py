@@ -129,16 +129,11 @@ def row_thresholds(flat: torch.Tensor, top_k, top_p) -> torch.Tensor | None:
     return torch.cat([filter_threshold(flat[i:i + rows], top_k, top_p) for i in range(0, flat.shape[0], rows)])
 
 
-def sample_categorical_triton(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    block: int = DEFAULT_BLOCK,
-    num_warps: int = 4,
-) -> CategoricalSample:
+def sample_categorical_triton(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                              top_p: float | None = None, seed: int | None = None,
+                              generator: torch.Generator | None = None, block: int = DEFAULT_BLOCK,
+                              num_warps: int = 4) -> CategoricalSample:
+    """The float64 categorical draw of `sample_categorical`, one Triton program per row."""
     check_sampling_arguments(logits, temperature, top_k, top_p, "float64")
     if block < 16 or block & (block - 1):
         raise ValueError(f"block must be a power of two >= 16, got {block}")
