@@ -46,7 +46,7 @@ def ancestral_decode(model, canvas, config: DecodeConfig, valid=None, position_i
     steps = config.steps or DEFAULT_STEPS
     network = NetworkCounter(model)
     outputs = RowOutputCache(network, valid, position_ids, enabled=config.use_cache)
-    recorder = TraceRecorder(config.trace)
+    recorder = TraceRecorder(config.trace, config.step_callback)
     x = canvas.clone()
     for p in reveal_probabilities(config.masking_schedule, steps).tolist():
         masked = (x == mask_id) & valid

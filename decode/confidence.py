@@ -190,8 +190,9 @@ def _block_length_for_block_causal(model, config: DecodeConfig) -> int:
     return block_length
 
 
-def decode_blocks(model, x, valid, position_ids, config: DecodeConfig, generator, column_blocks: int | None):
-    """The LLaDA loop over blocks and steps; returns (tokens, trace recorder, network counter, steps)."""
+def decode_blocks(model, x, valid, position_ids, config: DecodeConfig, generator, column_blocks: int | None,
+                  recorder: TraceRecorder):
+    """The LLaDA loop over blocks and steps; returns (tokens, network counter, steps)."""
     mask_id = mask_token_id_of(model)
     x = x.clone()
     to_generate = (x == mask_id) & valid
@@ -206,7 +207,6 @@ def decode_blocks(model, x, valid, position_ids, config: DecodeConfig, generator
         calls = ApproximatePrefixCachedCalls(network, valid, position_ids)
     else:
         calls = FullCanvasCalls(network, valid, position_ids)
-    recorder = TraceRecorder(config.trace)
     total_steps = sum(b.counts.shape[1] for b in blocks)
     if config.schedule == "ascending":
         total_steps = ascending_num_steps(int(to_generate.sum(-1).max()))
@@ -251,7 +251,7 @@ def decode_blocks(model, x, valid, position_ids, config: DecodeConfig, generator
                 recorder.record(x, chosen, logprob, x0=x0, confidence=score)
                 x = torch.where(chosen, x0, x)
             step, global_step = step + 1, global_step + 1
-    return x, recorder, network, global_step
+    return x, network, global_step
 
 
 def _running_confidence_step(x, x0, masked, score, running_confidence, block: Block, step: int, mask_id: int):
@@ -274,16 +274,19 @@ def confidence_decode(model, canvas, config: DecodeConfig, valid=None, position_
     if attention_pattern(model) == "block-causal":
         block_length = _block_length_for_block_causal(model, config)
         layout = PositionLayout(canvas, valid, position_ids)
-        tokens, recorder, network, steps = decode_blocks(model, layout.aligned, layout.aligned_valid,
-                                                         layout.aligned_positions, config, generator, block_length)
+        callback = config.step_callback
+        recorder = TraceRecorder(config.trace, callback and (lambda step: callback(layout.restore_step(step, canvas))))
+        tokens, network, steps = decode_blocks(model, layout.aligned, layout.aligned_valid, layout.aligned_positions,
+                                               config, generator, block_length, recorder)
         tokens = layout.restore(tokens, canvas)
         trace = recorder.result()
         if trace is not None:
-            trace = [layout.restore_step(step, canvas, mask_token_id_of(model)) for step in trace]
+            trace = [layout.restore_step(step, canvas) for step in trace]
     else:
         if config.approximate_prefix_cache and not supports_kv_cache(model):
             raise ValueError("approximate_prefix_cache needs a model with a KV cache (MDLMForMaskedLM)")
-        tokens, recorder, network, steps = decode_blocks(model, canvas, valid, position_ids, config, generator, None)
+        recorder = TraceRecorder(config.trace, config.step_callback)
+        tokens, network, steps = decode_blocks(model, canvas, valid, position_ids, config, generator, None, recorder)
         trace = recorder.result()
     return DecodeResult(tokens=tokens, nfe=network.nfe, trace=trace,
                         stats={"steps": steps, "row_evaluations": network.row_evaluations})
@@ -311,22 +314,19 @@ class PositionLayout:
         self.aligned_valid = counts.bool()
         self.aligned_positions = torch.arange(width, device=canvas.device).expand(B, width)
 
-    def restore(self, aligned_tensor, like, fill=None):
-        out = like.clone() if fill is None else torch.full_like(like, fill, dtype=aligned_tensor.dtype)
-        out[self.valid] = aligned_tensor[self.rows[self.valid], self.positions[self.valid]].to(out.dtype)
+    def restore(self, aligned_tensor, like):
+        """A (B, W) tensor of the aligned layout back in the original layout, `like` filling the padding."""
+        out = like.to(aligned_tensor.device, aligned_tensor.dtype).clone()
+        out[self.valid] = aligned_tensor[self.rows[self.valid], self.positions[self.valid]]
         return out
 
-    def restore_step(self, step, canvas, mask_id):
-        def back(t, fill):
+    def restore_step(self, step, canvas):
+        def back(t, padding_value):
             if t is None:
                 return None
-            t = t.to(canvas.device)
-            out = torch.full(canvas.shape, fill, dtype=t.dtype, device=canvas.device)
-            out[self.valid] = t[self.rows[self.valid], self.positions[self.valid]]
-            if t.dtype == canvas.dtype and fill == 0:
-                out[~self.valid] = canvas[~self.valid]
-            return out.cpu()
+            like = canvas.cpu() if padding_value is None else torch.full(canvas.shape, padding_value, dtype=t.dtype)
+            return self.restore(t.to(canvas.device), like).cpu()
 
-        return type(step)(state=back(step.state, 0), revealed=back(step.revealed, False),
+        return type(step)(state=back(step.state, None), revealed=back(step.revealed, False),
                           remasked=back(step.remasked, False), logprob=back(step.logprob, 0.0),
-                          x0=back(step.x0, 0), confidence=back(step.confidence, float("-inf")))
+                          x0=back(step.x0, None), confidence=back(step.confidence, float("-inf")))

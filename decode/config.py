@@ -7,6 +7,7 @@ returns a `DecodeResult`. Fixed tokens (prompt, infill suffix, schema scaffoldin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -15,7 +16,7 @@ from mdlm.decode.trace import TraceStep
 SAMPLERS = ("ancestral", "first-hitting", "confidence", "assd")
 UNMASKING_SCHEDULES = ("uniform", "cosine", "ascending")
 REMASKING_POLICIES = ("random", "low-confidence", "margin", "entropy", "threshold", "rcr")
-ASSD_ORDERS = ("left-to-right", "random", "right-to-left")
+ASSD_ORDERS = ("left-to-right", "random", "right-to-left", "confidence")
 MASKING_SCHEDULES = ("linear", "cosine")
 
 
@@ -46,6 +47,7 @@ class DecodeConfig:
     approximate_prefix_cache: Fast-dLLM prefix KV cache on a bidirectional model (not exact; opt-in).
     masking_schedule: alpha_t of the "ancestral" sampler ("linear" or "cosine").
     trace: record a `TraceStep` per step. seed: makes the run reproducible.
+    step_callback: called with each `TraceStep` as the step happens (live views), trace or not.
     draft_size / adaptive_draft / order: ASSD only.
     """
 
@@ -69,6 +71,7 @@ class DecodeConfig:
     adaptive_draft: bool = False
     order: str = "left-to-right"
     masking_schedule: str = "linear"
+    step_callback: Callable[[TraceStep], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         from mdlm.decode.registry import SAMPLER_REGISTRY

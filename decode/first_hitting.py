@@ -35,7 +35,7 @@ def first_hitting_decode(model, canvas, config: DecodeConfig, valid=None, positi
     schedule = get_schedule(config.masking_schedule)
     network = NetworkCounter(model)
     outputs = RowOutputCache(network, valid, position_ids, enabled=config.use_cache)
-    recorder = TraceRecorder(config.trace)
+    recorder = TraceRecorder(config.trace, config.step_callback)
     x = canvas.clone()
     B = x.shape[0]
     t = torch.ones(B, dtype=torch.float64)

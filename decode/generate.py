@@ -32,11 +32,13 @@ def build_canvas(tokenizer, prompts: list[str], max_new_tokens: int, mask_token_
         tail = _ids(tokenizer, suffixes[i]) if suffixes is not None else []
         total = len(head) + max_new_tokens + len(tail)
         if context_length is not None and total > context_length:
+            room = context_length - len(head) - len(tail)
+            fix = (f"lower --max-new-tokens (max_new_tokens) to at most {room}" if room >= 1 else
+                   f"shorten the prompt{' and suffix' if tail else ''} to fewer than {context_length} tokens")
             raise ValueError(
                 f"prompt {i} is {len(head)} tokens{f' with a {len(tail)}-token suffix' if tail else ''}; with "
                 f"{max_new_tokens} new tokens that is {total} tokens, beyond the model's context of "
-                f"{context_length}; shorten the prompt or lower --max-new-tokens to at most "
-                f"{max(0, context_length - len(head) - len(tail))}"
+                f"{context_length}; {fix}"
             )
         rows.append((head, tail))
     length = max(len(h) + max_new_tokens + len(t) for h, t in rows)

@@ -37,24 +37,29 @@ class TraceStep:
 class TraceRecorder:
     """Collects `TraceStep`s when enabled; a no-op otherwise, so samplers call it unconditionally."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, callback=None):
         self.enabled = enabled
+        self.callback = callback
         self.steps: list[TraceStep] = []
 
     def record(self, state, revealed, logprob=None, remasked=None, x0=None, confidence=None) -> None:
-        if not self.enabled:
+        if not (self.enabled or self.callback):
             return
         if logprob is None:
             logprob = torch.zeros(state.shape, dtype=torch.float64)
         logprob = torch.where(revealed, logprob.double(), torch.zeros((), dtype=torch.float64))
-        self.steps.append(TraceStep(
+        step = TraceStep(
             state=state.detach().cpu().clone(),
             revealed=revealed.detach().cpu().clone(),
             remasked=(remasked if remasked is not None else torch.zeros_like(revealed)).detach().cpu().clone(),
             logprob=logprob.detach().cpu(),
             x0=None if x0 is None else x0.detach().cpu().clone(),
             confidence=None if confidence is None else confidence.detach().double().cpu(),
-        ))
+        )
+        if self.enabled:
+            self.steps.append(step)
+        if self.callback is not None:
+            self.callback(step)
 
     def result(self) -> list[TraceStep] | None:
         return self.steps if self.enabled else None

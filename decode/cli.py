@@ -1,0 +1,367 @@
+"""`mdlm-generate` (also `python -m mdlm.decode`): generate text from a saved run with any decoder.
+
+    mdlm-generate --model runs/x --prompt "def parse(" --max-new-tokens 128 --sampler first-hitting
+    mdlm-generate --model runs/x --prompts-file prompts.jsonl --format jsonl --num-samples 4 --seed 0
+    mdlm-generate --model runs/x --infill "def add(a, b):" "    return result" --max-new-tokens 24
+    mdlm-generate --model runs/x --prompt "class " --live --trace trace.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from mdlm.decode.config import ASSD_ORDERS, MASKING_SCHEDULES, REMASKING_POLICIES, UNMASKING_SCHEDULES, DecodeConfig
+
+
+class CLIError(Exception):
+    """A problem with the user's input, reported as one clear line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mdlm.decode.registry import SAMPLER_REGISTRY
+
+    p = argparse.ArgumentParser(prog="mdlm-generate", description="Generate text with a masked diffusion LM run.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="run folder (config.json, model.safetensors, tokenizer files)")
+    src = p.add_argument_group("prompts")
+    src.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
+    src.add_argument("--prompts-file", help="prompts, one per line, or JSONL with 'prompt' (and 'suffix')")
+    src.add_argument("--infill", nargs=2, metavar=("PREFIX", "SUFFIX"), help="generate between a prefix and a suffix")
+    src.add_argument("--schema", help="JSON schema file: decode a JSON object that follows it")
+    dec = p.add_argument_group("decoding")
+    dec.add_argument("--max-new-tokens", type=int, default=64)
+    dec.add_argument("--sampler", default="confidence", choices=list(SAMPLER_REGISTRY))
+    dec.add_argument("--steps", type=int, default=None, help="denoising steps (default: one token per step; "
+                     "1000 for ancestral)")
+    dec.add_argument("--schedule", default="uniform", choices=UNMASKING_SCHEDULES, help="tokens revealed per step")
+    dec.add_argument("--remasking", default="low-confidence", choices=REMASKING_POLICIES)
+    dec.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of --remasking threshold")
+    dec.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block length")
+    dec.add_argument("--temperature", type=float, default=1.0)
+    dec.add_argument("--top-k", type=int, default=None)
+    dec.add_argument("--top-p", type=float, default=None)
+    dec.add_argument("--eoser", action="store_true", help="EOS early rejection")
+    dec.add_argument("--masking-schedule", default="linear", choices=MASKING_SCHEDULES, help="alpha_t (ancestral)")
+    dec.add_argument("--no-cache", action="store_true", help="disable the exact caches (RADD, block KV)")
+    dec.add_argument("--approximate-prefix-cache", action="store_true",
+                     help="Fast-dLLM prefix KV cache on a bidirectional model (approximate)")
+    dec.add_argument("--draft-size", type=int, default=4, help="ASSD draft size")
+    dec.add_argument("--adaptive-draft", action="store_true", help="ASSD adaptive draft size")
+    dec.add_argument("--order", default="left-to-right", choices=ASSD_ORDERS, help="ASSD decoding order")
+    run = p.add_argument_group("run")
+    run.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--batch-size", type=int, default=16, help="rows decoded together")
+    run.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    out = p.add_argument_group("output")
+    out.add_argument("--format", default="text", choices=("text", "jsonl"))
+    out.add_argument("--live", action="store_true", help="show the canvas filling in step by step")
+    out.add_argument("--trace", metavar="HTML", help="write a self-contained HTML page replaying the decoding")
+    return p
+
+
+def read_prompts(args) -> list[tuple[str, str | None]]:
+    """(prompt, suffix or None) pairs from --prompt, --infill and --prompts-file."""
+    prompts = [(text, None) for text in args.prompt]
+    if args.infill:
+        prompts.append((args.infill[0], args.infill[1]))
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise CLIError(f"--prompts-file {path} does not exist")
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        as_jsonl = path.suffix == ".jsonl" or (lines and lines[0].lstrip().startswith("{"))
+        for number, line in enumerate(lines, 1):
+            if not as_jsonl:
+                prompts.append((line, None))
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise CLIError(f"{path}:{number} is not valid JSON ({error.msg}); use one JSON object per line "
+                               "or a plain-text file with one prompt per line") from None
+            if isinstance(record, str):
+                prompts.append((record, None))
+            elif isinstance(record, dict) and isinstance(record.get("prompt"), str):
+                prompts.append((record["prompt"], record.get("suffix")))
+            else:
+                raise CLIError(f"{path}:{number}: expected a string or an object with a 'prompt' string")
+    if not prompts:
+        raise CLIError("no prompt given; use --prompt TEXT, --prompts-file FILE or --infill PREFIX SUFFIX")
+    return prompts
+
+
+def load_run(path: str, device: str | None):
+    """Model and tokenizer of a run folder, with clear errors for anything else."""
+    run = Path(path)
+    if not run.is_dir():
+        raise CLIError(f"--model {run} is not a folder; pass a run folder (config.json, model.safetensors, tokenizer)")
+    missing = [name for name in ("config.json",) if not (run / name).is_file()]
+    weights = list(run.glob("*.safetensors")) + list(run.glob("pytorch_model*.bin"))
+    tokenizer_files = [run / n for n in ("tokenizer.json", "tokenizer_config.json") if (run / n).is_file()]
+    if missing or not weights or not tokenizer_files:
+        what = ", ".join(missing + ([] if weights else ["model.safetensors"]) +
+                         ([] if tokenizer_files else ["tokenizer.json"]))
+        raise CLIError(f"{run} is not a run folder: {what} missing. A run folder is what train/pretrain.py writes "
+                       "(model.save_pretrained + tokenizer.save_pretrained)")
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    import mdlm  # noqa: F401  (registers the model with the Auto classes)
+
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(run)
+        tokenizer = AutoTokenizer.from_pretrained(run)
+    except (OSError, ValueError, KeyError) as error:
+        raise CLIError(f"could not load the run in {run}: {error}") from None
+    if tokenizer.mask_token_id is None:
+        raise CLIError(f"the tokenizer in {run} has no mask token; this is not a masked diffusion run")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer
+
+
+def config_from_args(args, tokenizer) -> DecodeConfig:
+    try:
+        return DecodeConfig(
+            sampler=args.sampler, steps=args.steps, schedule=args.schedule, remasking=args.remasking,
+            threshold=args.threshold, block_length=args.block_length, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, eoser=args.eoser, eos_token_id=tokenizer.eos_token_id, use_cache=not args.no_cache,
+            approximate_prefix_cache=args.approximate_prefix_cache, seed=args.seed, draft_size=args.draft_size,
+            adaptive_draft=args.adaptive_draft, order=args.order, masking_schedule=args.masking_schedule,
+            trace=bool(args.trace))
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+
+
+class LiveCanvas:
+    """A rich Live view of the batch's canvases, updated by the decoder's step callback."""
+
+    def __init__(self, tokenizer, console):
+        from rich.live import Live
+
+        self.tokenizer, self.mask_id = tokenizer, tokenizer.mask_token_id
+        self.live = Live(console=console, refresh_per_second=12, transient=False)
+        self.valid = None
+        self.step = 0
+
+    def __enter__(self):
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.live.__exit__(*exc)
+
+    def show(self, trace_step) -> None:
+        from rich.console import Group
+        from rich.text import Text
+
+        self.step += 1
+        lines = [Text(f"step {self.step}: revealed {int(trace_step.revealed.sum())}", style="bold")]
+        after = trace_step.state.clone()
+        if trace_step.x0 is not None:
+            after[trace_step.revealed] = trace_step.x0[trace_step.revealed]
+        after[trace_step.remasked] = self.mask_id
+        for b in range(after.shape[0]):
+            line = Text()
+            for i, token in enumerate(after[b].tolist()):
+                if self.valid is not None and not bool(self.valid[b, i]):
+                    continue
+                if token == self.mask_id:
+                    line.append("_", style="dim")
+                elif bool(trace_step.revealed[b, i]):
+                    line.append(self.tokenizer.decode([token]), style="bold green")
+                else:
+                    line.append(self.tokenizer.decode([token]))
+            lines.append(line)
+        self.live.update(Group(*lines))
+
+
+def generate_rows(model, tokenizer, rows, args, config, console):
+    """Decode `rows` [(prompt, suffix)] in batches; yield (row index, completion, result, seconds, batch)."""
+    from mdlm.decode.generate import build_canvas, completion_ids
+    from mdlm.decode.registry import decode
+
+    context = model.config.max_position_embeddings
+    device = next(model.parameters()).device
+    batch_size = max(1, args.batch_size)
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        suffixes = None if all(s is None for _, s in batch) else [s or "" for _, s in batch]
+        try:
+            canvas, valid, generated = build_canvas(tokenizer, [p for p, _ in batch], args.max_new_tokens,
+                                                    tokenizer.mask_token_id, suffixes, context)
+        except ValueError as error:
+            raise CLIError(str(error)) from None
+        batch_config = config
+        if config.seed is not None:
+            batch_config = replace(config, seed=config.seed + start)
+        began = time.perf_counter()
+        if args.live:
+            live = LiveCanvas(tokenizer, console)
+            live.valid = valid
+            show = ShowWhenNextArrives(live)
+            with live:
+                result = decode(model, canvas.to(device), replace(batch_config, step_callback=show),
+                                valid=valid.to(device))
+                show.finish(result.tokens.cpu())
+        else:
+            result = decode(model, canvas.to(device), batch_config, valid=valid.to(device))
+        seconds = time.perf_counter() - began
+        ids = completion_ids(result.tokens.cpu(), generated, tokenizer.eos_token_id)
+        for offset, completion in enumerate(ids):
+            yield start + offset, tokenizer.decode(completion, skip_special_tokens=True), result, seconds, \
+                (canvas, valid, offset)
+
+
+class ShowWhenNextArrives:
+    """Step callback of the live view. Steps of samplers that record no x0 only say where tokens were
+    revealed; their values appear in the next step's state (or the final tokens), so each step is shown
+    once the next one arrives."""
+
+    def __init__(self, live: LiveCanvas):
+        self.live, self.pending = live, None
+
+    def __call__(self, step) -> None:
+        self._flush(step.state)
+        self.pending = step
+
+    def finish(self, final_tokens) -> None:
+        self._flush(final_tokens)
+
+    def _flush(self, next_state) -> None:
+        if self.pending is not None:
+            if self.pending.x0 is None:
+                self.pending.x0 = next_state
+            self.live.show(self.pending)
+            self.pending = None
+
+
+def run_schema(model, tokenizer, rows, args, config, console) -> int:
+    try:
+        from mdlm.decode.schema import generate_json
+    except ImportError as error:
+        raise CLIError(f"--schema needs mdlm.decode.schema, which cannot be imported here ({error})") from None
+    path = Path(args.schema)
+    if not path.is_file():
+        raise CLIError(f"--schema {path} does not exist")
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CLIError(f"--schema {path} is not valid JSON ({error.msg})") from None
+    for index, (prompt, _) in enumerate(rows):
+        began = time.perf_counter()
+        output = generate_json(model, tokenizer, prompt, schema, config)
+        seconds = time.perf_counter() - began
+        if args.format == "jsonl":
+            text = output if isinstance(output, str) else json.dumps(output)
+            print(json.dumps({"index": index, "prompt": prompt, "completion": text, "time_s": round(seconds, 4)}))
+        else:
+            print(output if isinstance(output, str) else json.dumps(output, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _main(args)
+    except CLIError as error:
+        print(f"mdlm-generate: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
+    from rich.console import Console
+
+    if args.max_new_tokens < 1:
+        raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise CLIError(f"--num-samples must be >= 1, got {args.num_samples}")
+    prompts = read_prompts(args)
+    model, tokenizer = load_run(args.model, args.device)
+    config = config_from_args(args, tokenizer)
+    rows = [pair for pair in prompts for _ in range(args.num_samples)]
+    console = Console(stderr=True)
+    if args.schema:
+        return run_schema(model, tokenizer, rows, args, config, console)
+    trace_rows = []
+    for index, completion, result, seconds, (canvas, valid, offset) in generate_rows(model, tokenizer, rows, args,
+                                                                                     config, console):
+        prompt, suffix = rows[index]
+        sample = index % args.num_samples
+        if args.format == "jsonl":
+            record = {"index": index // args.num_samples, "sample": sample, "prompt": prompt, "completion": completion,
+                      "nfe": result.nfe, "time_s": round(seconds, 4), "sampler": config.sampler, "seed": args.seed}
+            if suffix is not None:
+                record["suffix"] = suffix
+            print(json.dumps(record), flush=True)
+        else:
+            if len(rows) > 1:
+                print(f"=== prompt {index // args.num_samples}, sample {sample} (nfe {result.nfe}, {seconds:.2f}s) ===")
+            print(prompt + completion + (suffix or ""), flush=True)
+        if args.trace:
+            trace_rows.append((result, canvas, valid, offset, f"prompt {index // args.num_samples}, sample {sample}"))
+    if args.trace:
+        write_trace(args.trace, trace_rows, tokenizer, config)
+        console.print(f"trace written to {args.trace}")
+    return 0
+
+
+def write_trace(path, trace_rows, tokenizer, config) -> None:
+    import torch
+
+    from mdlm.decode.trace import TraceStep
+    from mdlm.decode.trace_html import render_trace_html
+
+    titles = []
+    # One page for all rows: the batches are decoded separately, so each row keeps its own steps.
+    steps_per_row, finals, valids = [], [], []
+    for result, canvas, valid, offset, title in trace_rows:
+        steps_per_row.append([TraceStep(state=s.state[offset:offset + 1], revealed=s.revealed[offset:offset + 1],
+                                        remasked=s.remasked[offset:offset + 1], logprob=s.logprob[offset:offset + 1])
+                              for s in result.trace])
+        finals.append(result.tokens[offset:offset + 1].cpu())
+        valids.append(valid[offset:offset + 1])
+        titles.append(title)
+    longest = max(len(s) for s in steps_per_row)
+    width = max(f.shape[1] for f in finals)
+    merged = []
+    for k in range(longest):
+        parts = []
+        for steps, final, valid in zip(steps_per_row, finals, valids):
+            step = steps[k] if k < len(steps) else TraceStep(state=final, revealed=torch.zeros_like(valid),
+                                                             remasked=torch.zeros_like(valid),
+                                                             logprob=torch.zeros(valid.shape, dtype=torch.float64))
+            parts.append(_left_pad(step, width, tokenizer.pad_token_id))
+        merged.append(TraceStep(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                                  ("state", "revealed", "remasked", "logprob"))))
+    final = torch.cat([_pad_tensor(f, width, tokenizer.pad_token_id) for f in finals])
+    valid = torch.cat([_pad_tensor(v, width, False) for v in valids])
+    page = render_trace_html(merged, final, valid, lambda i: tokenizer.decode([i]), tokenizer.mask_token_id, titles,
+                             title=f"mdlm-generate: {config.sampler} sampler")
+    Path(path).write_text(page, encoding="utf-8")
+
+
+def _pad_tensor(t, width, value):
+    import torch
+
+    if t.shape[1] == width:
+        return t
+    pad = torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype)
+    return torch.cat([pad, t], 1)
+
+
+def _left_pad(step, width, pad_id):
+    from mdlm.decode.trace import TraceStep
+
+    return TraceStep(state=_pad_tensor(step.state, width, pad_id), revealed=_pad_tensor(step.revealed, width, False),
+                     remasked=_pad_tensor(step.remasked, width, False), logprob=_pad_tensor(step.logprob, width, 0.0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

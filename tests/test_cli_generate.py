@@ -1,0 +1,101 @@
+"""`mdlm-generate` end to end: real subprocesses on a tiny run folder, plus in-process calls of `main`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from mdlm.decode.cli import main
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "mdlm.decode", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=300)
+
+
+def test_subprocess_generates_jsonl_with_nfe_and_time(tiny_run_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "def parse(", "suffix": "):"}\n"import os"\n', encoding="utf-8")
+    out = run_cli("--model", tiny_run_dir, "--prompts-file", prompts, "--prompt", "class ", "--format", "jsonl",
+                  "--sampler", "first-hitting", "--max-new-tokens", 6, "--num-samples", 2, "--seed", 0)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(records) == 6
+    assert [r["prompt"] for r in records] == ["class ", "class ", "def parse(", "def parse(", "import os", "import os"]
+    assert records[2]["suffix"] == "):" and all(r["nfe"] == 6 for r in records)
+    assert all(r["time_s"] > 0 and isinstance(r["completion"], str) for r in records)
+
+
+def test_subprocess_live_view_and_html_trace(tiny_run_dir, tmp_path):
+    page = tmp_path / "trace.html"
+    out = run_cli("--model", tiny_run_dir, "--prompt", "def f(", "--max-new-tokens", 8, "--steps", 4, "--live",
+                  "--trace", page, "--seed", 1, "--remasking", "rcr", "--block-length", 4)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("def f(")
+    assert "step 4" in out.stderr  # the live view drew every step
+    html = page.read_text(encoding="utf-8")
+    assert "<script src" not in html and "http" not in html.split("<script>")[1]  # self-contained
+    data = json.loads(re.search(r"const DATA = (.*);\n", html).group(1))
+    assert data["steps"] == 4 and len(data["rows"]) == 1
+    row = data["rows"][0]
+    assert len(row["states"]) == 5 and sum(len(r) for r in row["revealed"]) >= 8
+
+
+def test_unknown_options_are_rejected(tiny_run_dir, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tiny_run_dir), "--prompt", "x", "--no-such-option"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_clear_errors_for_a_folder_that_is_not_a_run_and_a_prompt_beyond_the_context(tiny_run_dir, tmp_path, capsys):
+    assert main(["--model", str(tmp_path), "--prompt", "x"]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["--model", str(tiny_run_dir), "--prompt", "x " * 40, "--max-new-tokens", "40"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"prompt 0 is \d+ tokens; with 40 new tokens that is \d+ tokens, beyond the model's context of 64",
+                     err)
+    assert "--max-new-tokens" in err or "shorten the prompt" in err
+
+
+@pytest.mark.parametrize("options", [
+    ["--sampler", "ancestral", "--steps", "20", "--masking-schedule", "cosine"],
+    ["--sampler", "confidence", "--schedule", "ascending", "--eoser", "--block-length", "4"],
+    ["--sampler", "confidence", "--remasking", "threshold", "--approximate-prefix-cache", "--block-length", "4"],
+    ["--sampler", "confidence", "--remasking", "margin", "--top-k", "5", "--top-p", "0.9", "--temperature", "0.7"],
+    ["--sampler", "first-hitting", "--no-cache"],
+])
+def test_every_method_is_reachable(tiny_run_dir, capsys, options):
+    code = main(["--model", str(tiny_run_dir), "--prompt", "def ", "--infill", "x = (", ")", "--max-new-tokens", "8",
+                 "--format", "jsonl", "--seed", "3", *options])
+    assert code == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 2 and records[1]["suffix"] == ")"
+
+
+def test_bad_values_are_reported(tiny_run_dir, capsys, tmp_path):
+    assert main(["--model", str(tiny_run_dir), "--prompt", "x", "--steps", "0"]) == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
+    assert main(["--model", str(tiny_run_dir)]) == 2
+    assert "no prompt given" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": 1}\n')
+    assert main(["--model", str(tiny_run_dir), "--prompts-file", str(bad)]) == 2
+    assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+def test_plain_text_prompts_file(tiny_run_dir, capsys, tmp_path):
+    lines = tmp_path / "prompts.txt"
+    lines.write_text("def a(\n\nimport b\n", encoding="utf-8")
+    assert main(["--model", str(tiny_run_dir), "--prompts-file", str(lines), "--max-new-tokens", "4", "--seed", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "=== prompt 1, sample 0" in out and "import b" in out
