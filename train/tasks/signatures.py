@@ -60,13 +60,12 @@ class SignatureExample:
 
 def _own_scope_nodes(function: ast.AST):
     """Every node of the function's body, not descending into nested functions, lambdas or classes."""
-    stack = list(function.body)
+    nested_scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+    stack = [node for node in function.body if not isinstance(node, nested_scopes)]
     while stack:
         node = stack.pop()
         yield node
-        for child in ast.iter_child_nodes(node):
-            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
-                stack.append(child)
+        stack.extend(child for child in ast.iter_child_nodes(node) if not isinstance(child, nested_scopes))
 
 
 def signature_of(function: ast.FunctionDef | ast.AsyncFunctionDef, is_method: bool) -> dict:

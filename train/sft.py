@@ -1,0 +1,302 @@
+"""Supervised finetuning of a masked diffusion model on prompt/response pairs (LLaDA's SFT recipe).
+
+    accelerate launch train/sft.py --init-from runs/mdlm-small --task signatures
+    python train/sft.py --init-from runs/mdlm-small --data pairs.jsonl --prompt-column question \
+        --response-column answer --max-steps 500
+    python train/sft.py --init-from RUN --data some/hub-dataset --prompt-column prompt --response-column completion
+
+Each example is prompt tokens followed by response tokens and EOS. The prompt is never masked and never
+scored (`fixed`); the response follows the masked-diffusion loss (`mdlm.losses.compute_loss(...,
+fixed=prompt_mask)`). Sequences of a batch are padded to the batch's longest with EOS, and the padding
+EOS tokens count in the loss like response tokens (LLaDA, "Large Language Diffusion Models", SFT): that
+is how the model learns to end an answer, and the decoders rely on it (EOS = nothing more here).
+
+Data sources: a local JSONL/parquet file of rows (`--data`, columns `--prompt-column` /
+`--response-column`; a stable hash of the row index holds ~10% out for validation), a Hugging Face
+dataset name (its train split; validation or test split, else 1% of train), or a built-in task
+(`--task signatures`: function source -> JSON signature, `mdlm.train.tasks.signatures`; validation from
+the corpus's validation files). Examples longer than the model's context are dropped (and counted).
+
+The training loop, checkpoints, `--resume`, progress bar, metrics.jsonl and error handling are the
+pretraining ones (`train/trainer.py`). Python API: `finetune(SFTArgs(...))` returns the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+TASKS = ("signatures",)
+PAD_MULTIPLE = 8  # batch lengths are rounded up so that few distinct shapes occur
+
+
+@dataclass
+class SFTArgs:
+    """Every option of a finetuning run."""
+
+    init_from: str | None = None  # the run to finetune (model + tokenizer folder); required
+    data: str | None = None  # local .jsonl/.parquet file or a hub dataset name
+    task: str | None = None  # or a built-in task: signatures
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    max_examples: int | None = None  # use only the first N training examples
+    seq_len: int | None = None  # longest prompt + response + EOS (default: the model's context)
+    output_dir: str | None = None  # default runs/sft-<task or data name>
+    max_steps: int = 500
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    ema: float = 0.99
+    loss: str = "t-dce"
+    mixed_precision: str = "no"
+    eval_every: int = 100
+    eval_batches: int | None = 8
+    save_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    resume: str | None = None
+    overwrite: bool = False
+    stop_at_step: int | None = None
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "SFTArgs":
+        names = {f.name for f in dataclasses.fields(cls)}
+        normalised = {key.replace("-", "_"): value for key, value in options.items()}
+        unknown = sorted(set(normalised) - names)
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown}; run `python train/sft.py --help` for the list")
+        return cls(**normalised)
+
+    def resolved(self) -> "SFTArgs":
+        if not self.init_from:
+            raise ValueError("--init-from is required: the run folder to finetune (e.g. runs/mdlm-small)")
+        if not Path(self.init_from).is_dir() or not (Path(self.init_from) / "config.json").is_file():
+            raise ValueError(f"--init-from {self.init_from}: not a run folder (expected config.json and weights "
+                             "as train/pretrain.py saves them)")
+        if (self.data is None) == (self.task is None):
+            raise ValueError("give exactly one of --data (a jsonl/parquet file or a hub dataset) or --task "
+                             f"({', '.join(TASKS)})")
+        if self.task is not None and self.task not in TASKS:
+            raise ValueError(f"unknown --task {self.task!r}; choose one of {TASKS}")
+        args = dataclasses.replace(self)
+        if args.output_dir is None:
+            name = args.task or Path(args.data).stem.replace("/", "-")
+            args.output_dir = f"runs/sft-{name}"
+        return args
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data: pairs -> token rows -> batches padded with EOS
+# ----------------------------------------------------------------------------------------------------
+
+class PromptResponseData:
+    """Tokenized (prompt, response) pairs; indexing with a list of indices gives a padded batch:
+    input_ids = prompt + response + EOS..., fixed = True on the prompt."""
+
+    def __init__(self, prompts: list[list[int]], responses: list[list[int]], eos_id: int):
+        self.prompts, self.responses, self.eos_id = prompts, responses, eos_id
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, indices) -> dict:
+        rows = [self.prompts[i] + self.responses[i] + [self.eos_id] for i in indices]
+        length = max(len(r) for r in rows)
+        length = -(-length // PAD_MULTIPLE) * PAD_MULTIPLE
+        input_ids = torch.full((len(rows), length), self.eos_id, dtype=torch.long)
+        fixed = torch.zeros((len(rows), length), dtype=torch.bool)
+        for b, (i, row) in enumerate(zip(indices, rows)):
+            input_ids[b, : len(row)] = torch.tensor(row)
+            fixed[b, : len(self.prompts[i])] = True
+        return {"input_ids": input_ids, "fixed": fixed}
+
+
+def tokenize_pairs(pairs: list[tuple[str, str]], tokenizer, seq_len: int) -> tuple[PromptResponseData, int]:
+    """The data, and how many pairs were dropped for not fitting `seq_len` (prompt + response + EOS)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; load it with mdlm.tokenizer.load_tokenizer")
+    prompts = tokenizer([p for p, _ in pairs], add_special_tokens=False)["input_ids"] if pairs else []
+    responses = tokenizer([r for _, r in pairs], add_special_tokens=False)["input_ids"] if pairs else []
+    kept = [(p, r) for p, r in zip(prompts, responses) if len(p) + len(r) + 1 <= seq_len and r]
+    dropped = len(pairs) - len(kept)
+    return PromptResponseData([p for p, _ in kept], [r for _, r in kept], tokenizer.eos_token_id), dropped
+
+
+def _columns(rows: list[dict], prompt_column: str, response_column: str, source: str) -> list[tuple[str, str]]:
+    if rows:
+        missing = [c for c in (prompt_column, response_column) if c not in rows[0]]
+        if missing:
+            raise ValueError(f"{source} has no column(s) {missing}; its columns are {sorted(rows[0])}. Pick them "
+                             "with --prompt-column / --response-column.")
+    return [(str(r[prompt_column]), r[response_column] if isinstance(r[response_column], str)
+             else json.dumps(r[response_column])) for r in rows]
+
+
+def local_pairs(path: Path, prompt_column: str, response_column: str) -> tuple[list, list]:
+    """(train, validation) pairs of a local jsonl/parquet file, split by a stable hash of the row."""
+    from mdlm.data import split_of
+
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    else:
+        raise ValueError(f"--data {path}: use a .jsonl or .parquet file of prompt/response rows")
+    pairs = _columns(rows, prompt_column, response_column, str(path))
+    if not pairs:
+        raise ValueError(f"--data {path} holds no rows")
+    train = [p for i, p in enumerate(pairs) if split_of(f"{path.name}#{i}") == "train"]
+    held = [p for i, p in enumerate(pairs) if split_of(f"{path.name}#{i}") != "train"]
+    if not held:  # tiny files: hold out the last row so validation is never empty
+        train, held = train[:-1] or train, train[-1:]
+    return train, held
+
+
+def hub_pairs(name: str, prompt_column: str, response_column: str) -> tuple[list, list]:
+    import datasets
+
+    try:
+        splits = dict(datasets.load_dataset(name))
+    except Exception as error:
+        raise ValueError(f"could not load the dataset {name!r} ({type(error).__name__}: {error}); give a local "
+                         ".jsonl/.parquet file or a hub dataset name") from error
+    if "train" not in splits:
+        raise ValueError(f"dataset {name!r} has no train split (it has {list(splits)})")
+    held_name = next((s for s in ("validation", "test") if s in splits), None)
+    if held_name is None:
+        parts = splits["train"].train_test_split(test_size=0.01, seed=0)
+        splits["train"], splits["validation"], held_name = parts["train"], parts["test"], "validation"
+    return (_columns(splits["train"].to_list(), prompt_column, response_column, name),
+            _columns(splits[held_name].to_list(), prompt_column, response_column, name))
+
+
+def task_pairs(task: str, tokenizer, seq_len: int, max_examples: int | None) -> tuple[list, list]:
+    from mdlm.train.tasks.signatures import build_examples
+
+    train = build_examples("train", tokenizer, seq_len, limit=max_examples)
+    held = build_examples("validation", tokenizer, seq_len, limit=512)
+    return [(e.prompt, e.response) for e in train], [(e.prompt, e.response) for e in held]
+
+
+def build_data(args: SFTArgs, tokenizer, seq_len: int, print_fn=print):
+    if args.task:
+        train, held = task_pairs(args.task, tokenizer, seq_len, args.max_examples)
+    elif Path(args.data).exists():
+        train, held = local_pairs(Path(args.data), args.prompt_column, args.response_column)
+    else:
+        train, held = hub_pairs(args.data, args.prompt_column, args.response_column)
+    if args.max_examples:
+        train = train[: args.max_examples]
+    train_data, dropped_train = tokenize_pairs(train, tokenizer, seq_len)
+    eval_data, dropped_eval = tokenize_pairs(held, tokenizer, seq_len)
+    if dropped_train or dropped_eval:
+        print_fn(f"dropped {dropped_train} train and {dropped_eval} validation pairs longer than {seq_len} tokens "
+                 "(prompt + response + EOS) or with an empty response")
+    if len(train_data) == 0:
+        raise ValueError(f"no training pair fits {seq_len} tokens; raise --seq-len (up to the model's context) "
+                         "or shorten the data")
+    if len(eval_data) == 0:
+        eval_data = PromptResponseData(train_data.prompts[-1:], train_data.responses[-1:], train_data.eos_id)
+    return train_data, eval_data
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------
+
+def finetune(args: SFTArgs | dict) -> Path:
+    """Finetune one run; returns its folder. Works in one process or under accelerate/torchrun."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    from mdlm import MDLMForMaskedLM
+    from mdlm.tokenizer import load_tokenizer
+    from mdlm.train.pretrain import check_resume_options
+    from mdlm.train.trainer import (OPTIONS_FILE, Trainer, TrainerConfig, make_accelerator, objective_loss_fn,
+                                    prepare_output_dir)
+
+    args = SFTArgs.from_dict(args) if isinstance(args, dict) else args
+    args = args.resolved()
+    if not torch.distributed.is_initialized() and AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one Python process
+    accelerator = make_accelerator(args.mixed_precision)
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        prepare_output_dir(output_dir, args.resume, args.overwrite)
+    accelerator.wait_for_everyone()
+    set_seed(args.seed)
+    accelerator.print("options:\n" + yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
+    tokenizer = load_tokenizer(args.init_from)
+    model = MDLMForMaskedLM.from_pretrained(args.init_from)
+    if model.config.objective not in ("mdlm", None) or model.config.attention == "causal":
+        raise ValueError(f"--init-from {args.init_from} is a {model.config.objective}/{model.config.attention} "
+                         "model; SFT here trains masked diffusion models")
+    context = model.config.max_position_embeddings
+    seq_len = args.seq_len or context
+    if seq_len > context:
+        raise ValueError(f"--seq-len {seq_len} is larger than the model's context of {context} tokens")
+    with accelerator.main_process_first():
+        train_data, eval_data = build_data(args, tokenizer, seq_len, accelerator.print)
+    accelerator.print(f"SFT of {args.init_from}: {len(train_data)} train and {len(eval_data)} validation pairs "
+                      f"(at most {seq_len} tokens); {accelerator.num_processes} process(es) on {accelerator.device}")
+    if accelerator.is_main_process:
+        saved = output_dir / OPTIONS_FILE
+        if args.resume and saved.exists():
+            check_resume_options(yaml.safe_load(saved.read_text()), dataclasses.asdict(args))
+        else:
+            saved.write_text(yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
+    config = TrainerConfig(
+        output_dir=str(output_dir), max_steps=args.max_steps, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, lr=args.lr, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema=args.ema,
+        mixed_precision=args.mixed_precision, eval_every=args.eval_every, eval_batches=args.eval_batches,
+        save_every=args.save_every, log_every=args.log_every, seed=args.seed, resume=args.resume,
+        overwrite=args.overwrite, stop_at_step=args.stop_at_step, progress=args.progress)
+    trainer = Trainer(model, tokenizer, train_data, eval_data, objective_loss_fn("mdlm", args.loss), config,
+                      accelerator=accelerator, title=f"sft {args.task or Path(args.data).name}")
+    result = trainer.train()
+    accelerator.wait_for_everyone()
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
+    choices = {"task": TASKS, "loss": ("t-dce", "lambda-dce", "k-dce"), "mixed_precision": ("no", "bf16", "fp16")}
+    for f in dataclasses.fields(SFTArgs):
+        if f.name in ("resume", "overwrite", "progress"):
+            continue
+        kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(str(f.type), str)
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),
+                            help=f"(default: {f.default})")
+    parser.add_argument("--resume", nargs="?", const="latest", dest="resume",
+                        help="continue the run in --output-dir from its last checkpoint, or from the given one")
+    parser.add_argument("--overwrite", action="store_true", dest="overwrite", help="replace a run in --output-dir")
+    parser.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        finetune(SFTArgs.from_dict(vars(build_parser().parse_args(argv))))
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
