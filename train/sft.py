@@ -259,13 +259,8 @@ def finetune(args: SFTArgs | dict) -> Path:
             check_resume_options(yaml.safe_load(saved.read_text()), dataclasses.asdict(args))
         else:
             saved.write_text(yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
-    config = TrainerConfig(
-        output_dir=str(output_dir), max_steps=args.max_steps, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, lr=args.lr, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema=args.ema,
-        mixed_precision=args.mixed_precision, eval_every=args.eval_every, eval_batches=args.eval_batches,
-        save_every=args.save_every, log_every=args.log_every, seed=args.seed, resume=args.resume,
-        overwrite=args.overwrite, stop_at_step=args.stop_at_step, progress=args.progress)
+    shared = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainerConfig) if hasattr(args, f.name)}
+    config = TrainerConfig(**{**shared, "output_dir": str(output_dir)})
     trainer = Trainer(model, tokenizer, train_data, eval_data, objective_loss_fn("mdlm", args.loss), config,
                       accelerator=accelerator, title=f"sft {args.task or Path(args.data).name}")
     result = trainer.train()
