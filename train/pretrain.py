@@ -224,18 +224,18 @@ def build_model(args: PretrainArgs, tokenizer):
 def train(args: PretrainArgs | dict) -> Path:
     """Train one run; returns its folder. Works in a single process or under accelerate/torchrun."""
     import torch
-    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     from mdlm.data import packed_split
-    from mdlm.train.trainer import Trainer, TrainerConfig, objective_loss_fn, prepare_output_dir
+    from mdlm.train.trainer import (Trainer, TrainerConfig, make_accelerator, objective_loss_fn,
+                                    prepare_output_dir)
 
     args = PretrainArgs.from_dict(args) if isinstance(args, dict) else args
     args = args.resolved()
     if not torch.distributed.is_initialized() and AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one Python process
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    accelerator = make_accelerator(args.mixed_precision)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         prepare_output_dir(output_dir, args.resume, args.overwrite)

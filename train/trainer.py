@@ -81,6 +81,20 @@ class TrainerConfig:
 # Pieces
 # ----------------------------------------------------------------------------------------------------
 
+def make_accelerator(mixed_precision: str = "no"):
+    """An Accelerator for one process, `accelerate launch`, or `torchrun`. Without CUDA, several processes
+    talk over gloo (accelerate only forms a CPU process group when told `cpu=True`)."""
+    import os
+
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    if torch.cuda.is_available():
+        return Accelerator(mixed_precision=mixed_precision)
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if int(os.environ.get("WORLD_SIZE", "1")) > 1 else []
+    return Accelerator(mixed_precision=mixed_precision, cpu=True, kwargs_handlers=handlers)
+
+
 def objective_loss_fn(objective: str = "mdlm", loss: str = "t-dce") -> LossFn:
     """The loss function of `objective` for batches as described in the module docstring."""
 
@@ -253,10 +267,8 @@ def plot_curves(records: list[dict], path: Path, title: str = "") -> None:
 class Trainer:
     def __init__(self, model, tokenizer, train_data, eval_data, loss_fn: LossFn, config: TrainerConfig,
                  accelerator=None, title: str = ""):
-        from accelerate import Accelerator
-
         self.config, self.loss_fn, self.tokenizer, self.title = config, loss_fn, tokenizer, title
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(config.mixed_precision)
         self.output_dir = Path(config.output_dir)
         self.train_data, self.eval_data = train_data, eval_data
         self.stream = ShuffledStream(len(train_data), config.seed)
@@ -272,6 +284,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: warmup_cosine(s, config.warmup_steps, config.max_steps, config.min_lr_ratio))
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        if not hasattr(self.model, "config"):  # losses read model.config through the DDP wrapper too
+            self.model.config = model.config
         self.ema = EMA(acc.unwrap_model(self.model), config.ema) if config.ema > 0 else None
         self.generator = torch.Generator(device=acc.device).manual_seed(config.seed * 1000 + acc.process_index)
         acc.register_for_checkpointing(self.scheduler, GeneratorState(self.generator))
@@ -390,6 +404,7 @@ class Trainer:
 
     # -- training --------------------------------------------------------------------------------
     def train(self) -> Path:
+        from accelerate.utils import gather_object
         from tqdm.auto import tqdm
 
         acc, c = self.accelerator, self.config
@@ -416,7 +431,7 @@ class Trainer:
                 mask = batch.get("attention_mask")
                 step_tokens += mask.sum() if mask is not None else batch["input_ids"].numel()
                 if self.step == 0 and micro == 0 and acc.num_processes > 1:
-                    self.log({"step": 0, "tokens": 0, "first_batch_per_process": acc.gather_object([indices])})
+                    self.log({"step": 0, "tokens": 0, "first_batch_per_process": gather_object([indices])})
             if c.grad_clip > 0:
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), c.grad_clip)
             self.optimizer.step()

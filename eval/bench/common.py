@@ -1,0 +1,66 @@
+"""Shared by the benchmarks: the trained runs they measure, trained on demand.
+
+`ensure_run("mdlm-small")` returns `runs/bench/mdlm-small` when it holds a finished run, resumes it when a
+run there was interrupted, and trains it through `mdlm.train.pretrain.train` otherwise. The named runs
+share one token budget (BENCH_TRAINING) so that the MDLM and its AR baseline are comparable; it is sized
+to take about 20 minutes each on the 2-core CPU machine shared by several jobs (~500 tokens/s).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# One budget for every benchmark run: 300 steps x 8 sequences x 256 tokens = 614k training tokens.
+BENCH_TRAINING = dict(config="small", seq_len=256, batch_size=8, max_steps=300, warmup_steps=30, lr=2e-3,
+                      eval_every=50, eval_batches=16, save_every=50, log_every=10, seed=0)
+
+BENCH_RUNS: dict[str, dict] = {
+    "mdlm-small": dict(objective="mdlm", loss="t-dce"),
+    "ar-small": dict(objective="ar"),
+}
+
+
+def runs_dir() -> Path:
+    """Where benchmark runs live: $MDLM_BENCH_RUNS, else runs/bench in the repository."""
+    return Path(os.environ.get("MDLM_BENCH_RUNS", REPO_ROOT / "runs" / "bench"))
+
+
+def is_finished(run: Path) -> bool:
+    state = run / "trainer_state.json"
+    return state.is_file() and json.loads(state.read_text()).get("finished", False)
+
+
+def bench_options(name: str, **train_overrides) -> dict:
+    """The full training options of benchmark run `name` (its registered ones, then the overrides)."""
+    return {**BENCH_TRAINING, **BENCH_RUNS.get(name, {}), **train_overrides,
+            "output_dir": str(runs_dir() / name)}
+
+
+def ensure_run(name: str, **train_overrides) -> Path:
+    """The folder of finished benchmark run `name`, training (or resuming) it first when needed.
+
+    Runs named in BENCH_RUNS get their registered options; any other name needs its options as
+    keyword arguments (e.g. `ensure_run("asarm-small", objective="as-arm", init_from=...)`)."""
+    from mdlm.train.pretrain import train
+
+    options = bench_options(name, **train_overrides)
+    run = Path(options["output_dir"])
+    if is_finished(run):
+        saved = yaml.safe_load((run / "run_options.yaml").read_text()) if (run / "run_options.yaml").exists() else {}
+        differ = {k: (saved.get(k), v) for k, v in options.items() if k in saved and saved[k] != v}
+        if differ:
+            warnings.warn(f"{run} is a finished run whose options differ from those asked for ({differ}); "
+                          "using it as it is (delete it to retrain)", stacklevel=2)
+        return run
+    if (run / "checkpoints").is_dir():
+        options["resume"] = "latest"
+    elif run.exists():
+        options["overwrite"] = True  # a run that died before its first checkpoint: start it again
+    return train(options)
