@@ -47,14 +47,14 @@ import torch
 from tqdm.auto import tqdm
 
 from mdlm.as_arm import UNDECIDED, check_two_stream_model, initial_rank, keep_in_cache, left_align, two_stream_forward
-from mdlm.decode.config import DecodeConfig, DecodeResult
+from mdlm.decode.config import ASSD_ORDERS, DecodeConfig, DecodeResult
 from mdlm.decode.denoiser import check_canvas
 from mdlm.decode.registry import make_generator
 from mdlm.decode.trace import TraceRecorder
 from mdlm.kernels import sample_categorical
 from mdlm.kernels.sampling_reference import filter_logits
 
-ORDERS = ("left-to-right", "right-to-left", "random", "confidence")
+ORDERS = ASSD_ORDERS
 ACCEPT, REJECT = 0, 1
 
 
@@ -270,7 +270,8 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
     generated (tokens, whole batch), generated_per_row, calls_per_row (calls in which the row had a
     query), tokens_per_call (generated tokens per row-call), draft_sizes (k of each round)."""
     state, priority, generator = _prepare(model, canvas, config, valid, position_ids, generator)
-    trace = TraceRecorder(config.trace)
+    trace = TraceRecorder(config.trace, getattr(config, "step_callback", None))
+    recording = bool(config.trace or getattr(config, "step_callback", None))
     total = state.undecided.sum(1)
     drafted = accepted = rounds = 0
     draft_size, draft_sizes = config.draft_size, []
@@ -304,19 +305,20 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
         coins = accept_coins(p_of_draft, q_of_draft, generator) | (slot == 0)
         coins &= draft_valid
         num_accepted = coins.long().cumprod(1).sum(1)  # the first draft is always accepted
-        # The token after the accepted run: a residual draw at a rejection, else the bonus draw.
-        residuals = sample_residual(p[:, :D], q, generator)
-        bonus = sample_from_probs(p, generator)
+        # The token after the accepted run: a residual draw at a rejection, else the bonus draw from p.
         rejected = num_accepted < num_draft
-        extra = torch.where(rejected, residuals.gather(1, num_accepted.clamp(max=D - 1)[:, None])[:, 0],
-                            bonus.gather(1, num_accepted[:, None])[:, 0])
+        at_stop = num_accepted[:, None, None].expand(-1, 1, p.shape[-1])
+        p_stop = p.gather(1, at_stop)[:, 0]
+        q_stop = q.gather(1, at_stop.clamp(max=D - 1))[:, 0]
+        extra = sample_residual(p_stop, torch.where(rejected[:, None], q_stop, torch.zeros_like(q_stop)), generator)
         has_extra = rejected | has_bonus
         commit_tokens = torch.cat([drafts, drafts[:, :1]], 1).scatter(1, num_accepted[:, None], extra[:, None])
         commit_valid = torch.arange(D + 1, device=slot.device)[None] < (num_accepted + has_extra.long())[:, None]
 
-        revealed = _scatter_rows(state.tokens.shape, targets, torch.ones_like(commit_valid), commit_valid, False)
-        logprob = _scatter_rows(state.tokens.shape, targets, _model_logprob(p_logits, commit_tokens), commit_valid, 0.0)
-        trace.record(state.tokens, revealed, logprob)
+        if recording:
+            revealed = _scatter_rows(state.tokens.shape, targets, torch.ones_like(commit_valid), commit_valid, False)
+            logprob = _scatter_rows(state.tokens.shape, targets, _model_logprob(p_logits, commit_tokens), commit_valid, 0.0)
+            trace.record(state.tokens, revealed, logprob)
         state.commit(targets, commit_tokens, commit_valid, accepted_drafts=slot < num_accepted[:, None])
 
         active = remaining > 0
@@ -349,7 +351,8 @@ def parallel_decode(model, canvas, config: DecodeConfig, valid=None, position_id
     conditionally independent given the decoded tokens. `config.steps` calls (counts spread evenly),
     or `tokens_per_call` per call."""
     state, priority, generator = _prepare(model, canvas, config, valid, position_ids, generator)
-    trace = TraceRecorder(config.trace)
+    trace = TraceRecorder(config.trace, getattr(config, "step_callback", None))
+    recording = bool(config.trace or getattr(config, "step_callback", None))
     total = state.undecided.sum(1)
     steps = config.steps if tokens_per_call is None else None
     if steps is None and tokens_per_call is None:
@@ -366,11 +369,12 @@ def parallel_decode(model, canvas, config: DecodeConfig, valid=None, position_id
         targets, target_valid, logits = draft_targets(state, count, torch.zeros_like(count), priority)
         tokens = _draw(logits, config, generator)
         width = logits.shape[1]
-        revealed = _scatter_rows(state.tokens.shape, targets[:, :width], torch.ones_like(target_valid[:, :width]),
-                                 target_valid[:, :width], False)
-        logprob = _scatter_rows(state.tokens.shape, targets[:, :width], _model_logprob(logits, tokens),
-                                target_valid[:, :width], 0.0)
-        trace.record(state.tokens, revealed, logprob)
+        if recording:
+            revealed = _scatter_rows(state.tokens.shape, targets[:, :width], torch.ones_like(target_valid[:, :width]),
+                                     target_valid[:, :width], False)
+            logprob = _scatter_rows(state.tokens.shape, targets[:, :width], _model_logprob(logits, tokens),
+                                    target_valid[:, :width], 0.0)
+            trace.record(state.tokens, revealed, logprob)
         state.commit(targets[:, :width], tokens, target_valid[:, :width])
         progress.update(int(target_valid.sum()))
         call += 1

@@ -208,7 +208,7 @@ def joint_mask_logits(model, input_ids, masked, valid=None):
 
 
 def as_arm_loss(model, input_ids, fixed=None, attention_mask=None, generator=None, step: int = 0,
-                curriculum_steps: int = 1000) -> LossOutput:
+                curriculum_steps: int = 500) -> LossOutput:
     """Cross-entropy of the any-subset AR model under the "joint" mask, nats per masked token.
 
     fixed (B, L) bool: never masked, never scored (a prompt). attention_mask (B, L): padding (False =

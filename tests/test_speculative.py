@@ -285,3 +285,32 @@ def test_assd_needs_a_two_stream_model():
         decode(causal, torch.full((1, 4), MASK), DecodeConfig(sampler="assd"))
     with pytest.raises(ValueError, match="order"):
         assd_decode(sharp_model(), torch.full((1, 4), MASK), DecodeConfig(sampler="assd", order="sideways"))
+
+
+def test_generate_cli_reaches_assd(tiny_run_dir, capsys):
+    from mdlm.decode.cli import main
+
+    main(["--model", str(tiny_run_dir), "--prompt", "def f(", "--sampler", "assd", "--draft-size", "4",
+          "--max-new-tokens", "6", "--seed", "0"])
+    assert capsys.readouterr().out.startswith("def f(")
+
+
+def test_benchmark_measures_every_decoder(model):
+    from types import SimpleNamespace
+
+    from mdlm.eval.bench.speculative import markdown_table, measure
+
+    judge = MDLMForMaskedLM(MDLMConfig(vocab_size=5, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=8, mask_token_id=MASK,
+                                       attention="causal")).eval()
+    reference = torch.randint(0, MASK, (3, 8), generator=torch.Generator().manual_seed(0))
+    canvas = reference.clone()
+    canvas[:, 2:6] = MASK
+    args = SimpleNamespace(seed=0, temperature=1.0, order="left-to-right", draft_sizes=[2, 4], batch_size=2)
+    rows = measure(model, judge, canvas, reference, 2, args)
+    assert [r["decoder"] for r in rows] == ["sequential", "assd", "parallel", "assd", "parallel", "data"]
+    assert rows[0]["tokens_per_call"] == 1.0 and all(r["tokens_per_call"] >= 1 for r in rows[1:5])
+    assert all(r["gen_ppl"] > 1 for r in rows)
+    table = markdown_table(dict(run="r", judge="j", num_samples=3, batch_size=2, threads=1, temperature=1.0,
+                                order="left-to-right", settings={"infill": rows}))
+    assert table.count("\n| infill |") == 6

@@ -1,0 +1,271 @@
+"""Benchmark: any-subset speculative decoding (ASSD) against sequential and plain parallel decoding.
+
+    python -m mdlm.eval.bench.speculative                      # runs/bench/asarm-small, judged by ar-small
+    python -m mdlm.eval.bench.speculative --num-samples 8 --draft-sizes 2 4
+
+On an any-subset AR run (`--run`; trained here when absent: `mdlm.train.pretrain` with `--objective as-arm
+--init-from runs/bench/mdlm-small` when that run exists, else from scratch), for unconditional generation
+and for infilling the middle of held-out standard-library code (test split), it measures per decoder:
+network calls per row, tokens per call, wall time and its ratio to sequential decoding (one token per
+call in the same order: the same distribution as ASSD), and sample quality: generative perplexity under
+the autoregressive judge (`--judge`, default runs/bench/ar-small; skipped when absent) and the mean
+unigram entropy of the generated tokens. Decoders: sequential, ASSD with k in `--draft-sizes`, and plain
+parallel decoding (conditionally independent draws) at ASSD's number of calls, which shows what
+exactness buys. Writes results/speculative.json and results/speculative.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from mdlm.decode.config import DecodeConfig
+from mdlm.decode.speculative import assd_decode, parallel_decode, sequential_decode
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "speculative"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------------------------------
+
+def ensure_asarm_run(run: Path, init_from: Path, train_steps: int, seq_len: int) -> Path:
+    """The any-subset AR run, trained with the project's pretraining script when it does not exist."""
+    if (run / "config.json").exists():
+        return run
+    from mdlm.train.pretrain import train
+
+    options = dict(config="small", objective="as-arm", output_dir=str(run), max_steps=train_steps,
+                   seq_len=seq_len, eval_every=max(50, train_steps // 4), save_every=max(50, train_steps // 4))
+    if (init_from / "config.json").exists():
+        options["init_from"] = str(init_from)
+        print(f"training {run} from {init_from} for {train_steps} steps")
+    else:
+        print(f"{init_from} does not exist: training {run} from scratch for {train_steps} steps (weaker)")
+    train(options)
+    return run
+
+
+def load_run(path: Path):
+    from mdlm.model import MDLMForMaskedLM
+    from mdlm.tokenizer import load_tokenizer
+
+    return MDLMForMaskedLM.from_pretrained(path).eval(), load_tokenizer(str(path))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Canvases
+# ----------------------------------------------------------------------------------------------------
+
+def infill_windows(tokenizer, num: int, prefix: int, middle: int, suffix: int, seed: int) -> torch.Tensor:
+    """(num, prefix + middle + suffix) token windows of held-out stdlib files, one per file."""
+    from mdlm.data import stdlib_texts
+
+    width = prefix + middle + suffix
+    g = torch.Generator().manual_seed(seed)
+    windows = []
+    for text in stdlib_texts("test"):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) < width:
+            continue
+        start = int(torch.randint(0, len(ids) - width + 1, (), generator=g))
+        windows.append(ids[start:start + width])
+        if len(windows) == num:
+            break
+    if len(windows) < num:
+        raise ValueError(f"only {len(windows)} held-out files have {width} tokens; lower --num-samples or the lengths")
+    return torch.tensor(windows)
+
+
+def settings(tokenizer, mask_id: int, args) -> dict:
+    """name -> (canvas, reference tokens or None, first scored column)."""
+    unconditional = torch.full((args.num_samples, args.length), mask_id)
+    windows = infill_windows(tokenizer, args.num_samples, args.prefix, args.middle, args.suffix, args.seed)
+    infill = windows.clone()
+    infill[:, args.prefix:args.prefix + args.middle] = mask_id
+    return {"unconditional": (unconditional, None, 0), "infill": (infill, windows, args.prefix)}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Quality
+# ----------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generative_perplexity(judge, tokens: torch.Tensor, first_scored: int) -> float:
+    """exp(mean NLL) under the autoregressive judge of every token from column max(1, first_scored) on
+    (for infilling: the middle and the suffix after it, given the prefix)."""
+    logits = judge(tokens).logits[:, :-1].double()
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+    return math.exp(float(nll[:, max(1, first_scored) - 1:].mean()))
+
+
+def unigram_entropy(tokens: torch.Tensor) -> float:
+    """Mean over rows of the entropy (nats) of the row's token frequencies."""
+    values = []
+    for row in tokens:
+        counts = torch.bincount(row).double()
+        p = counts[counts > 0] / row.numel()
+        values.append(float(-(p * p.log()).sum()))
+    return sum(values) / len(values)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The measurement
+# ----------------------------------------------------------------------------------------------------
+
+def decode_in_batches(decoder, model, canvas, config: DecodeConfig, batch_size: int):
+    """Decode `canvas` in chunks of `batch_size` rows; returns (tokens, calls per row, acceptance rate or
+    None, seconds)."""
+    tokens, calls, accepted, drafted, seconds = [], [], 0, 0, 0.0
+    for index, start in enumerate(range(0, canvas.shape[0], batch_size)):
+        chunk = canvas[start:start + batch_size]
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + index)
+        began = time.perf_counter()
+        result = decoder(model, chunk, config, generator=generator)
+        seconds += time.perf_counter() - began
+        tokens.append(result.tokens)
+        calls += result.stats["calls_per_row"]
+        accepted += result.stats.get("accepted", 0)
+        drafted += result.stats.get("drafted", 0)
+    rate = accepted / drafted if drafted else None
+    return torch.cat(tokens), calls, rate, seconds
+
+
+def measure(model, judge, canvas, reference, first_scored, args) -> list[dict]:
+    generated = canvas == model.config.mask_token_id
+    width = int(generated.sum(1).max())
+
+    def run(decoder_name, decoder, k, config):
+        tokens, calls, rate, seconds = decode_in_batches(decoder, model, canvas, config, args.batch_size)
+        mean_calls = sum(calls) / len(calls)
+        return dict(decoder=decoder_name, k=k, calls_per_row=mean_calls, tokens_per_call=width / mean_calls,
+                    acceptance_rate=rate, seconds=seconds,
+                    gen_ppl=None if judge is None else generative_perplexity(judge, tokens, first_scored),
+                    unigram_entropy=unigram_entropy(tokens[generated].view(canvas.shape[0], -1)))
+
+    base = dict(seed=args.seed, temperature=args.temperature, order=args.order, sampler="assd")
+    sequential_decode(model, canvas[:1], DecodeConfig(**base))  # warm-up (allocator, threads)
+    rows = [run("sequential", sequential_decode, 1, DecodeConfig(**base))]
+    for k in args.draft_sizes:
+        rows.append(run("assd", assd_decode, k, DecodeConfig(**base, draft_size=k)))
+        steps = max(1, round(rows[-1]["calls_per_row"]))
+        rows.append(run("parallel", parallel_decode, k, DecodeConfig(**base, steps=steps)))
+    for r in rows:
+        r["speedup_vs_sequential"] = rows[0]["seconds"] / r["seconds"]
+    if reference is not None:
+        rows.append(dict(decoder="data", k=None, calls_per_row=None, tokens_per_call=None, acceptance_rate=None,
+                         seconds=None, speedup_vs_sequential=None,
+                         gen_ppl=None if judge is None else generative_perplexity(judge, reference, first_scored),
+                         unigram_entropy=unigram_entropy(reference[generated].view(canvas.shape[0], -1))))
+    return rows
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for name, rows in results["settings"].items():
+        assd = [r for r in rows if r["decoder"] == "assd"]
+        ks = [r["k"] for r in assd]
+        axes[0].plot(ks, [r["tokens_per_call"] for r in assd], "o-", label=name)
+        axes[1].plot(ks, [r["speedup_vs_sequential"] for r in assd], "o-", label=name)
+        if all(r["gen_ppl"] is not None for r in rows if r["decoder"] != "data"):
+            for decoder, marker in (("assd", "o-"), ("parallel", "s--")):
+                chosen = [r for r in rows if r["decoder"] == decoder]
+                axes[2].plot([r["k"] for r in chosen], [r["gen_ppl"] for r in chosen], marker, label=f"{name} {decoder}")
+            axes[2].axhline(rows[0]["gen_ppl"], color="gray", lw=0.8, ls=":")
+    axes[0].axhline(1.5, color="gray", lw=0.8, ls=":")
+    axes[0].set(xlabel="draft size k", ylabel="tokens per network call", title="ASSD tokens per call")
+    axes[1].set(xlabel="draft size k", ylabel="x faster than sequential", title="ASSD wall-time speed-up")
+    axes[2].set(xlabel="draft size k (parallel: same calls)", ylabel="generative perplexity (AR judge)",
+                title="quality (dotted: sequential)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def markdown_table(results: dict) -> str:
+    lines = [f"Any-subset speculative decoding on `{results['run']}` ({results['num_samples']} rows in batches of "
+             f"{results['batch_size']}, {results['threads']} CPU threads, "
+             f"temperature {results['temperature']}, order {results['order']}; judge `{results['judge']}`). "
+             "Sequential decoding samples the same distribution as ASSD; parallel decoding uses ASSD's number "
+             "of calls with conditionally independent tokens.", "",
+             "| setting | decoder | k | calls/row | tokens/call | acceptance | wall s | speed-up | gen. PPL | unigram H |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, rows in results["settings"].items():
+        for r in rows:
+            lines.append(f"| {name} | {r['decoder']} | {_fmt(r['k'], 'd')} | {_fmt(r['calls_per_row'], '.1f')} | "
+                         f"{_fmt(r['tokens_per_call'], '.2f')} | {_fmt(r['acceptance_rate'], '.2f')} | "
+                         f"{_fmt(r['seconds'], '.2f')} | {_fmt(r['speedup_vs_sequential'], '.2f')}x | "
+                         f"{_fmt(r['gen_ppl'], '.1f')} | {_fmt(r['unigram_entropy'], '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=ROOT / "runs/bench/asarm-small", help="any-subset AR run")
+    p.add_argument("--init-from", type=Path, default=ROOT / "runs/bench/mdlm-small",
+                   help="MDLM run to start the AS-ARM training from when --run is absent")
+    p.add_argument("--judge", type=Path, default=ROOT / "runs/bench/ar-small", help="autoregressive judge run")
+    p.add_argument("--train-steps", type=int, default=300, help="steps when --run must be trained")
+    p.add_argument("--train-seq-len", type=int, default=128)
+    p.add_argument("--draft-sizes", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--num-samples", type=int, default=16, help="rows per setting")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="rows decoded together (1: per-sequence latency, where speculative decoding helps)")
+    p.add_argument("--length", type=int, default=64, help="tokens of unconditional generation")
+    p.add_argument("--prefix", type=int, default=48, help="infilling: tokens of given prefix")
+    p.add_argument("--middle", type=int, default=32, help="infilling: tokens to generate")
+    p.add_argument("--suffix", type=int, default=32, help="infilling: tokens of given suffix")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--order", default="left-to-right")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results-dir", type=Path, default=ROOT / "results")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    run = ensure_asarm_run(args.run, args.init_from, args.train_steps, args.train_seq_len)
+    model, tokenizer = load_run(run)
+    judge = None
+    if (args.judge / "config.json").exists():
+        judge = load_run(args.judge)[0]
+        if judge.config.attention != "causal":
+            print(f"warning: the judge {args.judge} is not autoregressive (attention={judge.config.attention})")
+        if judge.config.vocab_size != model.config.vocab_size:
+            raise ValueError(f"the judge {args.judge} has another vocabulary ({judge.config.vocab_size} vs "
+                             f"{model.config.vocab_size}); train both runs with the same tokenizer")
+    else:
+        print(f"no judge at {args.judge}: generative perplexity is skipped")
+    results = dict(run=str(args.run.relative_to(ROOT) if args.run.is_relative_to(ROOT) else args.run),
+                   judge=None if judge is None else str(args.judge.relative_to(ROOT) if args.judge.is_relative_to(ROOT) else args.judge),
+                   num_samples=args.num_samples, batch_size=args.batch_size, temperature=args.temperature, order=args.order, threads=torch.get_num_threads(),
+                   settings={})
+    for name, (canvas, reference, first_scored) in settings(tokenizer, model.config.mask_token_id, args).items():
+        print(f"{name}: {canvas.shape[0]} rows x {canvas.shape[1]} tokens")
+        results["settings"][name] = measure(model, judge, canvas, reference, first_scored, args)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / f"{NAME}.json").write_text(json.dumps(results, indent=2))
+    plot(results, args.results_dir / f"{NAME}.png")
+    print(markdown_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
