@@ -243,7 +243,7 @@ class ShowWhenNextArrives:
 
 def run_schema(model, tokenizer, rows, args, config, console) -> int:
     try:
-        from mdlm.decode.schema import generate_json
+        from mdlm.decode.schema import SchemaFitError, UnsupportedSchemaError, generate_json
     except ImportError as error:
         raise CLIError(f"--schema needs mdlm.decode.schema, which cannot be imported here ({error})") from None
     path = Path(args.schema)
@@ -255,13 +255,16 @@ def run_schema(model, tokenizer, rows, args, config, console) -> int:
         raise CLIError(f"--schema {path} is not valid JSON ({error.msg})") from None
     for index, (prompt, _) in enumerate(rows):
         began = time.perf_counter()
-        output = generate_json(model, tokenizer, prompt, schema, config)
+        try:
+            output = generate_json(model, tokenizer, prompt, schema, config)
+        except (UnsupportedSchemaError, SchemaFitError) as error:
+            raise CLIError(f"--schema {path}: {error}") from None
         seconds = time.perf_counter() - began
         if args.format == "jsonl":
-            text = output if isinstance(output, str) else json.dumps(output)
-            print(json.dumps({"index": index, "prompt": prompt, "completion": text, "time_s": round(seconds, 4)}))
+            print(json.dumps({"index": index, "prompt": prompt, "completion": output.text, "valid": output.valid,
+                              "nfe": output.nfe, "time_s": round(seconds, 4)}))
         else:
-            print(output if isinstance(output, str) else json.dumps(output, indent=2))
+            print(json.dumps(output.value, indent=2))
     return 0
 
 

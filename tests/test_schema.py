@@ -367,3 +367,21 @@ def test_random_schemas_always_give_valid_json_or_a_clear_failure(model, stdlib_
         assert error.result.valid is False and error.result.value is None and error.result.errors
         return
     _check(out, schema)
+
+
+# --- the command line -----------------------------------------------------------------------------------
+
+def test_mdlm_generate_schema_end_to_end(tmp_path, tiny_run_dir, capsys):
+    from mdlm.decode.cli import main
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer"}},
+              "required": ["ok", "n"]}
+    (tmp_path / "s.json").write_text(json.dumps(schema))
+    assert main(["--model", str(tiny_run_dir), "--prompt", "x =", "--schema", str(tmp_path / "s.json"),
+                 "--format", "jsonl", "--temperature", "0"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["valid"] and record["nfe"] >= 1
+    jsonschema.validate(json.loads(record["completion"]), schema)
+    (tmp_path / "bad.json").write_text(json.dumps({"type": "string", "format": "date"}))
+    assert main(["--model", str(tiny_run_dir), "--prompt", "x", "--schema", str(tmp_path / "bad.json")]) == 2
+    assert "unsupported keyword 'format' at /format" in capsys.readouterr().err
