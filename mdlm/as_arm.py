@@ -35,7 +35,8 @@ Training ("joint" mask): visible tokens are rank 0; masked positions are ordered
 position + 1), their content holds the true token, and a query copy per masked position predicts it.
 Each target thus sees the visible tokens and the earlier masked ones; cross-entropy over every masked
 target, unweighted. Mask rate per sequence ~ U[low, high] with (low, high) rising linearly from
-(0.15, 0.15) to (0.85, 0.99) over the first `curriculum_steps` steps (the official code's schedule).
+(0.15, 0.15) to (0.85, 0.99) over the first `curriculum_steps` steps (100 by default, sized for our
+CPU-scale runs of hundreds of steps; the official code's schedule has the same shape over 5000 steps).
 
 Cost: a call with P content tokens and K queries is one forward pass over P + K tokens with a boolean
 (P + K) x (P + K) mask (SDPA with a mask on CPU: no flash attention). Without a cache P = L, so a
@@ -208,7 +209,7 @@ def joint_mask_logits(model, input_ids, masked, valid=None):
 
 
 def as_arm_loss(model, input_ids, fixed=None, attention_mask=None, generator=None, step: int = 0,
-                curriculum_steps: int = 500) -> LossOutput:
+                curriculum_steps: int = 100) -> LossOutput:
     """Cross-entropy of the any-subset AR model under the "joint" mask, nats per masked token.
 
     fixed (B, L) bool: never masked, never scored (a prompt). attention_mask (B, L): padding (False =

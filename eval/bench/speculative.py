@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from mdlm.decode.config import DecodeConfig
+from mdlm.eval.bench.common import runs_dir
 from mdlm.decode.speculative import assd_decode, parallel_decode, sequential_decode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,20 +37,22 @@ NAME = "speculative"
 # ----------------------------------------------------------------------------------------------------
 
 def ensure_asarm_run(run: Path, init_from: Path, train_steps: int, seq_len: int) -> Path:
-    """The any-subset AR run, trained with the project's pretraining script when it does not exist."""
-    if (run / "config.json").exists():
-        return run
-    from mdlm.train.pretrain import train
+    """The any-subset AR run. A benchmark run (under `runs_dir()`) is trained, resumed or reused by
+    `mdlm.eval.bench.common.ensure_run`, starting from the MDLM run `init_from` when that exists."""
+    from mdlm.eval.bench.common import ensure_run, is_finished
 
-    options = dict(config="small", objective="as-arm", output_dir=str(run), max_steps=train_steps,
-                   seq_len=seq_len, eval_every=max(50, train_steps // 4), save_every=max(50, train_steps // 4))
+    if run.parent.resolve() != runs_dir().resolve():
+        if not (run / "config.json").exists():
+            raise ValueError(f"{run} does not exist; train it (python train/pretrain.py --objective as-arm "
+                             f"--output-dir {run}) or leave --run at its default to have it trained here")
+        return run
+    options = dict(objective="as-arm", max_steps=train_steps, seq_len=seq_len,
+                   save_every=max(10, train_steps // 5), eval_every=max(10, train_steps // 5))
     if (init_from / "config.json").exists():
         options["init_from"] = str(init_from)
-        print(f"training {run} from {init_from} for {train_steps} steps")
-    else:
-        print(f"{init_from} does not exist: training {run} from scratch for {train_steps} steps (weaker)")
-    train(options)
-    return run
+    if not is_finished(run):
+        print(f"training {run} for {train_steps} steps from {options.get('init_from', 'scratch')}")
+    return ensure_run(run.name, **options)
 
 
 def load_run(path: Path):
@@ -218,11 +221,11 @@ def markdown_table(results: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, default=ROOT / "runs/bench/asarm-small", help="any-subset AR run")
-    p.add_argument("--init-from", type=Path, default=ROOT / "runs/bench/mdlm-small",
+    p.add_argument("--run", type=Path, default=runs_dir() / "asarm-small", help="any-subset AR run")
+    p.add_argument("--init-from", type=Path, default=runs_dir() / "mdlm-small",
                    help="MDLM run to start the AS-ARM training from when --run is absent")
-    p.add_argument("--judge", type=Path, default=ROOT / "runs/bench/ar-small", help="autoregressive judge run")
-    p.add_argument("--train-steps", type=int, default=300, help="steps when --run must be trained")
+    p.add_argument("--judge", type=Path, default=runs_dir() / "ar-small", help="autoregressive judge run")
+    p.add_argument("--train-steps", type=int, default=150, help="steps when --run must be trained")
     p.add_argument("--train-seq-len", type=int, default=128)
     p.add_argument("--draft-sizes", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--num-samples", type=int, default=16, help="rows per setting")
