@@ -42,6 +42,9 @@ def ancestral_decode(model, canvas, config: DecodeConfig, valid=None, position_i
 
     stats: "row_evaluations" (rows through the network) and "steps"."""
     canvas, valid, position_ids = check_canvas(model, canvas, valid, position_ids)
+    if config.block_length is not None:
+        raise ValueError("block_length applies to the confidence sampler; for block-wise random-order decoding use "
+                         "sampler='confidence' with remasking='random' (one token per step is exact within a block)")
     mask_id = mask_token_id_of(model)
     steps = config.steps or DEFAULT_STEPS
     network = NetworkCounter(model)

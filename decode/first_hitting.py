@@ -31,6 +31,9 @@ def first_hitting_decode(model, canvas, config: DecodeConfig, valid=None, positi
 
     stats["times"]: (B, steps) float64 first-hitting times (NaN once a row is done)."""
     canvas, valid, position_ids = check_canvas(model, canvas, valid, position_ids)
+    if config.block_length is not None:
+        raise ValueError("block_length applies to the confidence sampler; for block-wise random-order decoding use "
+                         "sampler='confidence' with remasking='random' (one token per step is exact within a block)")
     mask_id = mask_token_id_of(model)
     schedule = get_schedule(config.masking_schedule)
     network = NetworkCounter(model)

@@ -146,3 +146,21 @@ def test_generate_text_in_text_out(stdlib_tokenizer, tiny_model):
     assert len(infilled) == 1
     with pytest.raises(ValueError, match="context"):
         generate(tiny_model, stdlib_tokenizer, ["x " * 80], 10, DecodeConfig())
+
+
+def test_block_causal_cached_trace_is_in_the_callers_layout_with_the_models_log_probs():
+    from mdlm.decode.denoiser import default_position_ids
+
+    model = small_model("block-causal")
+    canvas, valid = padded_batch(PROMPTS, 9)
+    seen = []
+    config = DecodeConfig(steps=9, seed=4, trace=True, step_callback=seen.append)
+    result = decode(model, canvas, config, valid=valid)
+    assert len(seen) == len(result.trace)
+    for step, live in zip(result.trace, seen):
+        assert torch.equal(step.state, live.state) and torch.equal(step.revealed, live.revealed)
+        assert not (step.revealed & ~valid).any() and torch.equal(step.state[~valid], canvas[~valid])
+        with torch.no_grad():
+            logits = model(step.state, attention_mask=valid, position_ids=default_position_ids(valid)).logits
+        logp = torch.log_softmax(logits.double(), -1).gather(-1, step.x0[..., None])[..., 0]
+        assert torch.allclose(step.logprob[step.revealed], logp[step.revealed], atol=1e-4)

@@ -131,3 +131,23 @@ def test_left_padded_batches_keep_fixed_tokens(sharp_model, sampler):
     assert sum(int(s.revealed.sum()) for s in result.trace) == int((canvas == MASK).sum())
     if sampler == "first-hitting":
         assert result.nfe == 3 and all(bool((s.revealed.sum(-1) <= 1).all()) for s in result.trace)
+
+
+@pytest.mark.parametrize("sampler", ["first-hitting", "ancestral", "confidence"])
+def test_trace_log_probabilities_are_the_models(sharp_model, sampler):
+    """RL optimises along traces: each revealed token's log-probability must be log p(token | state)."""
+    canvas = torch.tensor([[0, MASK, MASK, MASK, 1, MASK], [MASK, 2, MASK, MASK, MASK, MASK]])
+    result = decode(sharp_model, canvas, DecodeConfig(sampler=sampler, steps=4, seed=5, trace=True))
+    for step, nxt in zip(result.trace, result.trace[1:] + [None]):
+        after = nxt.state if nxt is not None else result.tokens
+        with torch.no_grad():
+            logp = torch.log_softmax(sharp_model(step.state).logits.double(), -1)
+        chosen = logp.gather(-1, after[..., None])[..., 0]
+        assert torch.allclose(step.logprob[step.revealed], chosen[step.revealed], atol=1e-5)
+        assert bool((step.state[step.revealed] == MASK).all())
+    assert sum(int(s.revealed.sum()) for s in result.trace) == int((canvas == MASK).sum())
+
+
+def test_block_length_is_rejected_where_it_does_not_apply(sharp_model):
+    with pytest.raises(ValueError, match="block_length applies to the confidence sampler"):
+        decode(sharp_model, torch.full((1, 4), MASK), DecodeConfig(sampler="first-hitting", block_length=2))
