@@ -1,0 +1,301 @@
+"""Benchmark of the categorical draw: this project's float64 sampler against the two usual ways.
+
+  (a) `mdlm.kernels.sample_categorical`: float64 Gumbel-max over row chunks (the torch reference on CPU),
+      which also returns log p of the draw, the top-1/top-2 log-probabilities and the entropy;
+  (b) naive float64 (LLaDA style): a float64 copy of the whole logits plus float64 noise, then argmax;
+  (c) plain float32 Gumbel-max: torch.rand noise in float32 added to the logits (the baseline).
+
+For a grid of (rows, vocab) up to 4096 x 50257, each shape runs in a fresh single-threaded process that
+times the three draws interleaved (best of --repeats) and measures each one's peak extra resident memory
+(VmHWM after resetting it through /proc/self/clear_refs, minus the resident size just before the draw). Times and memory are
+reported as ratios to (c) and memory also as a fraction of the float32 logits' size.
+
+Second part (Zheng et al. 2024): 256 unconditional samples from a trained model (--run) with MDLM's
+ancestral sampler in its original per-step form, one categorical over the vocabulary plus "stay masked"
+(probability 1 - d, d = 1/remaining steps), drawn with (a) and with float32 noise (the same counter hash
+truncated to 24 bits, `precision="float32"`), same seeds. Float32 noise cannot lift a token whose
+d * p is below ~1e-7 over the mask, so the samples lose their tail: lower unigram entropy and lower
+surprisal of the drawn tokens, i.e. a lowered effective temperature.
+
+No GPU here: the Triton kernel's timing is left to a machine with one (the JSON says so).
+
+    python -m mdlm.eval.bench.sampling [--run runs/bench/mdlm-small] [--quick]
+Writes results/sampling.json and results/sampling.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+NAME = "sampling"
+ROOT = Path(__file__).resolve().parents[2]
+METHODS = ("a", "b", "c")
+METHOD_LABELS = {"a": "(a) chunked float64 (this)", "b": "(b) naive float64 copy", "c": "(c) float32 Gumbel-max"}
+GRID = [(64, 8192), (64, 50257), (512, 8192), (512, 50257), (4096, 8192), (4096, 50257)]
+QUICK_GRID = [(64, 8192), (256, 50257)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The three draws
+# ----------------------------------------------------------------------------------------------------
+
+def draw_chunked_float64(logits: torch.Tensor, seed: int) -> torch.Tensor:
+    from mdlm.kernels import sample_categorical
+
+    return sample_categorical(logits, seed=seed, backend="torch").tokens
+
+
+def draw_naive_float64(logits: torch.Tensor, seed: int) -> torch.Tensor:
+    """LLaDA's add_gumbel_noise idea (float64 copy, float64 uniforms), written with in-place ops."""
+    generator = torch.Generator().manual_seed(seed)
+    scores = logits.to(torch.float64)
+    noise = torch.rand(scores.shape, dtype=torch.float64, generator=generator)
+    scores.sub_(noise.log_().neg_().log_())  # x + G, G = -log(-log u)
+    return scores.argmax(-1)
+
+
+def draw_float32(logits: torch.Tensor, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.rand(logits.shape, dtype=torch.float32, generator=generator)
+    return noise.log_().neg_().log_().neg_().add_(logits).argmax(-1)
+
+
+DRAWS = {"a": draw_chunked_float64, "b": draw_naive_float64, "c": draw_float32}
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_resident_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def measure_in_this_process(rows: int, vocab: int, repeats: int) -> dict:
+    """Best time and peak extra resident memory of each method, interleaved (a, b, c, a, b, c, ...) so
+    that load from other processes hits them alike. Run in a fresh process by `measure`."""
+    torch.set_num_threads(1)
+    logits = torch.empty(rows, vocab).normal_(generator=torch.Generator().manual_seed(0)).mul_(3.0)
+    out = {method: dict(seconds=math.inf, peak_extra_bytes=0, logits_bytes=logits.numel() * 4) for method in METHODS}
+    for method in METHODS:
+        DRAWS[method](logits[:2], 0)  # load libraries, warm the allocator
+    for repeat in range(repeats):
+        for method in METHODS:
+            Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident size to the current one
+            before = resident_bytes()
+            start = time.perf_counter()
+            DRAWS[method](logits, repeat)
+            seconds = time.perf_counter() - start
+            extra = max(0, peak_resident_bytes() - before)
+            out[method]["seconds"] = min(out[method]["seconds"], seconds)
+            out[method]["peak_extra_bytes"] = max(out[method]["peak_extra_bytes"], extra)
+    return out
+
+
+def measure(rows: int, vocab: int, repeats: int) -> dict:
+    code = (f"import json; from mdlm.eval.bench.sampling import measure_in_this_process as m; "
+            f"print(json.dumps(m({rows}, {vocab}, {repeats})))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring {rows}x{vocab} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_grid(grid, repeats: int) -> list[dict]:
+    rows_out = []
+    for rows, vocab in tqdm(grid, desc="time and memory", unit="shape"):
+        measured = measure(rows, vocab, repeats)
+        base = measured["c"]
+        entry = dict(rows=rows, vocab=vocab, logits_mb=base["logits_bytes"] / 2**20, methods={})
+        for method, m in measured.items():
+            entry["methods"][method] = dict(
+                seconds=m["seconds"], peak_extra_mb=m["peak_extra_bytes"] / 2**20,
+                ns_per_entry=m["seconds"] / (rows * vocab) * 1e9,
+                time_vs_c=m["seconds"] / base["seconds"],
+                memory_vs_c=m["peak_extra_bytes"] / max(base["peak_extra_bytes"], 1),
+                memory_vs_logits=m["peak_extra_bytes"] / m["logits_bytes"])
+        rows_out.append(entry)
+    return rows_out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entropy of samples from a trained model: float64 vs float32 noise in MDLM's per-step categorical
+# ----------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def ancestral_samples(model, num_samples: int, length: int, steps: int, precision: str, seed: int,
+                      batch_rows: int = 64):
+    """MDLM's ancestral sampler (linear schedule) with the joint categorical of each step: the vocabulary
+    with weights d * p(x0 | x_t) and the mask token with weight 1 - d. The network output of a row is
+    reused while the row does not change (RADD cache). Returns tokens and the model's log p of each drawn
+    token (at the step it was revealed)."""
+    from mdlm.kernels import sample_categorical
+
+    mask_id = model.config.mask_token_id
+    tokens = torch.full((num_samples, length), mask_id, dtype=torch.long)
+    revealed_logp = torch.zeros(num_samples, length, dtype=torch.float64)
+    log_probs = torch.empty(num_samples, length, model.config.vocab_size)
+    stale = torch.ones(num_samples, dtype=torch.bool)
+    for step in range(steps):
+        if bool(stale.any()):
+            rows = stale.nonzero()[:, 0]
+            for chunk in rows.split(batch_rows):
+                log_probs[chunk] = torch.log_softmax(model(tokens[chunk]).logits.float(), -1)
+            stale.zero_()
+        reveal_probability = 1.0 / (steps - step)  # (alpha_s - alpha_t) / (1 - alpha_t)
+        masked = tokens == mask_id
+        if not bool(masked.any()):
+            break
+        joint = log_probs[masked] + math.log(reveal_probability)
+        joint[:, mask_id] = math.log1p(-reveal_probability) if reveal_probability < 1 else float("-inf")
+        draw = sample_categorical(joint, seed=seed * 1_000_003 + step, precision=precision, backend="torch")
+        chosen = torch.zeros_like(tokens)
+        chosen[masked] = draw.tokens
+        newly = masked & (chosen != mask_id)
+        tokens[newly] = chosen[newly]
+        revealed_logp[newly] = (draw.logprob - math.log(reveal_probability))[(draw.tokens != mask_id)]
+        stale |= newly.any(1)
+    return tokens, revealed_logp
+
+
+def unigram_entropy(tokens: torch.Tensor) -> float:
+    """Mean over samples of the entropy (nats) of the sample's own token frequencies (Zheng et al.)."""
+    values = []
+    for row in tokens:
+        p = torch.bincount(row).double()
+        p = p[p > 0] / row.numel()
+        values.append(float(-(p * p.log()).sum()))
+    return sum(values) / len(values)
+
+
+def entropy_experiment(run: Path, num_samples: int, length: int, steps: int, seed: int) -> dict:
+    if not (run / "config.json").exists():
+        return dict(skipped=f"no trained run at {run} (produced by train/pretrain.py; rerun this benchmark "
+                            "when it exists)")
+    from mdlm.model import MDLMForMaskedLM
+
+    model = MDLMForMaskedLM.from_pretrained(run).eval()
+    if length > model.config.max_position_embeddings:
+        raise ValueError(f"--entropy-length {length} exceeds the model's context {model.config.max_position_embeddings}")
+    out = dict(run=str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
+               num_samples=num_samples, length=length, steps=steps, temperature=1.0, methods={})
+    for method, precision in (("a", "float64"), ("c", "float32")):
+        start = time.perf_counter()
+        tokens, logp = ancestral_samples(model, num_samples, length, steps, precision, seed)
+        out["methods"][method] = dict(
+            precision=precision, unigram_entropy=unigram_entropy(tokens),
+            mean_surprisal=float(-logp.mean()),  # nats per token under the model; lower = colder
+            distinct_tokens=int(tokens.unique().numel()), seconds=time.perf_counter() - start)
+        print(f"entropy with {METHOD_LABELS[method]}: {out['methods'][method]}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = results["grid"]
+    labels = [f"{g['rows']}x{g['vocab']}" for g in grid]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.27
+    for i, method in enumerate(METHODS):
+        xs = [j + (i - 1) * width for j in range(len(grid))]
+        axes[0].bar(xs, [g["methods"][method]["time_vs_c"] for g in grid], width, label=METHOD_LABELS[method])
+        axes[1].bar(xs, [g["methods"][method]["memory_vs_logits"] for g in grid], width, label=METHOD_LABELS[method])
+    axes[0].axhline(1.5, color="gray", ls="--", lw=1, label="1.5x target for (a)")
+    axes[0].set_ylabel("time / time of (c)")
+    axes[1].axhline(0.25, color="gray", ls="--", lw=1, label="1/4 target for (a)")
+    axes[1].set_ylabel("peak extra memory / float32 logits size")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xticks(range(len(grid)), labels, rotation=30)
+        ax.set_xlabel("rows x vocab")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Categorical draw on CPU ({results['threads']} thread): time and memory")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown_table(results: dict) -> str:
+    lines = ["| rows x vocab | logits (MB) | (a) time vs (c) | (b) time vs (c) | (a) peak extra / logits | "
+             "(b) peak extra / logits | (c) peak extra / logits | (c) ms |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for g in results["grid"]:
+        m = g["methods"]
+        lines.append(f"| {g['rows']} x {g['vocab']} | {g['logits_mb']:.0f} | {m['a']['time_vs_c']:.2f} | "
+                     f"{m['b']['time_vs_c']:.2f} | {m['a']['memory_vs_logits']:.3f} | "
+                     f"{m['b']['memory_vs_logits']:.2f} | {m['c']['memory_vs_logits']:.2f} | "
+                     f"{m['c']['seconds'] * 1e3:.0f} |")
+    entropy = results.get("entropy", {})
+    if "methods" in entropy:
+        lines += ["", f"Samples from `{entropy['run']}` ({entropy['num_samples']} x {entropy['length']} tokens, "
+                      f"{entropy['steps']} ancestral steps, temperature 1):", "",
+                  "| noise | unigram entropy (nats) | mean surprisal (nats/token) | distinct tokens |",
+                  "| --- | ---: | ---: | ---: |"]
+        for method, e in entropy["methods"].items():
+            lines.append(f"| {METHOD_LABELS[method]} | {e['unigram_entropy']:.3f} | {e['mean_surprisal']:.3f} | "
+                         f"{e['distinct_tokens']} |")
+    elif "skipped" in entropy:
+        lines += ["", f"Entropy of model samples: skipped ({entropy['skipped']})."]
+    lines += ["", f"_{results['gpu']}_"]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, default=ROOT / "runs/bench/mdlm-small", help="trained MDLM run")
+    p.add_argument("--repeats", type=int, default=3, help="timed draws per configuration (best is kept)")
+    p.add_argument("--entropy-samples", type=int, default=256)
+    p.add_argument("--entropy-length", type=int, default=32)
+    p.add_argument("--entropy-steps", type=int, default=256)
+    p.add_argument("--skip-grid", action="store_true", help="keep the grid of an existing results file")
+    p.add_argument("--quick", action="store_true", help="a tiny grid and 16 samples (a smoke test)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results-dir", type=Path, default=ROOT / "results")
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    path = args.results_dir / f"{NAME}.json"
+    if args.skip_grid and path.exists():
+        results = json.loads(path.read_text())
+    else:
+        grid = QUICK_GRID if args.quick else GRID
+        results = dict(threads=1, repeats=args.repeats, methods=METHOD_LABELS,
+                       grid=run_grid(grid, 1 if args.quick else args.repeats))
+    results["gpu"] = ("No GPU in the session that produced these numbers: the Triton kernel "
+                      "(kernels/sampling_triton.py) was checked token for token under TRITON_INTERPRET=1, "
+                      "its GPU timing is left to a machine with one.")
+    samples = 16 if args.quick else args.entropy_samples
+    results["entropy"] = entropy_experiment(args.run, samples, args.entropy_length, args.entropy_steps, args.seed)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    plot(results, args.results_dir / f"{NAME}.png")
+    print(markdown_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()

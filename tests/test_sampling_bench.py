@@ -1,0 +1,50 @@
+"""The sampling benchmark's pieces: the three draws, the ancestral sampler of the entropy experiment and
+the README table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mdlm import MDLMConfig, MDLMForMaskedLM
+from mdlm.eval.bench.sampling import (
+    DRAWS, METHODS, ancestral_samples, markdown_table, measure_in_this_process, unigram_entropy,
+)
+
+
+def test_the_three_draws_sample_the_softmax():
+    logits = torch.tensor([1.0, 0.0, -1.0, -2.0]).expand(20_000, -1).contiguous()
+    target = torch.softmax(logits[0].double(), -1)
+    for method in METHODS:
+        counts = torch.bincount(DRAWS[method](logits, 0), minlength=4).double() / logits.shape[0]
+        assert torch.allclose(counts, target, atol=0.015), (method, counts)
+
+
+def test_measurement_reports_time_and_memory_for_each_method():
+    measured = measure_in_this_process(8, 1000, repeats=1)
+    assert set(measured) == set(METHODS)
+    for m in measured.values():
+        assert m["seconds"] > 0 and m["peak_extra_bytes"] >= 0 and m["logits_bytes"] == 8 * 1000 * 4
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_ancestral_sampler_reveals_every_position(precision):
+    torch.manual_seed(0)
+    model = MDLMForMaskedLM(MDLMConfig.from_preset("tiny", vocab_size=60, mask_token_id=59)).eval()
+    tokens, logp = ancestral_samples(model, num_samples=5, length=12, steps=6, precision=precision, seed=1)
+    assert tokens.shape == (5, 12) and not bool((tokens == 59).any())
+    assert bool((logp < 0).all()) and bool(torch.isfinite(logp).all())
+    assert 0 < unigram_entropy(tokens) <= math.log(12)
+
+
+def test_markdown_table_lists_every_shape_and_the_entropy():
+    method = dict(seconds=0.1, time_vs_c=1.2, memory_vs_logits=0.1)
+    results = dict(grid=[dict(rows=4, vocab=10, logits_mb=0.0, methods={m: method for m in METHODS})],
+                   entropy=dict(run="runs/x", num_samples=2, length=3, steps=4,
+                                methods={m: dict(unigram_entropy=1.0, mean_surprisal=2.0, distinct_tokens=3)
+                                         for m in ("a", "c")}),
+                   gpu="no GPU")
+    table = markdown_table(results)
+    assert "| 4 x 10 |" in table and "unigram entropy" in table and "no GPU" in table
