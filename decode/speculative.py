@@ -158,8 +158,8 @@ class TwoStreamCanvas:
         if self.use_cache:
             # Committed content is final once computed: keep it; drafts wait for their verdict.
             cached = self.cache.valid if self.cache is not None else pending_valid[:, :0]
-            none = torch.zeros_like(query_valid)
-            keep = torch.cat([cached, pending_valid, torch.zeros_like(content_valid[:, pending_valid.shape[1]:]), none], 1)
+            drafts_on_trial = torch.zeros_like(content_valid[:, pending_valid.shape[1]:])
+            keep = torch.cat([cached, pending_valid, drafts_on_trial, torch.zeros_like(query_valid)], 1)
             self._unsettled = (new_cache, keep, cached.shape[1] + pending_valid.shape[1], num_drafts)
             self.pending = torch.zeros_like(self.pending)
         return logits

@@ -39,12 +39,14 @@ target, unweighted. Mask rate per sequence ~ U[low, high] with (low, high) risin
 CPU-scale runs of hundreds of steps; the official code's schedule has the same shape over 5000 steps).
 
 Cost: a call with P content tokens and K queries is one forward pass over P + K tokens with a boolean
-(P + K) x (P + K) mask (SDPA with a mask on CPU: no flash attention). Without a cache P = L, so a
-draft or verify call costs a plain forward over L + k tokens (k = draft size; < 1.1x a plain forward
-for k <= L / 10) and training costs one forward over L + |masked| <= 2L tokens (about 2x the tokens,
-up to 4x the attention of an MDLM step). With the cache of committed content (the decoders' default),
-a call only processes the tokens committed since the last call, the drafts and the queries: O(k) new
-tokens against the cached keys, like a speculative step of an autoregressive model.
+(P + K) x (P + K) mask (SDPA with a mask on CPU: no flash attention). Without a cache P <= L (every
+decoded token), so a draft or verify call costs about a plain forward over L + k tokens (k = draft
+size), and training costs one forward over L + |masked| <= 2L tokens: about 2x the tokens and up to 4x
+the attention of an MDLM step. Measured on the `small` preset (8 x 256 tokens, one CPU thread): an
+uncached draft call with k = 8 takes 1.2x a plain forward; the training forward 1.3x at 15% masked and
+2.75x at 90% masked. With the cache of committed content (the decoders' default), a call only
+processes the tokens committed since the last call, the drafts and the queries: O(k) new tokens against
+the cached keys, like a speculative step of an autoregressive model.
 """
 
 from __future__ import annotations
