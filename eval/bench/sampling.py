@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mdlm.eval.bench.common import is_finished, runs_dir
+
 NAME = "sampling"
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ("a", "b", "c")
@@ -174,18 +176,15 @@ def ancestral_samples(model, num_samples: int, length: int, steps: int, precisio
 
 def unigram_entropy(tokens: torch.Tensor) -> float:
     """Mean over samples of the entropy (nats) of the sample's own token frequencies (Zheng et al.)."""
-    values = []
-    for row in tokens:
-        p = torch.bincount(row).double()
-        p = p[p > 0] / row.numel()
-        values.append(float(-(p * p.log()).sum()))
-    return sum(values) / len(values)
+    counts = torch.zeros(tokens.shape[0], int(tokens.max()) + 1, dtype=torch.float64)
+    frequencies = counts.scatter_add_(1, tokens, torch.ones_like(tokens, dtype=torch.float64)) / tokens.shape[1]
+    return float(-(frequencies * frequencies.log()).nansum(1).mean())
 
 
 def entropy_experiment(run: Path, num_samples: int, length: int, steps: int, seed: int) -> dict:
-    if not (run / "config.json").exists():
-        return dict(skipped=f"no trained run at {run} (produced by train/pretrain.py; rerun this benchmark "
-                            "when it exists)")
+    if not (run / "config.json").exists() or ((run / "trainer_state.json").exists() and not is_finished(run)):
+        return dict(skipped=f"no finished trained run at {run} (train it with train/pretrain.py or "
+                            "mdlm.eval.bench.common.ensure_run('mdlm-small'), then rerun with --skip-grid)")
     from mdlm.model import MDLMForMaskedLM
 
     model = MDLMForMaskedLM.from_pretrained(run).eval()
@@ -264,7 +263,7 @@ def markdown_table(results: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, default=ROOT / "runs/bench/mdlm-small", help="trained MDLM run")
+    p.add_argument("--run", type=Path, default=runs_dir() / "mdlm-small", help="trained MDLM run")
     p.add_argument("--repeats", type=int, default=3, help="timed draws per configuration (best is kept)")
     p.add_argument("--entropy-samples", type=int, default=256)
     p.add_argument("--entropy-length", type=int, default=32)
