@@ -385,3 +385,17 @@ def test_mdlm_generate_schema_end_to_end(tmp_path, tiny_run_dir, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"type": "string", "format": "date"}))
     assert main(["--model", str(tiny_run_dir), "--prompt", "x", "--schema", str(tmp_path / "bad.json")]) == 2
     assert "unsupported keyword 'format' at /format" in capsys.readouterr().err
+
+
+def test_schema_benchmark_measures_both_methods_on_the_same_examples(model, stdlib_tokenizer):
+    from mdlm.eval.bench.schema import evaluate, markdown_table
+    from mdlm.train.tasks.signatures import examples_from_source
+
+    examples = examples_from_source("def add(a, b):\n    return a + b\n\ndef nop():\n    pass\n")
+    summary = evaluate(model, stdlib_tokenizer, examples, ["plain", "s3"], tokens_per_step=4, slot_tokens=4)
+    assert summary["s3"]["examples"] == summary["plain"]["examples"] == 2
+    assert summary["s3"]["structural_adherence"] == 1.0  # the random model's S3 output always validates
+    assert summary["s3"]["nfe"] < summary["plain"]["nfe"]
+    results = dict(run="tiny", sft_steps=0, num_examples=2, methods=["plain", "s3"], budgets={"4": summary})
+    table = markdown_table(results)
+    assert "| 4 | s3 | 100.0% |" in table and table.count("\n") == 6
