@@ -257,7 +257,7 @@ def run_schema(model, tokenizer, rows, args, config, console) -> int:
         began = time.perf_counter()
         try:
             output = generate_json(model, tokenizer, prompt, schema, config)
-        except (UnsupportedSchemaError, SchemaFitError) as error:
+        except (UnsupportedSchemaError, SchemaFitError, ValueError) as error:
             raise CLIError(f"--schema {path}: {error}") from None
         seconds = time.perf_counter() - began
         if args.format == "jsonl":
