@@ -354,11 +354,26 @@ def _array(children):
 schemas = st.recursive(scalars, lambda children: st.one_of(_object(children), _array(children)), max_leaves=5)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
-@given(schema=schemas, sampler=st.sampled_from(["confidence", "first-hitting", "ancestral"]),
-       seed=st.integers(0, 3))
+HYPOTHESIS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+RANDOM_CASES = dict(schema=schemas, sampler=st.sampled_from(["confidence", "first-hitting", "ancestral"]),
+                    seed=st.integers(0, 3))
+
+
+@settings(max_examples=25, **HYPOTHESIS)
+@given(**RANDOM_CASES)
 def test_random_schemas_always_give_valid_json_or_a_clear_failure(model, stdlib_tokenizer, schema, sampler, seed):
+    _valid_or_clear_failure(model, stdlib_tokenizer, schema, sampler, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=400, **HYPOTHESIS)
+@given(**RANDOM_CASES)
+def test_many_random_schemas_always_give_valid_json_or_a_clear_failure(model, stdlib_tokenizer, schema, sampler,
+                                                                       seed):
+    _valid_or_clear_failure(model, stdlib_tokenizer, schema, sampler, seed)
+
+
+def _valid_or_clear_failure(model, stdlib_tokenizer, schema, sampler, seed):
     config = DecodeConfig(sampler=sampler, seed=seed, steps=8 if sampler == "ancestral" else None)
     try:
         out = generate_json(model, stdlib_tokenizer, "data:", schema, config, slot_tokens=3, tokens_per_step=2
