@@ -239,6 +239,7 @@ SAMPLER_CONFIGS = [
     DecodeConfig(sampler="confidence", temperature=0.0),
     DecodeConfig(sampler="confidence", remasking="random", seed=1),
     DecodeConfig(sampler="confidence", remasking="margin", block_length=8, seed=1),
+    DecodeConfig(sampler="confidence", block_length=8, approximate_prefix_cache=True, seed=1),
     DecodeConfig(sampler="confidence", remasking="entropy", schedule="cosine", steps=8, seed=1),
     DecodeConfig(sampler="confidence", remasking="threshold", threshold=0.5, seed=1),
     DecodeConfig(sampler="confidence", remasking="rcr", steps=8, seed=1),
