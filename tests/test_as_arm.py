@@ -129,3 +129,20 @@ def test_a_few_dozen_steps_lower_the_loss_on_stdlib_code(stdlib_tokenizer):
         optimizer.step()
     after = evaluate()
     assert after < before - 0.7, (before, after)
+
+
+@pytest.mark.slow
+def test_pretrain_as_arm_from_an_mdlm_run_and_decode_it(tiny_run_dir, tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    from mdlm.decode import DecodeConfig, decode
+    from mdlm.train.pretrain import train
+
+    run = train(dict(config="tiny", objective="as-arm", init_from=str(tiny_run_dir), output_dir=str(tmp_path / "asarm"),
+                     max_steps=3, max_documents=5, eval_every=3, save_every=3, eval_batches=1, progress=False))
+    model = AutoModelForMaskedLM.from_pretrained(run).eval()
+    assert model.config.objective == "as-arm" and model.config.attention == "bidirectional"
+    canvas = torch.full((2, 12), model.config.mask_token_id)
+    result = decode(model, canvas, DecodeConfig(sampler="assd", draft_size=4, seed=0))
+    assert not bool((result.tokens == model.config.mask_token_id).any())
+    assert max(result.stats["calls_per_row"]) <= 12
