@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import sysconfig
+from functools import lru_cache
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
@@ -43,11 +44,16 @@ def _check_split(split: str) -> None:
 def stdlib_files(split: str) -> list[Path]:
     """Every `.py` file of the standard library (site-packages excluded) in `split`, sorted by path."""
     _check_split(split)
+    return [p for p, name in _stdlib_listing() if split_of(name) == split]
+
+
+@lru_cache(maxsize=1)
+def _stdlib_listing() -> tuple[tuple[Path, str], ...]:
     root = stdlib_root()
     files = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts)
     if not files:
         raise FileNotFoundError(f"no .py files under {root}: this Python has no standard library source")
-    return [p for p in files if split_of(p.relative_to(root).as_posix()) == split]
+    return tuple((p, p.relative_to(root).as_posix()) for p in files)
 
 
 def read_text(path: Path) -> str:
