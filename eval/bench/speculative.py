@@ -246,8 +246,12 @@ def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     run = ensure_asarm_run(args.run, args.init_from, args.train_steps, args.train_seq_len)
     model, tokenizer = load_run(run)
+    from mdlm.eval.bench.common import is_finished
+
     judge = None
-    if (args.judge / "config.json").exists():
+    judge_ready = (args.judge / "config.json").exists() and (
+        is_finished(args.judge) or not (args.judge / "trainer_state.json").exists())
+    if judge_ready:
         judge = load_run(args.judge)[0]
         if judge.config.attention != "causal":
             print(f"warning: the judge {args.judge} is not autoregressive (attention={judge.config.attention})")
@@ -255,7 +259,7 @@ def main(argv=None) -> dict:
             raise ValueError(f"the judge {args.judge} has another vocabulary ({judge.config.vocab_size} vs "
                              f"{model.config.vocab_size}); train both runs with the same tokenizer")
     else:
-        print(f"no judge at {args.judge}: generative perplexity is skipped")
+        print(f"no finished judge run at {args.judge}: generative perplexity is skipped")
     results = dict(run=str(args.run.relative_to(ROOT) if args.run.is_relative_to(ROOT) else args.run),
                    judge=None if judge is None else str(args.judge.relative_to(ROOT) if args.judge.is_relative_to(ROOT) else args.judge),
                    num_samples=args.num_samples, batch_size=args.batch_size, temperature=args.temperature, order=args.order, threads=torch.get_num_threads(),
