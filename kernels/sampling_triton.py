@@ -41,9 +41,11 @@ def _fmix32(x):
     return x
 
 
-@triton.jit
+# seed is never specialised (a seed of 1 would become a constexpr); the temperature comes as a float64
+# tensor because Python floats reach kernels as float32.
+@triton.jit(do_not_specialize=["seed"])
 def _categorical_row_kernel(
-    logits_ptr, row_stride, threshold_ptr, tokens_ptr, stats_ptr, vocab, seed, inv_temperature,
+    logits_ptr, row_stride, threshold_ptr, tokens_ptr, stats_ptr, vocab, seed, temperature_ptr,
     HAS_THRESHOLD: tl.constexpr, GREEDY: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
@@ -51,6 +53,7 @@ def _categorical_row_kernel(
     row_key = _fmix32(row.to(tl.uint32) * 0x9E3779B9 + seed.to(tl.uint32))
     if HAS_THRESHOLD:
         threshold = tl.load(threshold_ptr + row)
+    temperature = tl.load(temperature_ptr)
     neg_inf = float("-inf")
     # Running state. The float64 scalars start from float64 zeros so that loop-carried types stay fixed.
     zero = tl.zeros([], dtype=tl.float64)
@@ -100,7 +103,7 @@ def _categorical_row_kernel(
             u = (k + 0.5) * 1.1102230246251565e-16  # 2^-53
             u = tl.where(u < 1.0, u, k * 1.1102230246251565e-16)  # k = 2^53 - 1 rounds to 1: use 1 - 2^-53
             gumbel = -tl.log(-tl.log(u))
-            score = x * inv_temperature + gumbel
+            score = x / temperature + gumbel
             keep = finite
             if HAS_THRESHOLD:
                 keep = keep & (x32 >= threshold)
@@ -151,7 +154,7 @@ def sample_categorical_triton(logits: torch.Tensor, temperature: float = 1.0, to
         threshold = row_thresholds(flat, top_k, top_p)
         _categorical_row_kernel[(R,)](
             flat, flat.stride(0), threshold if threshold is not None else stats, tokens, stats, V, seed,
-            1.0 / temperature if temperature > 0 else 0.0,
+            torch.tensor([temperature if temperature > 0 else 1.0], dtype=torch.float64, device=flat.device),
             HAS_THRESHOLD=threshold is not None, GREEDY=temperature == 0, BLOCK=block, num_warps=num_warps,
         )
         bad = ~torch.isfinite(stats[:, 1])

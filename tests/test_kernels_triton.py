@@ -17,7 +17,7 @@ import torch
 
 from mdlm.kernels import cached_attention, sample_categorical
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 
 def run_interpreted(code: str, timeout: int = 600, **env) -> dict:
@@ -213,3 +213,36 @@ def test_model_uses_the_attention_kernel_with_a_cache_and_matches_sdpa(attention
     kernel when it is forced, in both layers, and give SDPA's logits on a left-padded batch."""
     assert attention_report["model_kernel_calls"] == 2 * 2 and attention_report["model_sdpa_kernel_calls"] == 0
     assert attention_report["model_error"] < 1e-4
+
+
+def test_kernels_compile_for_a_cuda_gpu_without_one():
+    """Lower both kernels to PTX for sm_90 (no GPU needed): catches what the interpreter does not check,
+    such as types the GPU compiler rejects."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from mdlm.kernels.attention_triton import _cached_attention_kernel
+    from mdlm.kernels.sampling_triton import _categorical_row_kernel
+
+    target = GPUTarget("cuda", 90, 32)
+    sampling_signature = {"logits_ptr": "*bf16", "row_stride": "i64", "threshold_ptr": "*fp32", "tokens_ptr": "*i64",
+                          "stats_ptr": "*fp64", "vocab": "i32", "seed": "i64", "temperature_ptr": "*fp64",
+                          "HAS_THRESHOLD": "constexpr", "GREEDY": "constexpr", "BLOCK": "constexpr"}
+    attention_signature = {name: "i32" for name in _cached_attention_kernel.arg_names}
+    attention_signature.update({name: "*bf16" for name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")},
+                               mask_ptr="*u8", scale="fp32",
+                               **{name: "constexpr" for name in ("HAS_MASK", "IEEE", "BLOCK_Q", "BLOCK_K", "BLOCK_D")})
+    sources = [
+        ASTSource(fn=_categorical_row_kernel, signature=sampling_signature,
+                  constexprs={"HAS_THRESHOLD": True, "GREEDY": False, "BLOCK": 1024}),
+        ASTSource(fn=_cached_attention_kernel, signature=attention_signature,
+                  constexprs={"HAS_MASK": True, "IEEE": False, "BLOCK_Q": 32, "BLOCK_K": 32, "BLOCK_D": 64}),
+    ]
+    for source in sources:
+        try:
+            compiled = triton.compile(source, target=target)
+        except RuntimeError as error:  # no CUDA toolchain bundled with this triton build
+            if "ptxas" in str(error).lower():
+                pytest.skip(f"no ptxas: {error}")
+            raise
+        assert ".entry" in compiled.asm["ptx"]
