@@ -152,7 +152,7 @@ def ancestral_samples(model, num_samples: int, length: int, steps: int, precisio
     revealed_logp = torch.zeros(num_samples, length, dtype=torch.float64)
     log_probs = torch.empty(num_samples, length, model.config.vocab_size)
     stale = torch.ones(num_samples, dtype=torch.bool)
-    for step in range(steps):
+    for step in tqdm(range(steps), desc=f"ancestral samples ({precision} noise)", unit="step", leave=False):
         if bool(stale.any()):
             rows = stale.nonzero()[:, 0]
             for chunk in rows.split(batch_rows):
