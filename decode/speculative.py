@@ -251,11 +251,23 @@ def _model_logprob(logits, tokens):
     return torch.log_softmax(logits.double(), -1).gather(-1, tokens[..., None])[..., 0]
 
 
+def _pad_columns(tensor, width: int, fill):
+    missing = width - tensor.shape[1]
+    return tensor if missing <= 0 else torch.cat([tensor, tensor.new_full((tensor.shape[0], missing), fill)], 1)
+
+
 def _scatter_rows(shape, positions, values, valid, fill):
     out = torch.full(shape, fill, dtype=values.dtype, device=values.device)
     rows, slots = valid.nonzero(as_tuple=True)
     out[rows, positions[rows, slots]] = values[rows, slots]
     return out
+
+
+def _call_stats(state: TwoStreamCanvas, generated_per_row: torch.Tensor) -> dict:
+    calls = int(state.calls_per_row.sum())
+    generated = int(generated_per_row.sum())
+    return dict(generated=generated, generated_per_row=generated_per_row.tolist(),
+                calls_per_row=state.calls_per_row.tolist(), tokens_per_call=generated / max(calls, 1))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -285,8 +297,7 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
         slot = torch.arange(D, device=remaining.device)[None]
         draft_valid = slot < num_draft[:, None]
         drafts = _draw(q_logits, config, generator)
-        targets = torch.cat([targets, targets[:, :1].expand(-1, D + 1 - targets.shape[1])], 1)[:, :D + 1]
-        target_valid = torch.cat([target_valid, torch.zeros_like(target_valid[:, :1]).expand(-1, D + 1 - target_valid.shape[1])], 1)[:, :D + 1]
+        targets, target_valid = _pad_columns(targets, D + 1, 0), _pad_columns(target_valid, D + 1, False)
 
         # Verify: the query of slot j (1..D) sees the drafts of slots < j; slot 0 reuses the draft.
         verify_valid = target_valid[:, 1:]
@@ -317,7 +328,8 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
 
         if recording:
             revealed = _scatter_rows(state.tokens.shape, targets, torch.ones_like(commit_valid), commit_valid, False)
-            logprob = _scatter_rows(state.tokens.shape, targets, _model_logprob(p_logits, commit_tokens), commit_valid, 0.0)
+            logprob = _model_logprob(p_logits, commit_tokens)
+            logprob = _scatter_rows(state.tokens.shape, targets, logprob, commit_valid, 0.0)
             trace.record(state.tokens, revealed, logprob)
         state.commit(targets, commit_tokens, commit_valid, accepted_drafts=slot < num_accepted[:, None])
 
@@ -330,15 +342,14 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
         if config.adaptive_draft:
             draft_size = next_draft_size(accepted, drafted, config.draft_size)
     progress.close()
-    generated = int(total.sum())
     stats = dict(drafted=drafted, accepted=accepted, acceptance_rate=accepted / max(drafted, 1), rounds=rounds,
-                 generated=generated, generated_per_row=total.tolist(), tokens_per_call=generated / max(int(state.calls_per_row.sum()), 1),
-                 calls_per_row=state.calls_per_row.tolist(), draft_sizes=draft_sizes)
+                 draft_sizes=draft_sizes, **_call_stats(state, total))
     return DecodeResult(tokens=state.tokens, nfe=state.nfe, trace=trace.result(), stats=stats)
 
 
 @torch.no_grad()
-def sequential_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=None, generator=None) -> DecodeResult:
+def sequential_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=None,
+                      generator=None) -> DecodeResult:
     """One token per network call in the order of `config.order`: the same distribution as ASSD (for
     the fixed orders), L network calls for L tokens."""
     return parallel_decode(model, canvas, config, valid, position_ids, generator, tokens_per_call=1)
@@ -379,7 +390,4 @@ def parallel_decode(model, canvas, config: DecodeConfig, valid=None, position_id
         progress.update(int(target_valid.sum()))
         call += 1
     progress.close()
-    generated = int(total.sum())
-    stats = dict(generated=generated, generated_per_row=total.tolist(), tokens_per_call=generated / max(int(state.calls_per_row.sum()), 1),
-                 calls_per_row=state.calls_per_row.tolist())
-    return DecodeResult(tokens=state.tokens, nfe=state.nfe, trace=trace.result(), stats=stats)
+    return DecodeResult(tokens=state.tokens, nfe=state.nfe, trace=trace.result(), stats=_call_stats(state, total))

@@ -184,7 +184,8 @@ def plot(results: dict, path: Path) -> None:
         if all(r["gen_ppl"] is not None for r in rows if r["decoder"] != "data"):
             for decoder, marker in (("assd", "o-"), ("parallel", "s--")):
                 chosen = [r for r in rows if r["decoder"] == decoder]
-                axes[2].plot([r["k"] for r in chosen], [r["gen_ppl"] for r in chosen], marker, label=f"{name} {decoder}")
+                axes[2].plot([r["k"] for r in chosen], [r["gen_ppl"] for r in chosen], marker,
+                             label=f"{name} {decoder}")
             axes[2].axhline(rows[0]["gen_ppl"], color="gray", lw=0.8, ls=":")
     axes[0].axhline(1.5, color="gray", lw=0.8, ls=":")
     axes[0].set(xlabel="draft size k", ylabel="tokens per network call", title="ASSD tokens per call")
@@ -242,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _shown(path: Path) -> str:
+    resolved = path.resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(path)
+
+
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     run = ensure_asarm_run(args.run, args.init_from, args.train_steps, args.train_seq_len)
@@ -260,9 +266,9 @@ def main(argv=None) -> dict:
                              f"{model.config.vocab_size}); train both runs with the same tokenizer")
     else:
         print(f"no finished judge run at {args.judge}: generative perplexity is skipped")
-    results = dict(run=str(args.run.relative_to(ROOT) if args.run.is_relative_to(ROOT) else args.run),
-                   judge=None if judge is None else str(args.judge.relative_to(ROOT) if args.judge.is_relative_to(ROOT) else args.judge),
-                   num_samples=args.num_samples, batch_size=args.batch_size, temperature=args.temperature, order=args.order, threads=torch.get_num_threads(),
+    results = dict(run=_shown(args.run), judge=None if judge is None else _shown(args.judge),
+                   num_samples=args.num_samples, batch_size=args.batch_size, temperature=args.temperature,
+                   order=args.order, threads=torch.get_num_threads(),
                    settings={})
     for name, (canvas, reference, first_scored) in settings(tokenizer, model.config.mask_token_id, args).items():
         print(f"{name}: {canvas.shape[0]} rows x {canvas.shape[1]} tokens")
