@@ -168,13 +168,15 @@ def _check_requests(model, requests: list[Request]) -> None:
 
 # ----------------------------------------------------------------------------- masked diffusion
 def diffusion_nll(model, requests: list[Request], mc_num: int = 128, batch_size: int = 32,
-                  generator: torch.Generator | None = None, stratified_counts: bool = True,
+                  generator: torch.Generator | list[torch.Generator] | None = None, stratified_counts: bool = True,
                   tiled_positions: bool = True, exact_when_cheaper: bool = True,
                   progress: bool = False) -> list[float]:
     """The negative ELBO (nats) of each continuation given its context, by Monte Carlo over masks of
     the continuation (module docstring). Rows of several requests share forward passes.
 
     mc_num: samples per request (in groups of `batch_size`, one stratified draw of k per group).
+    generator: one for all requests, or a list with one per request (results then do not depend on
+        which requests share a call).
     exact_when_cheaper: enumerate every mask when 2^L - 1 <= mc_num (always for L = 1), which is exact.
     """
     if mc_num < 1:
@@ -182,6 +184,9 @@ def diffusion_nll(model, requests: list[Request], mc_num: int = 128, batch_size:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     _check_requests(model, requests)
+    generators = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(requests)
+    if len(generators) != len(requests):
+        raise ValueError(f"got {len(generators)} generators for {len(requests)} requests; give one per request")
     rows: list[_Row] = []
     for index, (_, continuation) in enumerate(requests):
         length = len(continuation)
@@ -193,7 +198,7 @@ def diffusion_nll(model, requests: list[Request], mc_num: int = 128, batch_size:
             continue
         for group_start in range(0, mc_num, batch_size):
             group = min(batch_size, mc_num - group_start)
-            masks, counts = sample_masks(length, group, generator, stratified_counts, tiled_positions)
+            masks, counts = sample_masks(length, group, generators[index], stratified_counts, tiled_positions)
             rows += [_Row(index, m, length / int(k) / mc_num) for m, k in zip(masks, counts)]
     return _score_rows(model, requests, rows, batch_size, progress, "MC ELBO")
 

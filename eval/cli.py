@@ -1,0 +1,47 @@
+"""`mdlm-eval` / `python -m mdlm.eval`: lm-eval-harness's own CLI with the `mdlm` model registered and
+the local tasks (eval/tasks) on the task path.
+
+    mdlm-eval --model mdlm --model_args pretrained=runs/mdlm-small,mc_num=128 \\
+        --tasks stdlib_next_line,stdlib_infill --device cpu --limit 100 --output_path results/eval
+    accelerate launch -m mdlm.eval --model mdlm --model_args pretrained=runs/mdlm-small --tasks stdlib_ppl
+
+Every lm-eval flag and subcommand works (`run`, `ls tasks`, `validate`, `--include_path`, `--log_samples`,
+...). The local task folder is added to whatever `--include_path` the user gives.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _add_local_tasks_to_task_manager() -> None:
+    """lm-eval's CLI builds `TaskManager(include_path=args.include_path)` (one path); route every
+    TaskManager it builds through `include_paths` so the local tasks are always found too."""
+    import lm_eval.tasks
+
+    from mdlm.eval import include_paths
+
+    base = lm_eval.tasks.TaskManager
+    if getattr(base, "_with_mdlm_tasks", False):
+        return
+
+    class TaskManagerWithLocalTasks(base):
+        _with_mdlm_tasks = True
+
+        def __init__(self, *args, include_path=None, **kwargs):
+            super().__init__(*args, include_path=include_paths(include_path), **kwargs)
+
+    lm_eval.tasks.TaskManager = TaskManagerWithLocalTasks
+
+
+def main(argv: list[str] | None = None) -> None:
+    import mdlm.eval.adapter  # noqa: F401  (registers --model mdlm)
+    from lm_eval.__main__ import cli_evaluate
+
+    _add_local_tasks_to_task_manager()
+    sys.argv = [sys.argv[0] if sys.argv else "mdlm-eval", *(sys.argv[1:] if argv is None else argv)]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
