@@ -314,3 +314,14 @@ def test_benchmark_measures_every_decoder(model):
     table = markdown_table(dict(run="r", judge="j", num_samples=3, batch_size=2, threads=1, temperature=1.0,
                                 order="left-to-right", settings={"infill": rows}))
     assert table.count("\n| infill |") == 6
+
+
+def test_adaptive_draft_size_follows_the_acceptance_rate(model):
+    from mdlm.decode.speculative import next_draft_size
+
+    assert next_draft_size(0, 50, 4) == 2  # nothing accepted: the smallest useful draft
+    assert next_draft_size(45, 50, 4) == 16  # ~90% accepted: up to the cap of 4 x draft_size
+    assert next_draft_size(25, 50, 4) == 5  # alpha = 0.5: 1 + ceil(log 0.1 / log 0.5)
+    result = decode(model, torch.full((4, 8), MASK), DecodeConfig(sampler="assd", draft_size=2, adaptive_draft=True,
+                                                                   seed=0))
+    assert result.stats["draft_sizes"][0] == 2 and len(result.stats["draft_sizes"]) == result.stats["rounds"]
