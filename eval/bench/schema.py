@@ -95,9 +95,9 @@ def run_s3(model, tokenizer, prompt: str, scaffold, config: DecodeConfig, tokens
     try:
         out = generate_json(model, tokenizer, prompt, SIGNATURE_SCHEMA, config, scaffold=scaffold,
                             tokens_per_step=tokens_per_step, constrain=constrain)
-        return out.value, out.nfe
+        return out.value, out.nfe, out.rounds
     except SchemaFitError as error:
-        return None, error.result.nfe
+        return None, error.result.nfe, error.result.rounds
 
 
 def skeleton_tokens(scaffold) -> int:
@@ -127,16 +127,18 @@ def evaluate(model, tokenizer, examples, methods, tokens_per_step: int, slot_tok
         for method in methods:
             began = time.perf_counter()
             if method == "plain":
-                value, nfe = run_plain(model, tokenizer, example.prompt, skeleton_length, config, tokens_per_step)
+                (value, nfe), rounds = run_plain(model, tokenizer, example.prompt, skeleton_length, config,
+                                                 tokens_per_step), 1
             else:
-                value, nfe = run_s3(model, tokenizer, example.prompt, scaffold, config, tokens_per_step,
+                value, nfe, rounds = run_s3(model, tokenizer, example.prompt, scaffold, config, tokens_per_step,
                                     constrain=method == "s3")
             seconds = time.perf_counter() - began
             valid = value is not None and _validates(value)
             matches = field_matches(value if valid else None, example.answer)
             strings = string_values(value) if valid else []
             rows[method].append(dict(valid=valid, matches=matches, strings=len(strings),
-                                     hallucinated=sum(s not in source for s in strings), nfe=nfe, seconds=seconds,
+                                     hallucinated=sum(s not in source for s in strings), nfe=nfe, rounds=rounds,
+                                     seconds=seconds,
                                      source=example.source))
     return {m: summarize(r) for m, r in rows.items()}
 
@@ -150,6 +152,7 @@ def summarize(rows: list[dict]) -> dict:
                 all_fields_exact=sum(all(r["matches"].values()) for r in rows) / n,
                 hallucination=(sum(r["hallucinated"] for r in rows) / strings) if strings else None,
                 string_values=strings, nfe=sum(r["nfe"] for r in rows) / n,
+                rounds=sum(r["rounds"] for r in rows) / n,
                 seconds=sum(r["seconds"] for r in rows) / n)
 
 
@@ -207,11 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", type=Path, default=None, help="run to finetune (default: the mdlm-small bench run)")
     p.add_argument("--sft-run", type=Path, default=runs_dir() / SFT_RUN)
-    p.add_argument("--sft-steps", type=int, default=250)
+    p.add_argument("--sft-steps", type=int, default=400)
     p.add_argument("--sft-batch-size", type=int, default=8)
     p.add_argument("--sft-lr", type=float, default=1e-3)
     p.add_argument("--seq-len", type=int, default=192, help="longest SFT example (prompt + JSON + EOS), tokens")
-    p.add_argument("--num-examples", type=int, default=48, help="held-out functions to evaluate")
+    p.add_argument("--num-examples", type=int, default=40, help="held-out functions to evaluate")
     p.add_argument("--tokens-per-step", type=int, nargs="+", default=[1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--slot-tokens", type=int, default=8, help="B_f: the initial string slot length")
