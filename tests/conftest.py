@@ -42,3 +42,19 @@ def tiny_run_dir(tmp_path_factory, stdlib_tokenizer, tiny_model):
     tiny_model.save_pretrained(run)
     stdlib_tokenizer.save_pretrained(run)
     return run
+
+
+@pytest.fixture(scope="session")
+def mdlm_cache(tmp_path_factory):
+    """Tokenizers and packed datasets cached in a session folder (not the user's ~/.cache/mdlm); child
+    processes inherit it through the environment."""
+    import os
+
+    folder = tmp_path_factory.mktemp("mdlm_cache")
+    old = os.environ.get("MDLM_CACHE")
+    os.environ["MDLM_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("MDLM_CACHE", None)
+    else:
+        os.environ["MDLM_CACHE"] = old
