@@ -105,6 +105,8 @@ class MDLMEvalModel(LM):
     max_gen_toks    generation length when a task does not set one (default 128); capped at
                     max_length // 2 so that the prompt keeps room
     seed            of the Monte Carlo masks and of sampling (default 1234)
+    infill_suffix   diffusion runs condition infill prompts on the suffix (default True); False makes them
+                    continue the prefix only, like the AR baseline (an ablation)
     sampler, steps, block_length, temperature, remasking, schedule, threshold, top_k, top_p, eoser, ...
                     any `mdlm.decode.DecodeConfig` field, for `generate_until` of diffusion runs
                     (temperature/top_k/top_p also drive the AR loop). temperature defaults to 0 (greedy),
@@ -115,7 +117,7 @@ class MDLMEvalModel(LM):
                  mc_batch_size: int = 32, batch_size: int | str = 32, max_batch_size: int | None = None,
                  is_greedy: bool = False, device: str | None = None, dtype: str = "float32",
                  max_length: int | None = None, rolling_context: int | None = None, max_gen_toks: int = 128,
-                 seed: int = 1234, **decode_args):
+                 seed: int = 1234, infill_suffix: bool = True, **decode_args):
         super().__init__()
         self._check_args(pretrained, decode_args, dtype, seed, mc_num=mc_num, rolling_mc_num=rolling_mc_num,
                          mc_batch_size=mc_batch_size)
@@ -155,6 +157,7 @@ class MDLMEvalModel(LM):
         self.mc_batch_size = int(mc_batch_size)
         self.batch_size = self._parse_batch_size(batch_size)
         self.is_greedy, self.seed, self.default_max_gen_toks = bool(is_greedy), int(seed), int(max_gen_toks)
+        self.infill_suffix = bool(infill_suffix)
         if self.default_max_gen_toks < 1:
             raise ValueError(f"max_gen_toks must be >= 1, got {max_gen_toks}")
         from mdlm.decode import DecodeConfig
@@ -171,6 +174,7 @@ class MDLMEvalModel(LM):
         if unknown:
             known = ["pretrained", "tokenizer", "mc_num", "rolling_mc_num", "mc_batch_size", "batch_size",
                      "is_greedy", "device", "dtype", "max_length", "rolling_context", "max_gen_toks", "seed",
+                     "infill_suffix",
                      *decode_arg_names()]
             raise ValueError(f"unknown model arg(s) {', '.join(unknown)} for --model mdlm; known: {', '.join(known)}")
         for name, value in counts.items():
@@ -369,7 +373,7 @@ class MDLMEvalModel(LM):
                              "an infill context has exactly one hole")
         prefix, _, suffix = context.partition(INFILL_HOLE)
         prefix_ids = self.tok_encode(prefix) or [self.prefix_token_id]
-        suffix_ids = [] if self.is_autoregressive else self.tok_encode(suffix)
+        suffix_ids = self.tok_encode(suffix) if self.infill_suffix and not self.is_autoregressive else []
         room = self.max_length - max_gen_toks
         suffix_ids = suffix_ids[: max(room - len(prefix_ids), room // 2)]
         return prefix_ids[-(room - len(suffix_ids)):], suffix_ids

@@ -154,6 +154,11 @@ def test_infill_canvas_keeps_the_suffix_for_diffusion_only(mdlm_lm, ar_lm):
     prefix, suffix = mdlm_lm._split_prompt(context, 8)
     assert prefix == mdlm_lm.tok_encode("a = 1\n") and suffix == mdlm_lm.tok_encode("\nc = 3\n")
     assert ar_lm._split_prompt(context, 8) == (ar_lm.tok_encode("a = 1\n"), [])
+    mdlm_lm.infill_suffix = False  # the prefix-only ablation
+    try:
+        assert mdlm_lm._split_prompt(context, 8) == (prefix, [])
+    finally:
+        mdlm_lm.infill_suffix = True
     with pytest.raises(ValueError, match="exactly one hole"):
         mdlm_lm._split_prompt(INFILL_HOLE * 2, 8)
 
@@ -235,3 +240,16 @@ def test_two_process_accelerate_launch_gathers_on_rank_zero(tiny_run_dir, tmp_pa
                                      tasks=["stdlib_next_line", "stdlib_ppl"], task_manager=local_tasks, limit=3)
     for task, name in [("stdlib_next_line", "acc"), ("stdlib_ppl", "bits_per_byte"), ("stdlib_ppl", "word_perplexity")]:
         assert metric(launched, task, name) == pytest.approx(metric(single, task, name), rel=1e-5)
+
+
+def test_benchmark_quick_run_writes_json_plot_and_table(tiny_run_dir, ar_run_dir, tmp_path):
+    from mdlm.eval.bench import lm_eval as bench
+
+    results = bench.main(["--mdlm-run", str(tiny_run_dir), "--ar-run", str(ar_run_dir), "--quick",
+                          "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "lm_eval.json").read_text())
+    assert (tmp_path / "lm_eval.png").stat().st_size > 10_000
+    assert saved["models"]["ar"]["attention"] == "causal" and saved["config"]["limits"]["stdlib_infill"] == 4
+    table = bench.markdown_table(saved)
+    assert table == bench.markdown_table(results) and "| stdlib_next_line | acc |" in table
+    assert set(saved["estimator"]["std"]) == set(bench.ESTIMATORS)
