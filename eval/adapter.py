@@ -1,6 +1,6 @@
 """The lm-eval-harness model `mdlm`: masked diffusion runs and their autoregressive baseline.
 
-    lm_eval --model mdlm --model_args pretrained=runs/mdlm-small,mc_num=128 --tasks stdlib_next_line
+    mdlm-eval --model mdlm --model_args pretrained=runs/mdlm-small,mc_num=128 --tasks stdlib_next_line
     lm_eval.simple_evaluate(model=MDLMEvalModel(pretrained="runs/mdlm-small"), tasks=[...])
 
 One adapter evaluates both kinds of run saved by `mdlm-pretrain`; the run's config decides:
@@ -17,10 +17,11 @@ Infilling: a generation context that contains `INFILL_HOLE` once is read as pref
 diffusion model decodes the canvas prefix + masks + suffix (it sees both sides); the autoregressive
 model, which cannot condition on a suffix, continues the prefix.
 
-Multi-process (`accelerate launch -m mdlm.eval ...`): lm-eval shards the requests by rank; this class
-provides rank / world_size and the collectives (`all_gather`, `gather_object`, `barrier`) through
-accelerate, and results are gathered on rank 0. Monte Carlo masks are seeded per request (from `seed`
-and the request's tokens), so a likelihood does not depend on batching or on the number of processes.
+Multi-process (`accelerate launch --multi_gpu --num_processes N -m mdlm.eval ...`, gloo processes on a
+CPU-only machine, or torchrun): lm-eval shards the requests by rank; this class provides rank /
+world_size and the collectives (`all_gather`, `gather_object`, `barrier`) through accelerate, and results
+are gathered on rank 0. Monte Carlo masks are seeded per request (from `seed` and the request's tokens),
+so a likelihood does not depend on batching or on the number of processes.
 """
 
 from __future__ import annotations

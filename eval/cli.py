@@ -3,7 +3,8 @@ the local tasks (eval/tasks) on the task path.
 
     mdlm-eval --model mdlm --model_args pretrained=runs/mdlm-small,mc_num=128 \\
         --tasks stdlib_next_line,stdlib_infill --device cpu --limit 100 --output_path results/eval
-    accelerate launch -m mdlm.eval --model mdlm --model_args pretrained=runs/mdlm-small --tasks stdlib_ppl
+    accelerate launch --multi_gpu --num_processes 2 -m mdlm.eval --model mdlm \\
+        --model_args pretrained=runs/mdlm-small --tasks stdlib_ppl   # on CPU too: gloo processes
 
 Every lm-eval flag and subcommand works (`run`, `ls tasks`, `validate`, `--include_path`, `--log_samples`,
 ...). The local task folder is added to whatever `--include_path` the user gives.

@@ -126,11 +126,14 @@ def test_loglikelihood_does_not_depend_on_batching(mdlm_lm):
 
 def test_is_greedy_is_true_exactly_for_the_greedy_decode(tiny_run_dir, stdlib_tokenizer):
     lm = MDLMEvalModel(pretrained=str(tiny_run_dir), mc_num=4, is_greedy=True)
-    context = stdlib_tokenizer("class A:\n")["input_ids"]
-    canvas = torch.tensor([context + [lm.config.mask_token_id] * 3])
-    greedy = decode(lm.model, canvas, DecodeConfig(temperature=0.0)).tokens[0, -3:].tolist()
-    other = greedy[:2] + [(greedy[2] + 1) % 100 + 10]
-    assert lm._greedy_reproduces([(context, greedy), (context, other)]) == [True, False]
+    pairs = []
+    for text, length in [("class A:\n", 3), ("import os\nimport sys\n\n\ndef main():\n", 2)]:
+        context = stdlib_tokenizer(text)["input_ids"]
+        canvas = torch.tensor([context + [lm.config.mask_token_id] * length])
+        greedy = decode(lm.model, canvas, DecodeConfig(temperature=0.0)).tokens[0, -length:].tolist()
+        pairs += [(context, greedy), (context, greedy[:-1] + [(greedy[-1] + 1) % 100 + 10])]
+    # Batched (left-padded rows of different lengths) as decoded one by one.
+    assert lm._greedy_reproduces(pairs) == [True, False, True, False]
 
 
 def test_generate_until_honours_until_and_length_with_any_sampler(tiny_run_dir, ar_lm):
@@ -230,7 +233,8 @@ def test_two_process_accelerate_launch_gathers_on_rank_zero(tiny_run_dir, tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "-m", "mdlm.eval", "--model", "mdlm", "--model_args", f"pretrained={tiny_run_dir},mc_num=8,mc_batch_size=8",
+               "-m", "mdlm.eval", "--model", "mdlm",
+               "--model_args", f"pretrained={tiny_run_dir},mc_num=8,mc_batch_size=8",
                "--tasks", "stdlib_next_line,stdlib_ppl", "--limit", "3", "--device", "cpu", "--output_path", str(out)]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr[-3000:]
