@@ -157,3 +157,18 @@ def test_python_train_script_runs_without_accelerate(tmp_path, mdlm_cache):
                                                       "output_dir": run})])
     assert "options:" in done.stdout and "max_steps: 2" in done.stdout
     assert json.loads((run / "trainer_state.json").read_text())["finished"]
+
+
+def test_init_from_another_run_and_an_existing_tokenizer(tmp_path, mdlm_cache):
+    base = train({**TINY, "max_steps": 2, "eval_every": 2, "save_every": 2, "output_dir": str(tmp_path / "a")})
+    # continue as an AR model from the MDLM's weights; a vanishing learning rate keeps them
+    tuned = train({**TINY, "objective": "ar", "init_from": str(base), "max_steps": 1, "lr": 1e-12, "ema": 0,
+                   "eval_every": 1, "save_every": 1, "output_dir": str(tmp_path / "b")})
+    a, b = load_file(base / "model.safetensors"), load_file(tuned / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert AutoModelForMaskedLM.from_pretrained(tuned).config.attention == "causal"
+    assert (base / "tokenizer.json").read_text() == (tuned / "tokenizer.json").read_text()
+    fresh = train({**TINY, "tokenizer": str(base), "hidden_size": 32, "max_steps": 1, "eval_every": 1,
+                   "save_every": 1, "output_dir": str(tmp_path / "c")})
+    model = AutoModelForMaskedLM.from_pretrained(fresh)
+    assert model.config.hidden_size == 32 and model.config.vocab_size == len(AutoTokenizer.from_pretrained(base))

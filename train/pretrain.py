@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -42,53 +42,57 @@ PRESET_TRAINING = {
 }
 
 
+def option(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class PretrainArgs:
     """Every option of a pretraining run. None means "the preset's default" (see PRESET_TRAINING)."""
 
     # data
-    dataset: str = "stdlib"  # stdlib | local .txt/.jsonl/.parquet file or folder | hub name[:config]
-    text_column: str | None = None  # column of jsonl/parquet/hub data (default "text")
-    max_documents: int | None = None  # use only the first N training documents (tiny preset: 100)
-    tokenizer: str | None = None  # default: a byte-level BPE trained on the train split; or an HF name/path
-    vocab_size: int | None = None  # of the trained BPE
-    seq_len: int | None = None  # tokens per training sequence (packed block)
+    dataset: str = option("stdlib", 'stdlib | local .txt/.jsonl/.parquet file or folder | hub name[:config]')
+    text_column: str | None = option(None, 'column of jsonl/parquet/hub data (default "text")')
+    max_documents: int | None = option(None, 'use only the first N training documents (tiny preset: 100)')
+    tokenizer: str | None = option(None, 'default: a byte-level BPE trained on the train split; or an HF name/path')
+    vocab_size: int | None = option(None, 'of the trained BPE')
+    seq_len: int | None = option(None, 'tokens per training sequence (packed block)')
     # model
-    config: str = "small"  # preset: tiny | small | gpt2
-    hidden_size: int | None = None
-    num_hidden_layers: int | None = None
-    num_attention_heads: int | None = None
-    intermediate_size: int | None = None
-    max_position_embeddings: int | None = None
-    dropout: float | None = None
-    rope_theta: float | None = None
-    objective: str = "mdlm"  # mdlm | ar | as-arm
-    loss: str = "t-dce"  # t-dce | lambda-dce | k-dce (masked objective only)
-    attention: str | None = None  # bidirectional | causal | block-causal (default: from the objective)
-    block_size: int | None = None  # attention block of block-causal attention
-    init_from: str | None = None  # start from another run's weights (and tokenizer)
+    config: str = option("small", 'preset: tiny | small | gpt2')
+    hidden_size: int | None = option(None, 'model width (overrides the preset)')
+    num_hidden_layers: int | None = option(None, 'transformer blocks')
+    num_attention_heads: int | None = option(None, 'attention heads')
+    intermediate_size: int | None = option(None, 'MLP width')
+    max_position_embeddings: int | None = option(None, "the model's context in tokens")
+    dropout: float | None = option(None, 'dropout rate')
+    rope_theta: float | None = option(None, 'rotary embedding base')
+    objective: str = option("mdlm", 'mdlm | ar | as-arm')
+    loss: str = option("t-dce", 't-dce | lambda-dce | k-dce (masked objective only)')
+    attention: str | None = option(None, 'bidirectional | causal | block-causal (default: from the objective)')
+    block_size: int | None = option(None, 'attention block of block-causal attention')
+    init_from: str | None = option(None, "start from another run's weights (and tokenizer)")
     # optimisation
-    output_dir: str | None = None  # default runs/<objective>-<config>
-    max_steps: int | None = None
-    seed: int = 0
-    batch_size: int | None = None  # sequences per process per micro-batch
-    grad_accum: int = 1
-    lr: float | None = None
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None
-    grad_clip: float = 1.0
-    ema: float | None = None  # EMA decay; 0 disables it (the saved model is the EMA)
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    eval_every: int | None = None
-    eval_batches: int | None = None
-    save_every: int | None = None
-    log_every: int | None = None
-    resume: str | None = None  # "latest" (bare --resume) or a checkpoint folder
-    overwrite: bool = False
-    stop_at_step: int | None = None  # stop after this step as if killed (for testing --resume)
-    progress: bool = True
-    config_file: str | None = None
+    output_dir: str | None = option(None, 'default runs/<objective>-<config>')
+    max_steps: int | None = option(None, 'optimizer steps')
+    seed: int = option(0, 'seed of initialisation, data order and masking')
+    batch_size: int | None = option(None, 'sequences per process per micro-batch')
+    grad_accum: int = option(1, 'micro-batches per optimizer step')
+    lr: float | None = option(None, 'peak AdamW learning rate')
+    min_lr_ratio: float = option(0.1, 'the cosine decays to lr * min_lr_ratio')
+    weight_decay: float = option(0.01, 'AdamW weight decay (matrices only)')
+    warmup_steps: int | None = option(None, 'linear warmup steps')
+    grad_clip: float = option(1.0, 'gradient-norm clipping; 0 disables it')
+    ema: float | None = option(None, 'EMA decay; 0 disables it (the saved model is the EMA)')
+    mixed_precision: str = option("no", 'no | bf16 | fp16')
+    eval_every: int | None = option(None, 'validate every N steps')
+    eval_batches: int | None = option(None, 'validation batches per evaluation')
+    save_every: int | None = option(None, 'checkpoint every N steps')
+    log_every: int | None = option(None, 'log training loss and tokens/s every N steps')
+    resume: str | None = option(None, '"latest" (bare --resume) or a checkpoint folder')
+    overwrite: bool = option(False, 'replace a run already in --output-dir')
+    stop_at_step: int | None = option(None, 'stop after this step as if killed (for testing --resume)')
+    progress: bool = option(True, 'show a progress bar')
+    config_file: str | None = option(None, 'YAML file of options (keys are option names)')
 
     @classmethod
     def from_dict(cls, options: dict) -> "PretrainArgs":
@@ -138,6 +142,13 @@ class PretrainArgs:
 # Command line
 # ----------------------------------------------------------------------------------------------------
 
+def describe(f: dataclasses.Field) -> str:
+    text = f.metadata.get("help", "")
+    if "default" not in text:
+        text += f" (default: {'preset' if f.default is None else f.default})"
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -150,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(str(f.type), str)
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),
-                            help=f"(default: {f.default})" if f.default is not None else "(default: preset)")
+                            help=describe(f))
     parser.add_argument("--resume", nargs="?", const="latest", dest="resume",
                         help="continue the run in --output-dir from its last checkpoint, or from the given one")
     parser.add_argument("--overwrite", action="store_true", dest="overwrite",
