@@ -67,7 +67,7 @@ def test_accelerate_launch_trains_a_tiny_model_that_lowers_validation_loss(tmp_p
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, mdlm_cache):
-    options = {**TINY, "max_steps": 16, "eval_every": 8, "save_every": 6, "seed": 3, "ema": 0.9}
+    options = {**TINY, "max_steps": 16, "eval_every": 8, "save_every": 6, "seed": 3, "ema": 0.9, "grad_accum": 2}
     straight = train({**options, "output_dir": str(tmp_path / "straight")})
     # stop at step 10 as if killed; the last checkpoint is at step 6, so steps 7-10 are replayed on resume
     stopped = train({**options, "output_dir": str(tmp_path / "resumed"), "stop_at_step": 10})
@@ -83,14 +83,14 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, mdlm_c
 
 def test_two_processes_keep_identical_replicas_and_split_the_data(tmp_path, mdlm_cache):
     run = tmp_path / "ddp"
-    options = {**TINY, "max_steps": 6, "eval_every": 3, "save_every": 6, "output_dir": run}
+    options = {**TINY, "max_steps": 6, "eval_every": 3, "save_every": 6, "grad_accum": 2, "output_dir": run}
     run_command(["torchrun", "--nproc_per_node", "2", "--master_port", "29533", SCRIPT, *cli(options)])
     rows = metrics(run)
     first = next(r["first_batch_per_process"] for r in rows if "first_batch_per_process" in r)
     assert len(first) == 2 and len(first[0]) == 8 and not set(first[0]) & set(first[1])
     evaluations = [r for r in rows if "replica_spread" in r]
     assert len(evaluations) == 3 and all(r["replica_spread"] == 0.0 for r in evaluations)
-    assert rows[-1]["tokens"] == 6 * 2 * 8 * 64  # both processes' tokens are counted
+    assert rows[-1]["tokens"] == 6 * 2 * 2 * 8 * 64  # steps x processes x micro-batches x batch x length
     assert validation_curve(run)[-1] < validation_curve(run)[0]
 
 
