@@ -117,6 +117,7 @@ def filter_threshold(logits: torch.Tensor, top_k: int | None, top_p: float | Non
     Entries with logit >= threshold are kept: the k largest (and entries tied with the k-th), then of
     those the smallest set of the largest whose probability reaches top_p (the top-1 is always kept)."""
     V = logits.shape[-1]
+    top_k = None if top_k is None else int(top_k)
     use_k = top_k is not None and top_k < V
     use_p = top_p is not None and top_p < 1.0
     if not (use_k or use_p):
