@@ -248,8 +248,7 @@ def train(args: PretrainArgs | dict) -> Path:
         AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one Python process
     accelerator = make_accelerator(args.mixed_precision)
     output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
-        prepare_output_dir(output_dir, args.resume, args.overwrite)
+    prepare_output_dir(output_dir, args.resume, args.overwrite, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     set_seed(args.seed)  # model initialisation: the same on every process
     accelerator.print("options:\n" + yaml.safe_dump(args.to_dict(), sort_keys=False))

@@ -225,16 +225,20 @@ def holds_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in (STATE_FILE, OPTIONS_FILE, CHECKPOINTS, METRICS_FILE))
 
 
-def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder unless asked to resume or overwrite."""
+def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool, is_main: bool = True) -> None:
+    """Refuse to mix two runs in one folder unless asked to resume or overwrite. Every process checks (so
+    all of them stop with the error); only the main one deletes or creates."""
     if output_dir.exists() and holds_run(output_dir) and not resume:
         if not overwrite:
             raise FileExistsError(f"{output_dir} already holds a training run; pass --resume to continue it, "
                                   "--overwrite to replace it, or another --output-dir")
+        if not is_main:
+            return
         for name in (STATE_FILE, OPTIONS_FILE, METRICS_FILE, CURVE_FILE, CHECKPOINTS):
             path = output_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
 
 
 def plot_curves(records: list[dict], path: Path, title: str = "") -> None:
