@@ -1,11 +1,11 @@
 """Benchmark: the decoders of `mdlm.decode` on a trained `small` MDLM, judged by an autoregressive baseline.
 
     python -m mdlm.eval.bench.decoding                     # runs/bench/mdlm-small, judged by runs/bench/ar-small
-    python -m mdlm.eval.bench.decoding --length 128 --num-samples 16
+    python -m mdlm.eval.bench.decoding --length 128 --num-samples 16 --mdlm-run runs/x --ar-run runs/y
 
-Both runs are trained with `mdlm.train.pretrain` (the `small` preset) when absent (`--train-steps`). For
-each sampler and step count, on unconditional samples of `--length` tokens, it measures wall time per
-sample, network calls (NFE), generative perplexity under the AR judge, the mean unigram entropy of the
+Both runs are trained with `mdlm.train.pretrain` (the `small` preset, `eval/bench/common.py`'s budget) when
+absent. For each sampler and step count, on unconditional samples of `--length` tokens, it measures wall
+time per sample, network calls (NFE), generative perplexity under the AR judge, the mean unigram entropy of the
 samples (low perplexity with low entropy is the float32 trap) and n-gram Jensen-Shannon divergences
 between the samples and held-out text (perplexity plus entropy alone can be gamed: Franca & Tong 2026,
 "Hacking Generative Perplexity"); held-out text itself is scored in the same run as the reference and the
@@ -40,18 +40,17 @@ NAME = "decoding"
 # Runs and data
 # ----------------------------------------------------------------------------------------------------
 
-def ensure_run(run: Path, objective: str, train_steps: int | None) -> Path:
-    """A `small` run of `objective` (mdlm or ar), trained with the project's pretraining when absent."""
-    if (run / "config.json").exists():
-        return run
-    from mdlm.train.pretrain import train
+def resolve_run(path: str | None, name: str) -> Path:
+    """The benchmark's own run `name` (trained or resumed on demand by `common.ensure_run`) when no
+    path is given, else the given run folder."""
+    if path is None:
+        from mdlm.eval.bench.common import ensure_run
 
-    options = dict(config="small", objective=objective, output_dir=str(run))
-    if train_steps:
-        options["max_steps"] = train_steps
-    print(f"{run} does not exist: training it ({objective}, small preset"
-          f"{f', {train_steps} steps' if train_steps else ''})")
-    train(options)
+        return ensure_run(name)
+    run = Path(path)
+    if not (run / "config.json").is_file():
+        raise SystemExit(f"{run} is not a run folder (no config.json); train it with mdlm-pretrain or leave the "
+                         f"flag out to use (and train if needed) runs/bench/{name}")
     return run
 
 
@@ -220,8 +219,8 @@ def matching_steps(rows: dict, tolerance: float) -> int:
 
 def run(args) -> dict:
     torch.manual_seed(0)
-    mdlm_run = ensure_run(Path(args.mdlm_run), "mdlm", args.train_steps)
-    ar_run = ensure_run(Path(args.ar_run), "ar", args.train_steps) if not args.no_judge else None
+    mdlm_run = resolve_run(args.mdlm_run, "mdlm-small")
+    ar_run = None if args.no_judge else resolve_run(args.ar_run, "ar-small")
     model, tokenizer = load_run(mdlm_run)
     judge_model, judge_tokenizer = load_run(ar_run) if ar_run else (None, tokenizer)
     length = min(args.length, model.config.max_position_embeddings)
@@ -323,10 +322,9 @@ def markdown_table(results: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mdlm-run", default=str(ROOT / "runs/bench/mdlm-small"))
-    parser.add_argument("--ar-run", default=str(ROOT / "runs/bench/ar-small"))
+    parser.add_argument("--mdlm-run", default=None, help="default: runs/bench/mdlm-small (trained when absent)")
+    parser.add_argument("--ar-run", default=None, help="the AR judge; default: runs/bench/ar-small (trained when absent)")
     parser.add_argument("--no-judge", action="store_true", help="skip the AR judge (no generative perplexity)")
-    parser.add_argument("--train-steps", type=int, default=None, help="steps when a run must be trained")
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
