@@ -306,7 +306,7 @@ def test_benchmark_measures_every_decoder(model):
     reference = torch.randint(0, MASK, (3, 8), generator=torch.Generator().manual_seed(0))
     canvas = reference.clone()
     canvas[:, 2:6] = MASK
-    args = SimpleNamespace(seed=0, temperature=1.0, order="left-to-right", draft_sizes=[2, 4], batch_size=2)
+    args = SimpleNamespace(seed=0, temperature=1.0, order="left-to-right", draft_sizes=[2, 4], batch_size=2, repeats=1)
     rows = measure(model, judge, canvas, reference, 2, args)
     assert [r["decoder"] for r in rows] == ["sequential", "assd", "parallel", "assd", "parallel", "data"]
     assert rows[0]["tokens_per_call"] == 1.0 and all(r["tokens_per_call"] >= 1 for r in rows[1:5])
