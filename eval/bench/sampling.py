@@ -197,6 +197,7 @@ def entropy_experiment(run: Path, num_samples: int, length: int, steps: int, see
         tokens, logp = ancestral_samples(model, num_samples, length, steps, precision, seed)
         out["methods"][method] = dict(
             precision=precision, unigram_entropy=unigram_entropy(tokens),
+            pooled_unigram_entropy=unigram_entropy(tokens.reshape(1, -1)),  # all samples' tokens together
             mean_surprisal=float(-logp.mean()),  # nats per token under the model; lower = colder
             distinct_tokens=int(tokens.unique().numel()), seconds=time.perf_counter() - start)
         print(f"entropy with {METHOD_LABELS[method]}: {out['methods'][method]}")
@@ -215,7 +216,8 @@ def plot(results: dict, path: Path) -> None:
 
     grid = results["grid"]
     labels = [f"{g['rows']}x{g['vocab']}" for g in grid]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    entropy = results.get("entropy", {}).get("methods")
+    fig, axes = plt.subplots(1, 3 if entropy else 2, figsize=(17 if entropy else 12, 4.2))
     width = 0.27
     for i, method in enumerate(METHODS):
         xs = [j + (i - 1) * width for j in range(len(grid))]
@@ -226,10 +228,23 @@ def plot(results: dict, path: Path) -> None:
     axes[1].axhline(0.25, color="gray", ls="--", lw=1, label="1/4 target for (a)")
     axes[1].set_ylabel("peak extra memory / float32 logits size")
     axes[1].set_yscale("log")
-    for ax in axes:
+    for ax in axes[:2]:
         ax.set_xticks(range(len(grid)), labels, rotation=30)
         ax.set_xlabel("rows x vocab")
         ax.legend(fontsize=8)
+    if entropy:
+        metrics = [("pooled_unigram_entropy", "pooled unigram entropy"), ("mean_surprisal", "mean surprisal")]
+        for i, method in enumerate(entropy):
+            values = [entropy[method].get(key, float("nan")) for key, _ in metrics]
+            axes[2].bar([j + (i - 0.5) * 0.4 for j in range(len(metrics))], values, 0.4, label=METHOD_LABELS[method],
+                        color=f"C{METHODS.index(method)}")
+            low = min(values) if i == 0 else min(low, *values)
+        axes[2].set_ylim(bottom=max(0.0, low - 0.5))  # the differences are small: do not start at 0
+        axes[2].set_xticks(range(len(metrics)), [label for _, label in metrics])
+        axes[2].set_ylabel("nats")
+        axes[2].set_title(f"{results['entropy']['num_samples']} samples, {results['entropy']['steps']} steps, T=1",
+                          fontsize=9)
+        axes[2].legend(fontsize=8)
     fig.suptitle(f"Categorical draw on CPU ({results['threads']} thread): time and memory")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -250,10 +265,12 @@ def markdown_table(results: dict) -> str:
     if "methods" in entropy:
         lines += ["", f"Samples from `{entropy['run']}` ({entropy['num_samples']} x {entropy['length']} tokens, "
                       f"{entropy['steps']} ancestral steps, temperature 1):", "",
-                  "| noise | unigram entropy (nats) | mean surprisal (nats/token) | distinct tokens |",
-                  "| --- | ---: | ---: | ---: |"]
+                  "| noise | unigram entropy per sample (nats) | pooled unigram entropy (nats) | "
+                  "mean surprisal (nats/token) | distinct tokens |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
         for method, e in entropy["methods"].items():
-            lines.append(f"| {METHOD_LABELS[method]} | {e['unigram_entropy']:.3f} | {e['mean_surprisal']:.3f} | "
+            lines.append(f"| {METHOD_LABELS[method]} | {e['unigram_entropy']:.3f} | "
+                         f"{e.get('pooled_unigram_entropy', float('nan')):.3f} | {e['mean_surprisal']:.3f} | "
                          f"{e['distinct_tokens']} |")
     elif "skipped" in entropy:
         lines += ["", f"Entropy of model samples: skipped ({entropy['skipped']})."]
