@@ -165,7 +165,8 @@ def check_sampling_arguments(logits, temperature, top_k, top_p, precision) -> No
 def resolve_seed(seed: int | None, generator: torch.Generator | None) -> int:
     if seed is not None:
         return int(seed) & MASK32
-    return int(torch.randint(0, 2**31 - 1, (), generator=generator)) & MASK32
+    device = generator.device if generator is not None else "cpu"  # a CUDA generator draws on its device
+    return int(torch.randint(0, 2**31 - 1, (), generator=generator, device=device)) & MASK32
 
 
 def rows_per_chunk(vocab: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
