@@ -209,8 +209,7 @@ def sample_categorical_reference(
     lead, V = logits.shape[:-1], logits.shape[-1]
     flat = logits.reshape(-1, V)
     R, device = flat.shape[0], logits.device
-    stats = {name: torch.empty(R, dtype=torch.float64, device=device)
-             for name in ("logprob", "top1_logprob", "top2_logprob", "entropy")}
+    stats = torch.empty(4, R, dtype=torch.float64, device=device)  # logprob, top1, top2, entropy
     tokens = torch.empty(R, dtype=torch.long, device=device)
     chunk = max(1, min(R, rows_per_chunk(V, chunk_elements)))
     buffers = _ChunkBuffers(chunk, V, device)
@@ -220,24 +219,7 @@ def sample_categorical_reference(
         stop = min(R, start + chunk)
         x = flat[start:stop]
         shifted, weights, race, hash1, hash2, scratch = buffers.view(stop - start)
-
-        # Model statistics at temperature 1, in float64: max, log-sum-exp, top-2, entropy.
-        shifted.copy_(x)
-        top1, top1_index = shifted.max(-1, keepdim=True)
-        if not bool(torch.isfinite(top1).all()):
-            bad = int(start + (~torch.isfinite(top1[:, 0])).nonzero()[0, 0])
-            raise ValueError(f"row {bad} of the logits has no finite maximum (all -inf, +inf or NaN); every "
-                             "row needs at least one finite logit and no NaN/+inf")
-        shifted.sub_(top1)
-        torch.exp(shifted, out=weights)
-        total = weights.sum(-1)
-        log_total = total.log()
-        torch.mul(weights, shifted, out=race)  # p * (x - max) up to 1/total; NaN where both are 0 and -inf
-        stats["entropy"][start:stop] = log_total - race.nansum(-1) / total
-        stats["top1_logprob"][start:stop] = -log_total
-        shifted.scatter_(-1, top1_index, float("-inf"))  # the runner-up is the max of the rest
-        stats["top2_logprob"][start:stop] = shifted.amax(-1) - log_total
-        shifted.scatter_(-1, top1_index, 0.0)
+        log_total, top1_index = _model_statistics(x, start, shifted, weights, race, stats[1:, start:stop])
 
         threshold = filter_threshold(x, top_k, top_p)
         if temperature == 0:
@@ -249,23 +231,49 @@ def sample_categorical_reference(
             if precision == "float32":
                 choice = _gumbel_argmax_float32(x, threshold, temperature, hash1)
             else:
-                # Exponential race: argmax exp((x - max) / T) / E, E = -log u: the argmax of x/T + G.
-                if temperature != 1.0:
-                    torch.div(shifted, temperature, out=weights).exp_()
-                if threshold is not None:
-                    weights.masked_fill_(x < threshold[:, None].to(x.dtype), 0.0)
                 torch.bitwise_xor(bases, cols2 + 1, out=hash2)
                 _fmix32_int32_(hash2, scratch)
-                hash1.bitwise_right_shift_(5).bitwise_and_((1 << 27) - 1)  # 27 high bits of the 53
-                hash2.bitwise_right_shift_(6).bitwise_and_((1 << 26) - 1)  # 26 low bits
-                race.copy_(hash1).mul_(float(1 << 26)).add_(hash2)
-                race.add_(0.5).mul_(2.0 ** -53).clamp_max_(U64_MAX).log_().neg_()
-                torch.div(weights, race, out=race)
-                choice = race.argmax(-1)
+                choice = _race_argmax_float64(x, threshold, temperature, shifted, weights, race, hash1, hash2)
         tokens[start:stop] = choice
-        stats["logprob"][start:stop] = shifted.gather(-1, choice[:, None])[:, 0] - log_total
-    return CategoricalSample(tokens.view(lead), *(stats[n].view(lead) for n in
-                             ("logprob", "top1_logprob", "top2_logprob", "entropy")))
+        stats[0, start:stop] = shifted.gather(-1, choice[:, None])[:, 0] - log_total
+    return CategoricalSample(tokens.view(lead), *(row.view(lead) for row in stats))
+
+
+def _model_statistics(x, start, shifted, weights, products, out):
+    """Top-1/top-2 log-probabilities and entropy of softmax(x) in float64 into out (3, rows); leaves
+    shifted = x - max and weights = exp(shifted). Returns log(sum exp(shifted)) and the argmax."""
+    shifted.copy_(x)
+    top1, top1_index = shifted.max(-1, keepdim=True)
+    if not bool(torch.isfinite(top1).all()):
+        bad = int(start + (~torch.isfinite(top1[:, 0])).nonzero()[0, 0])
+        raise ValueError(f"row {bad} of the logits has no finite maximum (all -inf, +inf or NaN); every "
+                         "row needs at least one finite logit and no NaN/+inf")
+    shifted.sub_(top1)
+    torch.exp(shifted, out=weights)
+    total = weights.sum(-1)
+    log_total = total.log()
+    out[0] = -log_total
+    shifted.scatter_(-1, top1_index, float("-inf"))  # the runner-up is the max of the rest
+    out[1] = shifted.amax(-1) - log_total
+    shifted.scatter_(-1, top1_index, 0.0)
+    # H = log(total) - sum w (x - max) / total; nansum because w (x - max) is 0 * -inf at -inf logits.
+    out[2] = log_total - torch.mul(weights, shifted, out=products).nansum(-1) / total
+    return log_total, top1_index
+
+
+def _race_argmax_float64(x, threshold, temperature, shifted, weights, race, hash1, hash2) -> torch.Tensor:
+    """Exponential race: argmax exp((x - max) / T) / E with E = -log u, the argmax of x/T + G in float64.
+
+    hash1, hash2: the two 32-bit hashes of each entry (consumed); weights holds exp(x - max) on entry."""
+    if temperature != 1.0:
+        torch.div(shifted, temperature, out=weights).exp_()
+    if threshold is not None:
+        weights.masked_fill_(x < threshold[:, None].to(x.dtype), 0.0)
+    hash1.bitwise_right_shift_(5).bitwise_and_((1 << 27) - 1)  # 27 high bits of the 53
+    hash2.bitwise_right_shift_(6).bitwise_and_((1 << 26) - 1)  # 26 low bits
+    race.copy_(hash1).mul_(float(1 << 26)).add_(hash2)  # k, exact in float64
+    race.add_(0.5).mul_(2.0 ** -53).clamp_max_(U64_MAX).log_().neg_()  # E = -log u
+    return torch.div(weights, race, out=race).argmax(-1)
 
 
 def _gumbel_argmax_float32(x, threshold, temperature, hash1) -> torch.Tensor:
