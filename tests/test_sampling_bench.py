@@ -48,3 +48,11 @@ def test_markdown_table_lists_every_shape_and_the_entropy():
                    gpu="no GPU")
     table = markdown_table(results)
     assert "| 4 x 10 |" in table and "unigram entropy" in table and "no GPU" in table
+
+
+def test_device_measurement_runs_the_torch_methods_off_cuda():
+    """The GPU part of the benchmark (Triton kernel against the torch paths) on CPU: torch methods only."""
+    from mdlm.eval.bench.sampling import measure_on_device
+
+    (entry,) = measure_on_device("cpu", [(4, 300)], repeats=1)
+    assert set(entry["methods"]) == set(METHODS) and entry["methods"]["c"]["time_vs_c"] == 1.0

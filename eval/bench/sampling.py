@@ -57,18 +57,24 @@ def draw_chunked_float64(logits: torch.Tensor, seed: int) -> torch.Tensor:
     return sample_categorical(logits, seed=seed, backend="torch").tokens
 
 
+def draw_triton_float64(logits: torch.Tensor, seed: int) -> torch.Tensor:
+    from mdlm.kernels import sample_categorical
+
+    return sample_categorical(logits, seed=seed, backend="triton").tokens
+
+
 def draw_naive_float64(logits: torch.Tensor, seed: int) -> torch.Tensor:
     """LLaDA's add_gumbel_noise idea (float64 copy, float64 uniforms), written with in-place ops."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=logits.device).manual_seed(seed)
     scores = logits.to(torch.float64)
-    noise = torch.rand(scores.shape, dtype=torch.float64, generator=generator)
+    noise = torch.rand(scores.shape, dtype=torch.float64, generator=generator, device=logits.device)
     scores.sub_(noise.log_().neg_().log_())  # x + G, G = -log(-log u)
     return scores.argmax(-1)
 
 
 def draw_float32(logits: torch.Tensor, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.rand(logits.shape, dtype=torch.float32, generator=generator)
+    generator = torch.Generator(device=logits.device).manual_seed(seed)
+    noise = torch.rand(logits.shape, dtype=torch.float32, generator=generator, device=logits.device)
     return noise.log_().neg_().log_().neg_().add_(logits).argmax(-1)
 
 
@@ -132,6 +138,40 @@ def run_grid(grid, repeats: int) -> list[dict]:
                 memory_vs_logits=m["peak_extra_bytes"] / m["logits_bytes"])
         rows_out.append(entry)
     return rows_out
+
+
+def measure_on_device(device: str, grid, repeats: int) -> list[dict]:
+    """On a GPU: time of the Triton kernel, of the torch reference and of (b), (c) on the device, and their
+    peak extra device memory (torch.cuda.max_memory_allocated over the draw). Off CUDA (used by the tests)
+    only the torch methods are timed and memory is not measured."""
+    cuda = torch.device(device).type == "cuda"
+    draws = {"a": draw_chunked_float64, "b": draw_naive_float64, "c": draw_float32}
+    if cuda:
+        draws = {"a-triton": draw_triton_float64, **draws}
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    out = []
+    for rows, vocab in grid:
+        logits = torch.empty(rows, vocab, device=device).normal_().mul_(3.0)
+        entry = dict(rows=rows, vocab=vocab, logits_mb=logits.numel() * 4 / 2**20, methods={})
+        for name, draw in draws.items():
+            draw(logits[:2], 0)
+            sync()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+                before = torch.cuda.memory_allocated()
+            best = math.inf
+            for repeat in range(repeats):
+                start = time.perf_counter()
+                draw(logits, repeat)
+                sync()
+                best = min(best, time.perf_counter() - start)
+            extra = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else None
+            entry["methods"][name] = dict(seconds=best, peak_extra_mb=extra)
+        for m in entry["methods"].values():
+            m["time_vs_c"] = m["seconds"] / entry["methods"]["c"]["seconds"]
+        out.append(entry)
+        del logits
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -274,6 +314,15 @@ def markdown_table(results: dict) -> str:
                          f"{e['distinct_tokens']} |")
     elif "skipped" in entropy:
         lines += ["", f"Entropy of model samples: skipped ({entropy['skipped']})."]
+    if results.get("gpu_grid"):
+        lines += ["", "On the GPU (time vs (c) on the device; peak extra device memory in MB):", "",
+                  "| rows x vocab | Triton kernel | (a) torch | (b) | Triton MB | (b) MB | (c) MB |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for g in results["gpu_grid"]:
+            m = g["methods"]
+            lines.append(f"| {g['rows']} x {g['vocab']} | {m['a-triton']['time_vs_c']:.2f} | {m['a']['time_vs_c']:.2f} | "
+                         f"{m['b']['time_vs_c']:.2f} | {m['a-triton']['peak_extra_mb']:.1f} | "
+                         f"{m['b']['peak_extra_mb']:.0f} | {m['c']['peak_extra_mb']:.0f} |")
     lines += ["", f"_{results['gpu']}_"]
     return "\n".join(lines) + "\n"
 
@@ -301,9 +350,15 @@ def main(argv=None) -> dict:
         grid = QUICK_GRID if args.quick else GRID
         results = dict(threads=1, repeats=args.repeats, methods=METHOD_LABELS,
                        grid=run_grid(grid, 1 if args.quick else args.repeats))
-    results["gpu"] = ("No GPU in the session that produced these numbers: the Triton kernel "
-                      "(kernels/sampling_triton.py) was checked token for token under TRITON_INTERPRET=1, "
-                      "its GPU timing is left to a machine with one.")
+    if torch.cuda.is_available():
+        results["gpu_grid"] = measure_on_device("cuda", QUICK_GRID if args.quick else GRID, args.repeats)
+        results["gpu"] = f"GPU timings ({torch.cuda.get_device_name()}) are in gpu_grid."
+    else:
+        results.pop("gpu_grid", None)
+        results["gpu"] = ("No GPU in the session that produced these numbers: the Triton kernel "
+                          "(kernels/sampling_triton.py) was checked token for token under TRITON_INTERPRET=1 "
+                          "and compiled for sm_90; its GPU timing is left to a machine with one "
+                          "(this benchmark then adds gpu_grid).")
     samples = 16 if args.quick else args.entropy_samples
     results["entropy"] = entropy_experiment(args.run, samples, args.entropy_length, args.entropy_steps, args.seed)
     args.results_dir.mkdir(parents=True, exist_ok=True)
