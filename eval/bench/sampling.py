@@ -291,38 +291,37 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """Markdown table lines: first column left-aligned, the others (numbers) right-aligned."""
+    lines = ["| " + " | ".join(headers) + " |", "| --- |" + " ---: |" * (len(headers) - 1)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def markdown_table(results: dict) -> str:
-    lines = ["| rows x vocab | logits (MB) | (a) time vs (c) | (b) time vs (c) | (a) peak extra / logits | "
-             "(b) peak extra / logits | (c) peak extra / logits | (c) ms |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for g in results["grid"]:
-        m = g["methods"]
-        lines.append(f"| {g['rows']} x {g['vocab']} | {g['logits_mb']:.0f} | {m['a']['time_vs_c']:.2f} | "
-                     f"{m['b']['time_vs_c']:.2f} | {m['a']['memory_vs_logits']:.3f} | "
-                     f"{m['b']['memory_vs_logits']:.2f} | {m['c']['memory_vs_logits']:.2f} | "
-                     f"{m['c']['seconds'] * 1e3:.0f} |")
+    lines = _table(
+        ["rows x vocab", "logits (MB)", "(a) time vs (c)", "(b) time vs (c)", "(a) peak extra / logits",
+         "(b) peak extra / logits", "(c) peak extra / logits", "(c) ms"],
+        [[f"{g['rows']} x {g['vocab']}", f"{g['logits_mb']:.0f}", f"{g['methods']['a']['time_vs_c']:.2f}",
+          f"{g['methods']['b']['time_vs_c']:.2f}", f"{g['methods']['a']['memory_vs_logits']:.3f}",
+          f"{g['methods']['b']['memory_vs_logits']:.2f}", f"{g['methods']['c']['memory_vs_logits']:.2f}",
+          f"{g['methods']['c']['seconds'] * 1e3:.0f}"] for g in results["grid"]])
     entropy = results.get("entropy", {})
     if "methods" in entropy:
         lines += ["", f"Samples from `{entropy['run']}` ({entropy['num_samples']} x {entropy['length']} tokens, "
-                      f"{entropy['steps']} ancestral steps, temperature 1):", "",
-                  "| noise | unigram entropy per sample (nats) | pooled unigram entropy (nats) | "
-                  "mean surprisal (nats/token) | distinct tokens |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        for method, e in entropy["methods"].items():
-            lines.append(f"| {METHOD_LABELS[method]} | {e['unigram_entropy']:.3f} | "
-                         f"{e.get('pooled_unigram_entropy', float('nan')):.3f} | {e['mean_surprisal']:.3f} | "
-                         f"{e['distinct_tokens']} |")
+                      f"{entropy['steps']} ancestral steps, temperature 1):", ""]
+        lines += _table(
+            ["noise", "unigram entropy per sample (nats)", "pooled unigram entropy (nats)",
+             "mean surprisal (nats/token)", "distinct tokens"],
+            [[METHOD_LABELS[method], f"{e['unigram_entropy']:.3f}", f"{e.get('pooled_unigram_entropy', math.nan):.3f}",
+              f"{e['mean_surprisal']:.3f}", str(e["distinct_tokens"])] for method, e in entropy["methods"].items()])
     elif "skipped" in entropy:
         lines += ["", f"Entropy of model samples: skipped ({entropy['skipped']})."]
     if results.get("gpu_grid"):
-        lines += ["", "On the GPU (time vs (c) on the device; peak extra device memory in MB):", "",
-                  "| rows x vocab | Triton kernel | (a) torch | (b) | Triton MB | (b) MB | (c) MB |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for g in results["gpu_grid"]:
-            m = g["methods"]
-            lines.append(f"| {g['rows']} x {g['vocab']} | {m['a-triton']['time_vs_c']:.2f} | {m['a']['time_vs_c']:.2f} | "
-                         f"{m['b']['time_vs_c']:.2f} | {m['a-triton']['peak_extra_mb']:.1f} | "
-                         f"{m['b']['peak_extra_mb']:.0f} | {m['c']['peak_extra_mb']:.0f} |")
+        lines += ["", "On the GPU (time vs (c) on the device; peak extra device memory in MB):", ""]
+        lines += _table(
+            ["rows x vocab", "Triton kernel", "(a) torch", "(b)", "Triton MB", "(b) MB", "(c) MB"],
+            [[f"{g['rows']} x {g['vocab']}"] + [f"{g['methods'][m]['time_vs_c']:.2f}" for m in ("a-triton", "a", "b")]
+             + [f"{g['methods'][m]['peak_extra_mb']:.1f}" for m in ("a-triton", "b", "c")] for g in results["gpu_grid"]])
     lines += ["", f"_{results['gpu']}_"]
     return "\n".join(lines) + "\n"
 
