@@ -181,17 +181,18 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for name, rows in results["settings"].items():
+    for (name, rows), color in zip(results["settings"].items(), ("tab:blue", "tab:orange", "tab:green")):
         assd = [r for r in rows if r["decoder"] == "assd"]
         ks = [r["k"] for r in assd]
-        axes[0].plot(ks, [r["tokens_per_call"] for r in assd], "o-", label=name)
-        axes[1].plot(ks, [r["speedup_vs_sequential"] for r in assd], "o-", label=name)
+        axes[0].plot(ks, [r["tokens_per_call"] for r in assd], "o-", color=color, label=name)
+        axes[1].plot(ks, [r["speedup_vs_sequential"] for r in assd], "o-", color=color, label=name)
         if all(r["gen_ppl"] is not None for r in rows if r["decoder"] != "data"):
-            for decoder, marker in (("assd", "o-"), ("parallel", "s--")):
+            for decoder, style in (("assd", "o-"), ("parallel", "s--")):
                 chosen = [r for r in rows if r["decoder"] == decoder]
-                axes[2].plot([r["k"] for r in chosen], [r["gen_ppl"] for r in chosen], marker,
+                axes[2].plot([r["k"] for r in chosen], [r["gen_ppl"] for r in chosen], style, color=color,
                              label=f"{name} {decoder}")
-            axes[2].axhline(rows[0]["gen_ppl"], color="gray", lw=0.8, ls=":")
+            axes[2].axhline(rows[0]["gen_ppl"], color=color, lw=0.8, ls=":")
+    axes[2].set_yscale("log")
     axes[0].axhline(1.5, color="gray", lw=0.8, ls=":")
     axes[0].set(xlabel="draft size k", ylabel="tokens per network call", title="ASSD tokens per call")
     axes[1].set(xlabel="draft size k", ylabel="x faster than sequential", title="ASSD wall-time speed-up")
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=150, help="steps when --run must be trained")
     p.add_argument("--train-seq-len", type=int, default=128)
     p.add_argument("--draft-sizes", type=int, nargs="+", default=[2, 4, 8])
-    p.add_argument("--num-samples", type=int, default=16, help="rows per setting")
+    p.add_argument("--num-samples", type=int, default=32, help="rows per setting")
     p.add_argument("--batch-size", type=int, default=1,
                    help="rows decoded together (1: per-sequence latency, where speculative decoding helps)")
     p.add_argument("--length", type=int, default=64, help="tokens of unconditional generation")
