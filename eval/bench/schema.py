@@ -39,12 +39,14 @@ METHODS = ("plain", "s3", "s3-unconstrained")
 SFT_RUN = "sft-signatures"
 
 
-def ensure_sft_run(base: Path, output_dir: Path, steps: int, batch_size: int, lr: float, seq_len: int) -> Path:
-    """The finetuned run: reused when finished, resumed when interrupted, else trained now."""
+def ensure_sft_run(base: Path, output_dir: Path, steps: int, batch_size: int, lr: float, seq_len: int,
+                   reuse_unfinished: bool = False) -> Path:
+    """The finetuned run: reused when finished (or, with `reuse_unfinished`, when it has saved a model at
+    all), resumed when interrupted, else trained now."""
     from mdlm.eval.bench.common import is_finished
     from mdlm.train.sft import finetune
 
-    if is_finished(output_dir):
+    if is_finished(output_dir) or (reuse_unfinished and (output_dir / "model.safetensors").is_file()):
         return output_dir
     options = dict(init_from=str(base), task="signatures", output_dir=str(output_dir), max_steps=steps,
                    batch_size=batch_size, lr=lr, warmup_steps=max(1, steps // 10), seq_len=seq_len, ema=0.99,
@@ -188,8 +190,10 @@ def _pct(value) -> str:
 
 
 def markdown_table(results: dict) -> str:
+    planned = results.get("sft_planned_steps", results["sft_steps"])
+    stopped = f" (of {planned} planned: stopped early on the shared machine)" if planned != results["sft_steps"] else ""
     lines = [f"Signatures task (function source -> JSON), `{results['run']}` finetuned for {results['sft_steps']} "
-             f"SFT steps, {results['num_examples']} held-out functions (test split); confidence sampler, "
+             f"SFT steps{stopped}, {results['num_examples']} held-out functions (test split); confidence sampler, "
              "temperature 0; plain generation decodes a masked canvas as long as the S3 skeleton. "
              "Field match counts invalid outputs as 0; hallucination = string values not in the prompt.", "",
              "| tokens/step | method | structural adherence | field exact match | all fields exact | "
@@ -213,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sft-steps", type=int, default=400)
     p.add_argument("--sft-batch-size", type=int, default=8)
     p.add_argument("--sft-lr", type=float, default=1e-3)
+    p.add_argument("--reuse-unfinished", action="store_true",
+                   help="evaluate --sft-run as it was last saved, even if its training did not finish")
     p.add_argument("--seq-len", type=int, default=192, help="longest SFT example (prompt + JSON + EOS), tokens")
     p.add_argument("--num-examples", type=int, default=40, help="held-out functions to evaluate")
     p.add_argument("--tokens-per-step", type=int, nargs="+", default=[1, 2])
@@ -228,7 +234,9 @@ def main(argv=None) -> dict:
         from mdlm.eval.bench.common import ensure_run
 
         args.base = ensure_run("mdlm-small")
-    run = ensure_sft_run(args.base, args.sft_run, args.sft_steps, args.sft_batch_size, args.sft_lr, args.seq_len)
+    run = ensure_sft_run(args.base, args.sft_run, args.sft_steps, args.sft_batch_size, args.sft_lr, args.seq_len,
+                         args.reuse_unfinished)
+    trained_steps = json.loads((run / "trainer_state.json").read_text())["step"]
     model, tokenizer = load_run(run)
     from mdlm.decode.schema import Scaffold
 
@@ -236,7 +244,7 @@ def main(argv=None) -> dict:
     examples = held_out_examples(tokenizer, scaffold, model.config.max_position_embeddings, args.seq_len,
                                  args.num_examples)
     results = dict(run=str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), base=str(args.base),
-                   sft_steps=args.sft_steps, num_examples=len(examples), slot_tokens=args.slot_tokens,
+                   sft_steps=trained_steps, sft_planned_steps=args.sft_steps, num_examples=len(examples), slot_tokens=args.slot_tokens,
                    methods=args.methods, threads=torch.get_num_threads(), budgets={})
     for tokens_per_step in args.tokens_per_step:
         results["budgets"][str(tokens_per_step)] = evaluate(model, tokenizer, examples, args.methods,
