@@ -20,5 +20,10 @@ def test_quick_benchmark_writes_results_plot_and_table(tmp_path, mdlm_cache, mon
         assert [tokens for tokens, _ in run["curve"]] == [0, 12 * 8 * 64]  # evaluations at 0 and the end
         assert 0 < run["final"]["nats_per_token"] < 7 and run["final"]["tokens"] > 0
     assert saved["mdlm"]["final"]["stderr"] > 0 and saved["ar"]["final"]["stderr"] == 0  # AR NLL is exact
+    assert saved["mdlm"]["final"]["nats_per_token"] > 0 and 4 < saved["unigram_nats_per_token"] < 7
     table = markdown_table(saved)
     assert "MDLM, t-DCE" in table and "AR baseline" in table and "Throughput ratio" in table
+    # a second call reuses the runs and, when asked, the final validation numbers
+    again = main(["--quick", "--max-steps", "12", "--results-dir", str(tmp_path / "results"), "--reuse-validation",
+                  "--throughput-steps", "1"])
+    assert again["mdlm"]["final"] == saved["mdlm"]["final"]

@@ -71,6 +71,26 @@ def final_validation(run: Path, objective: str, blocks: int, repeats: int, seed:
     return {"nats_per_token": nats, "stderr": spread, "perplexity": math.exp(nats), "tokens": count}
 
 
+def unigram_cross_entropy(run: Path) -> float:
+    """Nats/token on the validation split of a model that ignores context: the train split's token
+    frequencies (add-1/2 smoothed). A reference level: a model below it uses context."""
+    import yaml
+
+    from mdlm.data import packed_split
+    from mdlm.tokenizer import load_tokenizer
+
+    options = yaml.safe_load((run / "run_options.yaml").read_text())
+    tokenizer = load_tokenizer(str(run))
+
+    def counts(split: str) -> torch.Tensor:
+        rows = packed_split(options["dataset"], split, tokenizer, options["seq_len"], options["text_column"],
+                            options["max_documents"] if split == "train" else None)[:]
+        return torch.bincount(rows["input_ids"][rows["attention_mask"].bool()], minlength=len(tokenizer)).double()
+
+    train, validation = counts("train") + 0.5, counts("validation")
+    return float(-(validation * (train / train.sum()).log()).sum() / validation.sum())
+
+
 def measure_throughput(options: dict, steps: int = 6, seed: int = 0) -> dict:
     """Training tokens/s of the MDLM and the AR model, timed alternately step by step in this process."""
     from mdlm import MDLMConfig, MDLMForMaskedLM
@@ -123,6 +143,7 @@ def plot(results: dict, path: Path) -> None:
     for objective in ("mdlm", "ar"):
         tokens, nats = zip(*results[objective]["curve"])
         curves.plot(tokens, nats, "o-", label=labels[objective])
+    curves.axhline(results["unigram_nats_per_token"], color="gray", linestyle="--", label="unigram (no context)")
     curves.set_xlabel("training tokens")
     curves.set_ylabel("validation nats / token")
     curves.set_title(f"{results['options']['config']} backbone, same data and budget")
@@ -147,6 +168,8 @@ def markdown_table(results: dict) -> str:
         error = f" ± {final['stderr']:.3f}" if final["stderr"] else ""
         lines.append(f"| {label} | {final['nats_per_token']:.3f}{error} | {final['perplexity']:.1f} | "
                      f"{t['tokens_per_s'][objective]:.0f} | {r['training_tokens']:,} |")
+    lines.append(f"| unigram frequencies (no context) | {results['unigram_nats_per_token']:.3f} | "
+                 f"{math.exp(results['unigram_nats_per_token']):.1f} | | |")
     o = results["options"]
     lines += ["", f"Throughput ratio MDLM / AR: **{t['ratio_mdlm_to_ar']:.2f}** (timed alternately in one process; "
               f"batch {t['batch']} x {t['seq_len']}). Both: `{o['config']}` preset, {o['max_steps']} steps of "
@@ -164,6 +187,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--elbo-repeats", type=int, default=8)
     parser.add_argument("--throughput-steps", type=int, default=6)
     parser.add_argument("--max-steps", type=int, help="override the runs' training steps (when they are trained)")
+    parser.add_argument("--reuse-validation", action="store_true",
+                        help="keep the final validation numbers of the existing results file (same runs)")
     args = parser.parse_args(argv)
 
     overrides = dict(QUICK_TRAINING) if args.quick else {}
@@ -174,10 +199,18 @@ def main(argv=None) -> dict:
             for objective in ("mdlm", "ar")}
     options = {k: v for k, v in bench_options("mdlm-small", **overrides).items() if k != "output_dir"}
     results = {"options": options, "runs_dir": str(runs_dir())}
+    name = "pretrain-quick" if args.quick else "pretrain"
+    previous = args.results_dir / f"{name}.json"
+    previous = json.loads(previous.read_text()) if args.reuse_validation and previous.exists() else {}
     for objective, run in runs.items():
+        summary = run_summary(run)
+        if previous.get(objective, {}).get("training_tokens") == summary["training_tokens"]:
+            results[objective] = {**summary, "final": previous[objective]["final"]}
+            continue
         print(f"final validation of {run} ...", flush=True)
-        results[objective] = {**run_summary(run), "final": final_validation(
+        results[objective] = {**summary, "final": final_validation(
             run, objective, args.validation_blocks, args.elbo_repeats)}
+    results["unigram_nats_per_token"] = unigram_cross_entropy(runs["mdlm"])
     print("timing alternating training steps ...", flush=True)
     results["throughput"] = measure_throughput(options, steps=args.throughput_steps)
     mdlm, ar = results["mdlm"]["final"], results["ar"]["final"]
@@ -186,7 +219,6 @@ def main(argv=None) -> dict:
     results["literature"] = {"mdlm_perplexity_bound": 23.0, "ar_perplexity": 17.5,
                              "setting": "GPT-2 small scale, OpenWebText (MDLM / SEDD papers)"}
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    name = "pretrain-quick" if args.quick else "pretrain"
     (args.results_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
     plot(results, args.results_dir / f"{name}.png")
     print(markdown_table(results))
