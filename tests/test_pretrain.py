@@ -172,3 +172,23 @@ def test_init_from_another_run_and_an_existing_tokenizer(tmp_path, mdlm_cache):
                    "save_every": 1, "output_dir": str(tmp_path / "c")})
     model = AutoModelForMaskedLM.from_pretrained(fresh)
     assert model.config.hidden_size == 32 and model.config.vocab_size == len(AutoTokenizer.from_pretrained(base))
+
+
+def test_ensure_run_waits_for_another_trainer_of_the_same_run(tmp_path, mdlm_cache, monkeypatch):
+    import fcntl
+    import threading
+    import time
+
+    from mdlm.eval.bench.common import ensure_run
+
+    monkeypatch.setenv("MDLM_BENCH_RUNS", str(tmp_path))
+    small = {**TINY, "max_steps": 2, "eval_every": 2, "save_every": 2, "warmup_steps": 1}
+    with open(tmp_path / ".probe.lock", "w") as held:  # as if another benchmark were training it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = {}
+        worker = threading.Thread(target=lambda: result.update(run=ensure_run("probe", **small)))
+        worker.start()
+        time.sleep(1.0)
+        assert worker.is_alive() and not (tmp_path / "probe").exists()
+    worker.join(timeout=120)
+    assert json.loads((result["run"] / "trainer_state.json").read_text())["finished"]

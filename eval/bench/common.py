@@ -8,6 +8,7 @@ to take about 20 minutes each on the 2-core CPU machine shared by several jobs (
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import warnings
@@ -48,16 +49,24 @@ def ensure_run(name: str, **train_overrides) -> Path:
 
     Runs named in BENCH_RUNS get their registered options; any other name needs its options as
     keyword arguments (e.g. `ensure_run("asarm-small", objective="as-arm", init_from=...)`)."""
-    from mdlm.train.pretrain import train
-
     options = bench_options(name, **train_overrides)
     run = Path(options["output_dir"])
+    run.parent.mkdir(parents=True, exist_ok=True)
+    # One trainer per run: a second benchmark asking for the same run waits here, then finds it finished.
+    with open(run.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _finished_or_trained(run, options)
+
+
+def _finished_or_trained(run: Path, options: dict) -> Path:
+    from mdlm.train.pretrain import train
+
     if is_finished(run):
         saved = yaml.safe_load((run / "run_options.yaml").read_text()) if (run / "run_options.yaml").exists() else {}
         differ = {k: (saved.get(k), v) for k, v in options.items() if k in saved and saved[k] != v}
         if differ:
             warnings.warn(f"{run} is a finished run whose options differ from those asked for ({differ}); "
-                          "using it as it is (delete it to retrain)", stacklevel=2)
+                          "using it as it is (delete it to retrain)", stacklevel=3)
         return run
     if (run / "checkpoints").is_dir():
         options["resume"] = "latest"
