@@ -122,48 +122,62 @@ def unigram_entropy(tokens: torch.Tensor) -> float:
 # The measurement
 # ----------------------------------------------------------------------------------------------------
 
-def decode_in_batches(decoder, model, canvas, config: DecodeConfig, batch_size: int, repeats: int = 1):
-    """Decode `canvas` in chunks of `batch_size` rows; returns (tokens, calls per row, acceptance rate or
-    None, seconds). Each chunk is decoded `repeats` times with the same seed (the same tokens) and its
-    fastest time is kept, which filters out the load of other jobs on a shared machine."""
-    tokens, calls, accepted, drafted, seconds = [], [], 0, 0, 0.0
-    for index, start in enumerate(range(0, canvas.shape[0], batch_size)):
-        chunk = canvas[start:start + batch_size]
-        times = []
-        for _ in range(repeats):
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + index)
-            began = time.perf_counter()
-            result = decoder(model, chunk, config, generator=generator)
-            times.append(time.perf_counter() - began)
-        seconds += min(times)
-        tokens.append(result.tokens)
-        calls += result.stats["calls_per_row"]
-        accepted += result.stats.get("accepted", 0)
-        drafted += result.stats.get("drafted", 0)
-    rate = accepted / drafted if drafted else None
-    return torch.cat(tokens), calls, rate, seconds
+class Tally:
+    """What one decoder produced over the chunks of a setting."""
+
+    def __init__(self, name: str, k: int):
+        self.name, self.k = name, k
+        self.tokens, self.calls, self.accepted, self.drafted, self.seconds = [], [], 0, 0, 0.0
+
+    def add(self, result, seconds: float) -> None:
+        self.tokens.append(result.tokens)
+        self.calls += result.stats["calls_per_row"]
+        self.accepted += result.stats.get("accepted", 0)
+        self.drafted += result.stats.get("drafted", 0)
+        self.seconds += seconds
+
+
+def timed_decode(decoder, model, chunk, config: DecodeConfig, seed: int, repeats: int):
+    """(result, fastest seconds) of `repeats` runs with the same seed (so the same tokens)."""
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        result = decoder(model, chunk, config, generator=torch.Generator().manual_seed(seed))
+        times.append(time.perf_counter() - began)
+    return result, min(times)
 
 
 def measure(model, judge, canvas, reference, first_scored, args) -> list[dict]:
+    """Every decoder on every chunk of `batch_size` rows, the decoders interleaved chunk by chunk so that
+    the load of other jobs on a shared machine falls on all of them alike. Parallel decoding gets the
+    number of calls ASSD (same k) needed on the same chunk."""
     generated = canvas == model.config.mask_token_id
     width = int(generated.sum(1).max())
+    base = dict(seed=args.seed, temperature=args.temperature, order=args.order, sampler="assd")
+    sequential_decode(model, canvas[:1], DecodeConfig(**base))  # warm-up (allocator, threads)
+    sequential = Tally("sequential", 1)
+    assd = {k: Tally("assd", k) for k in args.draft_sizes}
+    parallel = {k: Tally("parallel", k) for k in args.draft_sizes}
+    for index, start in enumerate(range(0, canvas.shape[0], args.batch_size)):
+        chunk, seed = canvas[start:start + args.batch_size], args.seed * 100_003 + index
+        sequential.add(*timed_decode(sequential_decode, model, chunk, DecodeConfig(**base), seed, args.repeats))
+        for k in args.draft_sizes:
+            result, seconds = timed_decode(assd_decode, model, chunk, DecodeConfig(**base, draft_size=k), seed,
+                                           args.repeats)
+            assd[k].add(result, seconds)
+            steps = max(1, round(sum(result.stats["calls_per_row"]) / chunk.shape[0]))
+            parallel[k].add(*timed_decode(parallel_decode, model, chunk, DecodeConfig(**base, steps=steps), seed,
+                                          args.repeats))
 
-    def run(decoder_name, decoder, k, config):
-        tokens, calls, rate, seconds = decode_in_batches(decoder, model, canvas, config, args.batch_size,
-                                                         args.repeats)
-        mean_calls = sum(calls) / len(calls)
-        return dict(decoder=decoder_name, k=k, calls_per_row=mean_calls, tokens_per_call=width / mean_calls,
-                    acceptance_rate=rate, seconds=seconds,
+    def row(tally: Tally) -> dict:
+        tokens = torch.cat(tally.tokens)
+        mean_calls = sum(tally.calls) / len(tally.calls)
+        return dict(decoder=tally.name, k=tally.k, calls_per_row=mean_calls, tokens_per_call=width / mean_calls,
+                    acceptance_rate=tally.accepted / tally.drafted if tally.drafted else None, seconds=tally.seconds,
                     gen_ppl=None if judge is None else generative_perplexity(judge, tokens, first_scored),
                     unigram_entropy=unigram_entropy(tokens[generated].view(canvas.shape[0], -1)))
 
-    base = dict(seed=args.seed, temperature=args.temperature, order=args.order, sampler="assd")
-    sequential_decode(model, canvas[:1], DecodeConfig(**base))  # warm-up (allocator, threads)
-    rows = [run("sequential", sequential_decode, 1, DecodeConfig(**base))]
-    for k in args.draft_sizes:
-        rows.append(run("assd", assd_decode, k, DecodeConfig(**base, draft_size=k)))
-        steps = max(1, round(rows[-1]["calls_per_row"]))
-        rows.append(run("parallel", parallel_decode, k, DecodeConfig(**base, steps=steps)))
+    rows = [row(sequential)] + [row(t) for k in args.draft_sizes for t in (assd[k], parallel[k])]
     for r in rows:
         r["speedup_vs_sequential"] = rows[0]["seconds"] / r["seconds"]
     if reference is not None:
@@ -235,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=150, help="steps when --run must be trained")
     p.add_argument("--train-seq-len", type=int, default=128)
     p.add_argument("--draft-sizes", type=int, nargs="+", default=[2, 4, 8])
-    p.add_argument("--num-samples", type=int, default=32, help="rows per setting")
+    p.add_argument("--num-samples", type=int, default=24, help="rows per setting")
     p.add_argument("--batch-size", type=int, default=1,
                    help="rows decoded together (1: per-sequence latency, where speculative decoding helps)")
     p.add_argument("--length", type=int, default=64, help="tokens of unconditional generation")
