@@ -24,6 +24,7 @@ from mdlm.eval import MDLMEvalModel, include_paths, task_manager  # noqa: E402
 from mdlm.eval.adapter import INFILL_HOLE  # noqa: E402
 from mdlm.eval.likelihood import exact_diffusion_nll  # noqa: E402
 from mdlm.eval.tasks import build_data  # noqa: E402
+from mdlm.eval.tasks.utils import edit_similarity, first_line, infill_results  # noqa: E402
 
 TASKS = ["stdlib_ppl", "stdlib_next_line", "stdlib_infill"]
 
@@ -71,8 +72,9 @@ def test_simple_evaluate_runs_every_local_task(which, mdlm_lm, ar_lm, local_task
     assert 0 <= metric(results, "stdlib_next_line", "acc") <= 1
     assert 0 <= metric(results, "stdlib_infill", "edit_similarity") <= 1
     assert results["config"]["attention"] == ("bidirectional" if which == "mdlm" else "causal")
-    for sample in results["samples"]["stdlib_infill"]:
-        assert "\n" not in sample["filtered_resps"][0]  # cut at the task's `until`
+    for sample in results["samples"]["stdlib_infill"]:  # scored on the first non-blank generated line
+        expected = infill_results(sample["doc"], [sample["filtered_resps"][0]])
+        assert {k: sample[k] for k in expected} == expected and sample["doc"]["target"].strip()
 
 
 def test_tasks_load_from_any_directory_and_build_deterministically(tmp_path, monkeypatch, local_tasks):
@@ -85,6 +87,13 @@ def test_tasks_load_from_any_directory_and_build_deterministically(tmp_path, mon
     built = (tmp_path / "data" / "stdlib_infill.jsonl").read_bytes()
     build_data.build(tmp_path / "again", force=True)
     assert (tmp_path / "again" / "stdlib_infill.jsonl").read_bytes() == built
+
+
+def test_infill_scoring():
+    assert first_line("\n\n    x = 1\ny = 2") == "    x = 1" and first_line("") == ""
+    assert infill_results({"target": "    x = 1"}, ["\nx = 1  \nz"]) == {"exact_match": 1.0, "edit_similarity": 1.0}
+    assert edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
+    assert edit_similarity("", "") == 1.0 and edit_similarity("abc", "") == 0.0
 
 
 def test_rolling_windows_partition_the_text(mdlm_lm):

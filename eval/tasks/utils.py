@@ -37,7 +37,13 @@ def edit_similarity(prediction: str, target: str) -> float:
     return 1.0 if longest == 0 else 1.0 - levenshtein(prediction, target) / longest
 
 
+def first_line(text: str) -> str:
+    """The first non-blank line of a generation: the filled line, whichever side of a newline the model
+    put it on (a 16-token hole may begin with the line break that ends the prefix's last line)."""
+    return next((line for line in text.splitlines() if line.strip()), "")
+
+
 def infill_results(doc, results):
     """Exact match and edit similarity of the filled line, both compared without surrounding space."""
-    prediction, target = results[0].strip(), doc["target"].strip()
+    prediction, target = first_line(results[0]).strip(), doc["target"].strip()
     return {"exact_match": float(prediction == target), "edit_similarity": edit_similarity(prediction, target)}
