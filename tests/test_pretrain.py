@@ -137,6 +137,12 @@ def test_run_folder_errors(tmp_path, mdlm_cache, capsys):
     assert exit_info.value.code == 2 and "already holds a training run" in capsys.readouterr().err
     train({**TINY, "max_steps": 2, "eval_every": 2, "save_every": 2, "output_dir": str(run), "overwrite": True})
     assert json.loads((run / "trainer_state.json").read_text())["finished"]
+    # a moved run resumes in its new folder with its own saved options; only the steps are given
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    train({"output_dir": str(moved), "resume": "latest", "max_steps": 3})
+    state = json.loads((moved / "trainer_state.json").read_text())
+    assert state["finished"] and state["step"] == 3
 
 
 def test_ensure_run_trains_once_and_then_reuses_the_run(tmp_path, mdlm_cache, monkeypatch):

@@ -181,11 +181,19 @@ def parse_args(argv: list[str] | None = None) -> PretrainArgs:
         if not isinstance(options, dict):
             raise ValueError(f"--config-file {path} must hold a mapping of option names to values")
     options.update(given)
-    if options.get("resume"):  # continue with the run's own options; only the ones given here change
-        saved = Path(default_output_dir(options)) / OPTIONS_FILE
-        if saved.is_file():
-            options = {**yaml.safe_load(saved.read_text()), **options}
-    return PretrainArgs.from_dict(options)
+    return PretrainArgs.from_dict(with_saved_options(options))
+
+
+def with_saved_options(options: dict) -> dict:
+    """When resuming, the run's own saved options under the ones given (only those given change)."""
+    options = {key.replace("-", "_"): value for key, value in options.items()}
+    saved = Path(default_output_dir(options)) / OPTIONS_FILE
+    if options.get("resume") and saved.is_file():
+        run_options = yaml.safe_load(saved.read_text())
+        for one_off in ("stop_at_step", "overwrite", "config_file"):  # belonged to that invocation only
+            run_options.pop(one_off, None)
+        return {**run_options, **options}
+    return options
 
 
 def default_output_dir(options: dict) -> str:
@@ -233,7 +241,8 @@ def build_model(args: PretrainArgs, tokenizer):
 
 
 def train(args: PretrainArgs | dict) -> Path:
-    """Train one run; returns its folder. Works in a single process or under accelerate/torchrun."""
+    """Train one run; returns its folder. Works in a single process or under accelerate/torchrun.
+    With a dict and `resume`, the run's saved options fill in what the dict does not give."""
     import torch
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
@@ -242,7 +251,7 @@ def train(args: PretrainArgs | dict) -> Path:
     from mdlm.train.trainer import (Trainer, TrainerConfig, make_accelerator, objective_loss_fn,
                                     prepare_output_dir)
 
-    args = PretrainArgs.from_dict(args) if isinstance(args, dict) else args
+    args = PretrainArgs.from_dict(with_saved_options(args)) if isinstance(args, dict) else args
     args = args.resolved()
     if not torch.distributed.is_initialized() and AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one Python process
@@ -285,7 +294,7 @@ def train(args: PretrainArgs | dict) -> Path:
 
 # Options that may change when a run is resumed; any other change would make it a different run.
 RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "eval_every", "save_every", "log_every", "progress",
-                     "stop_at_step", "config_file", "eval_batches"}
+                     "stop_at_step", "config_file", "eval_batches", "output_dir"}  # a run folder may be moved
 
 
 def check_resume_options(saved: dict, now: dict) -> None:
