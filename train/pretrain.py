@@ -207,6 +207,8 @@ def default_output_dir(options: dict) -> str:
 def build_tokenizer(args: PretrainArgs):
     from mdlm.tokenizer import corpus_tokenizer, load_tokenizer
 
+    if args.resume and (Path(args.output_dir) / "tokenizer_config.json").exists():
+        return load_tokenizer(args.output_dir)  # the run's own tokenizer, even where no cache exists
     if args.tokenizer:
         return load_tokenizer(args.tokenizer)
     if args.init_from:
@@ -259,6 +261,11 @@ def train(args: PretrainArgs | dict) -> Path:
     output_dir = Path(args.output_dir)
     prepare_output_dir(output_dir, args.resume, args.overwrite, accelerator.is_main_process)
     accelerator.wait_for_everyone()
+    saved = output_dir / OPTIONS_FILE
+    if args.resume and saved.exists():  # every process checks, so that all of them stop on a mismatch
+        check_resume_options(yaml.safe_load(saved.read_text()), args.to_dict())
+    elif accelerator.is_main_process:
+        saved.write_text(yaml.safe_dump(args.to_dict(), sort_keys=False))
     set_seed(args.seed)  # model initialisation: the same on every process
     accelerator.print("options:\n" + yaml.safe_dump(args.to_dict(), sort_keys=False))
 
@@ -272,12 +279,6 @@ def train(args: PretrainArgs | dict) -> Path:
                       f"{model.config.attention} attention; data: {len(train_data)} train and {len(eval_data)} "
                       f"validation blocks of {args.seq_len} tokens; {accelerator.num_processes} process(es) "
                       f"on {accelerator.device}")
-    if accelerator.is_main_process:
-        saved = output_dir / OPTIONS_FILE
-        if args.resume and saved.exists():
-            check_resume_options(yaml.safe_load(saved.read_text()), args.to_dict())
-        else:
-            saved.write_text(yaml.safe_dump(args.to_dict(), sort_keys=False))
     config = TrainerConfig(
         output_dir=str(output_dir), max_steps=args.max_steps, batch_size=args.batch_size,
         grad_accum=args.grad_accum, lr=args.lr, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
