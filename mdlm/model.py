@@ -106,28 +106,26 @@ def normalise_attention_mask(attention_mask, batch: int, q_len: int, k_len: int,
     Accepted: (B, Lq) padding of the new tokens (combined with the cache's validity), or arbitrary
     boolean masks of shape (B, Lq, Lk) or (B, 1|H, Lq, Lk). A 2-D tensor is always read as padding."""
     mask = None
+    if attention_mask is not None and attention_mask.dim() == 2:
+        if attention_mask.shape != (batch, q_len):
+            raise ValueError(
+                f"a 2-D attention_mask is a padding mask of shape (batch, length)=({batch}, {q_len}); "
+                f"got {tuple(attention_mask.shape)}. Pass custom masks as (batch, Lq, Lk) or "
+                "(batch, 1, Lq, Lk)."
+            )
+        new_valid = attention_mask.to(torch.bool)
+        return None, new_valid if key_valid is None else torch.cat([key_valid, new_valid], dim=1)
     if attention_mask is not None:
-        attention_mask = attention_mask.to(torch.bool)
-        if attention_mask.dim() == 2:
-            if attention_mask.shape != (batch, q_len):
-                raise ValueError(
-                    f"a 2-D attention_mask is a padding mask of shape (batch, length)=({batch}, {q_len}); "
-                    f"got {tuple(attention_mask.shape)}. Pass custom masks as (batch, Lq, Lk) or "
-                    "(batch, 1, Lq, Lk)."
-                )
-            key_valid = torch.cat([key_valid, attention_mask], dim=1) if key_valid is not None else attention_mask
-        elif attention_mask.dim() == 3:
-            mask = attention_mask[:, None]
-        elif attention_mask.dim() == 4:
-            mask = attention_mask
-        else:
+        if attention_mask.dim() not in (3, 4):
             raise ValueError(f"attention_mask must be 2-, 3- or 4-D, got {attention_mask.dim()}-D")
-        if mask is not None and mask.shape[-2:] != (q_len, k_len):
+        mask = attention_mask.to(torch.bool)
+        mask = mask[:, None] if mask.dim() == 3 else mask
+        if mask.shape[-2:] != (q_len, k_len):
             raise ValueError(
                 f"attention_mask covers (queries, keys)={tuple(mask.shape[-2:])} but this call has "
                 f"({q_len}, {k_len}) (cached keys come first)"
             )
-    elif key_valid is not None:
+    if key_valid is not None:  # this call's tokens are valid keys unless a 2-D padding mask said otherwise
         key_valid = torch.cat([key_valid, key_valid.new_ones(batch, q_len)], dim=1)
     return mask, key_valid
 

@@ -94,3 +94,23 @@ def test_bad_masks_and_positions_get_clear_errors(tiny_model):
         tiny_model(ids, attention_mask=torch.ones(2, 5, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="beyond the model's context"):
         tiny_model(torch.randint(0, 500, (1, tiny_model.config.max_position_embeddings + 1)))
+
+
+def test_custom_mask_with_a_padded_cache_keeps_the_padding_and_extends_validity(stdlib_tokenizer):
+    """A 3-D mask after a cache with padding keys: padding stays hidden and the new cache's validity
+    covers every key (cached and new)."""
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = MDLMForMaskedLM(tiny_config(stdlib_tokenizer, attention="block-causal", block_size=2)).eval()
+    x = torch.randint(5, 100, (2, 10))
+    pad = torch.ones(2, 6, dtype=torch.bool)
+    pad[0, :2] = False
+    prefix = model(x[:, :6], attention_mask=pad, use_cache=True).cache
+    everything = torch.ones(2, 4, 10, dtype=torch.bool)
+    out = model(x[:, 6:], attention_mask=everything, cache=prefix, use_cache=True)
+    assert out.cache.valid.shape == out.cache.positions.shape == (2, 10)
+    assert out.cache.valid[0, :2].logical_not().all() and out.cache.valid[:, 2:].all()
+    full_valid = torch.cat([pad, torch.ones(2, 4, dtype=torch.bool)], 1)
+    reference = model(x, attention_mask=full_valid).logits[:, 6:]
+    torch.testing.assert_close(out.logits, reference)
