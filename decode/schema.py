@@ -696,7 +696,8 @@ def generate_json(model, tokenizer, prompt: str, schema: dict, config: DecodeCon
     retrying = False
     result = GeneratedJSON(value=None, text="", valid=False, nfe=0, rounds=0)
     readings: dict[Slot, SlotReading] = {}
-    growth_rounds = max((math.ceil((s.max_tokens - s.initial_tokens) / scaffold.slot_tokens) for s in scaffold.slots), default=0)
+    growth_rounds = max((math.ceil((s.max_tokens - s.initial_tokens) / scaffold.slot_tokens) for s in scaffold.slots),
+                        default=0)
     max_rounds = (1 + max_retries) * (1 + growth_rounds)
     while True:
         ids, spans = scaffold.render(states, choices)
@@ -714,9 +715,9 @@ def generate_json(model, tokenizer, prompt: str, schema: dict, config: DecodeCon
         round_config = config if not retrying else replace(config, temperature=max(config.temperature,
                                                                                     RETRY_TEMPERATURE))
         if tokens_per_step is not None:
-            round_config = replace(config, steps=max(1, math.ceil(masks / tokens_per_step)))
+            round_config = replace(round_config, steps=max(1, math.ceil(masks / tokens_per_step)))
         elif config.steps is not None:
-            round_config = replace(config, steps=min(config.steps, masks))
+            round_config = replace(round_config, steps=min(config.steps, masks))
         constraints = _constraints_for(scaffold, canvas, len(prompt_ids), spans, states, vocab_size) \
             if constrain else SlotConstraints(canvas, tokenizer.mask_token_id)
         with constrained(model, constraints):

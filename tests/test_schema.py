@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from mdlm import MDLMForMaskedLM
 from mdlm.decode import DecodeConfig
-from mdlm.decode.schema import (ABSENT, Scaffold, SchemaFitError, SlotState, UnsupportedSchemaError, assemble,
+from mdlm.decode.schema import (ABSENT, Scaffold, SchemaFitError, UnsupportedSchemaError, assemble,
                                 generate_json, read_slot)
 from mdlm.decode.schema_constraints import SlotConstraints
 from mdlm.train.tasks.signatures import SIGNATURE_SCHEMA
