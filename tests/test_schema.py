@@ -415,3 +415,15 @@ def test_schema_benchmark_measures_both_methods_on_the_same_examples(model, stdl
     results = dict(run="tiny", sft_steps=0, num_examples=2, methods=["plain", "s3"], budgets={"4": summary})
     table = markdown_table(results)
     assert "| 4 | s3 | 100.0% |" in table and table.count("\n") == 6
+
+
+def test_retries_decode_hotter_so_a_greedy_decoder_does_not_repeat_itself(model, stdlib_tokenizer):
+    nine = _ids(stdlib_tokenizer, "9")[0]
+    schema = {"type": "integer", "maximum": 999_998}  # greedy writes 999999
+    handle = _steer(model, nine, bonus=1.0)  # greedy decoding always writes 9s; sampling sometimes does not
+    try:
+        out = generate_json(model, stdlib_tokenizer, "", schema, DecodeConfig(temperature=0.0, seed=0),
+                            max_retries=8, tokens_per_step=2, strict=False)
+    finally:
+        handle.remove()
+    assert out.retries and out.valid and out.value <= 999_998
