@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from mdlm.config import ATTENTION_MODES, PRESETS
-from mdlm.train.trainer import OPTIONS_FILE
+from mdlm.train.trainer import OPTIONS_FILE, options_from_dict
 
 OBJECTIVES = ("mdlm", "ar", "as-arm")
 LOSSES = ("t-dce", "lambda-dce", "k-dce")
@@ -96,12 +96,7 @@ class PretrainArgs:
 
     @classmethod
     def from_dict(cls, options: dict) -> "PretrainArgs":
-        names = {f.name for f in dataclasses.fields(cls)}
-        normalised = {key.replace("-", "_"): value for key, value in options.items()}
-        unknown = sorted(set(normalised) - names)
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown}; run `python train/pretrain.py --help` for the list")
-        return cls(**normalised)
+        return options_from_dict(cls, options, "train/pretrain.py")
 
     def resolved(self) -> "PretrainArgs":
         """A copy with preset defaults filled in and the options checked."""

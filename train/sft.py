@@ -72,12 +72,9 @@ class SFTArgs:
 
     @classmethod
     def from_dict(cls, options: dict) -> "SFTArgs":
-        names = {f.name for f in dataclasses.fields(cls)}
-        normalised = {key.replace("-", "_"): value for key, value in options.items()}
-        unknown = sorted(set(normalised) - names)
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown}; run `python train/sft.py --help` for the list")
-        return cls(**normalised)
+        from mdlm.train.trainer import options_from_dict
+
+        return options_from_dict(cls, options, "train/sft.py")
 
     def resolved(self) -> "SFTArgs":
         if not self.init_from:

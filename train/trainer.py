@@ -36,6 +36,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -472,3 +473,13 @@ class Trainer:
                 return self.output_dir
         progress.close()  # the last step saved the checkpoint and the finished model
         return self.output_dir
+
+
+def options_from_dict(cls, options: dict, script: str):
+    """Build the options dataclass `cls` from a dict whose keys may use dashes (YAML / CLI spelling)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    normalised = {key.replace("-", "_"): value for key, value in options.items()}
+    unknown = sorted(set(normalised) - names)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; run `python {script} --help` for the list")
+    return cls(**normalised)

@@ -73,3 +73,13 @@ def _finished_or_trained(run: Path, options: dict) -> Path:
     elif run.exists():
         options["overwrite"] = True  # a run that died before its first checkpoint: start it again
     return train(options)
+
+
+def write_results(results_dir: Path, name: str, results: dict, plot, markdown_table) -> dict:
+    """Write `results_dir/NAME.json` and `NAME.png` (with the benchmark's `plot`) and print its table."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / f"{name}.json").write_text(json.dumps(results, indent=2))
+    plot(results, results_dir / f"{name}.png")
+    print(markdown_table(results))
+    return results

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from mdlm.eval.bench.common import BENCH_TRAINING, REPO_ROOT, bench_options, ensure_run, runs_dir
+from mdlm.eval.bench.common import REPO_ROOT, bench_options, ensure_run, runs_dir, write_results
 
 QUICK_TRAINING = dict(config="tiny", seq_len=64, batch_size=8, max_steps=60, warmup_steps=6, lr=3e-3,
                       eval_every=20, save_every=60, max_documents=30)
@@ -218,11 +218,7 @@ def main(argv=None) -> dict:
     results["perplexity_ratio"] = mdlm["perplexity"] / ar["perplexity"]
     results["literature"] = {"mdlm_perplexity_bound": 23.0, "ar_perplexity": 17.5,
                              "setting": "GPT-2 small scale, OpenWebText (MDLM / SEDD papers)"}
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
-    plot(results, args.results_dir / f"{name}.png")
-    print(markdown_table(results))
-    return results
+    return write_results(args.results_dir, name, results, plot, markdown_table)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from mdlm.decode.config import DecodeConfig
 from mdlm.train.tasks.signatures import FIELDS, PROMPT_CUE, SIGNATURE_SCHEMA, build_examples, field_matches
+from mdlm.eval.bench.common import write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "schema"
@@ -249,11 +250,7 @@ def main(argv=None) -> dict:
     for tokens_per_step in args.tokens_per_step:
         results["budgets"][str(tokens_per_step)] = evaluate(model, tokenizer, examples, args.methods,
                                                             tokens_per_step, args.slot_tokens)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / f"{NAME}.json").write_text(json.dumps(results, indent=2))
-    plot(results, args.results_dir / f"{NAME}.png")
-    print(markdown_table(results))
-    return results
+    return write_results(args.results_dir, NAME, results, plot, markdown_table)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ exactness buys. Writes results/speculative.json and results/speculative.png.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from mdlm.decode.config import DecodeConfig
-from mdlm.eval.bench.common import runs_dir
+from mdlm.eval.bench.common import runs_dir, write_results
 from mdlm.decode.speculative import assd_decode, parallel_decode, sequential_decode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -294,11 +293,7 @@ def main(argv=None) -> dict:
     for name, (canvas, reference, first_scored) in settings(tokenizer, model.config.mask_token_id, args).items():
         print(f"{name}: {canvas.shape[0]} rows x {canvas.shape[1]} tokens")
         results["settings"][name] = measure(model, judge, canvas, reference, first_scored, args)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / f"{NAME}.json").write_text(json.dumps(results, indent=2))
-    plot(results, args.results_dir / f"{NAME}.png")
-    print(markdown_table(results))
-    return results
+    return write_results(args.results_dir, NAME, results, plot, markdown_table)
 
 
 if __name__ == "__main__":
