@@ -34,7 +34,8 @@ def build_canvas(tokenizer, prompts: list[str], max_new_tokens: int, mask_token_
         if context_length is not None and total > context_length:
             room = context_length - len(head) - len(tail)
             fix = (f"lower --max-new-tokens (max_new_tokens) to at most {room}" if room >= 1 else
-                   f"shorten the prompt{' and suffix' if tail else ''} to fewer than {context_length} tokens")
+                   f"shorten the prompt{' and suffix' if tail else ''} to at most "
+                   f"{context_length - max_new_tokens} tokens{' together' if tail else ''}, or generate fewer tokens")
             raise ValueError(
                 f"prompt {i} is {len(head)} tokens{f' with a {len(tail)}-token suffix' if tail else ''}; with "
                 f"{max_new_tokens} new tokens that is {total} tokens, beyond the model's context of "
