@@ -92,6 +92,11 @@ def make_accelerator(mixed_precision: str = "no"):
 
     if torch.cuda.is_available():
         return Accelerator(mixed_precision=mixed_precision)
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        # accelerate forms FSDP only on accelerators; without one it would silently train plain DDP
+        raise ValueError("FSDP needs CUDA GPUs (accelerate cannot shard on a CPU-only machine); launch with "
+                         "--config_file configs/accelerate/ddp_cpu.yaml here, configs/accelerate/fsdp_gpus.yaml "
+                         "on a GPU machine")
     handlers = [InitProcessGroupKwargs(backend="gloo")] if int(os.environ.get("WORLD_SIZE", "1")) > 1 else []
     return Accelerator(mixed_precision=mixed_precision, cpu=True, kwargs_handlers=handlers)
 
