@@ -427,3 +427,13 @@ def test_retries_decode_hotter_so_a_greedy_decoder_does_not_repeat_itself(model,
     finally:
         handle.remove()
     assert out.retries and out.valid and out.value <= 999_998
+
+
+def test_generate_json_and_its_errors_are_exported_from_mdlm_decode():
+    import mdlm.decode
+    from mdlm.decode import SchemaFitError, UnsupportedSchemaError, generate_json
+    from mdlm.decode import schema as schema_module
+
+    assert generate_json is schema_module.generate_json and SchemaFitError is schema_module.SchemaFitError
+    assert UnsupportedSchemaError is schema_module.UnsupportedSchemaError
+    assert {"generate_json", "SchemaFitError"} <= set(mdlm.decode.__all__)
