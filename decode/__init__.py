@@ -7,15 +7,18 @@
 Samplers: confidence (LLaDA / Fast-dLLM / MDPO RCR / EOSER+ASS, semi-autoregressive blocks, block KV
 cache), ancestral (tau-leaping with the RADD cache), first-hitting (Zheng et al. 2024), assd (any-subset
 speculative decoding). Each lives in its own module; `registry.SAMPLER_REGISTRY` maps names to them.
+Structured output: `generate_json(model, tokenizer, prompt, schema)` (schema scaffolding, `mdlm.decode.schema`).
 """
 
 from mdlm.decode.config import DecodeConfig, DecodeResult
 from mdlm.decode.denoiser import Denoiser, HFMaskedLMDenoiser, as_denoiser
 from mdlm.decode.generate import build_canvas, generate, generate_with_result
 from mdlm.decode.registry import SAMPLER_REGISTRY, decode, register_sampler
+from mdlm.decode.schema import SchemaFitError, UnsupportedSchemaError, generate_json
 from mdlm.decode.trace import TraceStep
 
 registry = SAMPLER_REGISTRY
 
 __all__ = ["DecodeConfig", "DecodeResult", "TraceStep", "Denoiser", "HFMaskedLMDenoiser", "as_denoiser", "decode",
-           "generate", "generate_with_result", "build_canvas", "register_sampler", "SAMPLER_REGISTRY", "registry"]
+           "generate", "generate_with_result", "build_canvas", "register_sampler", "SAMPLER_REGISTRY", "registry",
+           "generate_json", "SchemaFitError", "UnsupportedSchemaError"]

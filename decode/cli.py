@@ -122,7 +122,9 @@ def load_run(path: str, device: str | None):
     if tokenizer.mask_token_id is None:
         raise CLIError(f"the tokenizer in {run} has no mask token; this is not a masked diffusion run")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
+    from mdlm.decode.denoiser import denoiser_for_run
+
+    return denoiser_for_run(model.to(device).eval(), tokenizer), tokenizer
 
 
 def config_from_args(args, tokenizer) -> DecodeConfig:

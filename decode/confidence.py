@@ -52,10 +52,41 @@ def _counts_tensor(per_row: list[list[int]], device) -> torch.Tensor:
     return torch.tensor([c + [0] * (width - len(c)) for c in per_row], dtype=torch.long, device=device)
 
 
-def _steps_per_block(config: DecodeConfig, num_blocks: int, largest_block: int) -> int:
-    if config.steps is None:
-        return max(1, largest_block)  # one token per step
-    return max(1, config.steps // max(1, num_blocks))
+def _steps_per_block(config: DecodeConfig, block_sizes: list[int]) -> list[int]:
+    """Steps of each block (block_sizes: the most tokens any row has in the block), summing to
+    `config.steps` exactly, so that NFE == steps (without a cache-free skip) instead of a silent rounding.
+
+    The steps are spread evenly, the remainder going to the earliest blocks (LLaDA asserts divisibility
+    instead); a block never gets more steps than tokens, its surplus goes to blocks with room. A step
+    count that cannot be honoured is refused: fewer steps than blocks (a block needs a network call) or
+    more steps than tokens (a step reveals at least one token)."""
+    sizes = [max(1, size) for size in block_sizes] or [1]
+    if config.steps is None or config.remasking == "threshold":
+        return sizes  # one token per step; the threshold policy sets its own steps
+    steps, total = config.steps, sum(sizes)
+    if steps < len(sizes):
+        raise ValueError(f"steps={steps} is fewer than the {len(sizes)} blocks of block_length={config.block_length} "
+                         f"({total} tokens to generate): each block needs at least one step; ask for steps >= "
+                         f"{len(sizes)} or a larger block_length")
+    if steps > total:
+        raise ValueError(f"steps={steps} is more than the {total} tokens to generate: each step reveals at least "
+                         f"one token; ask for steps <= {total} (or leave steps unset for one token per step)")
+    allotted, left = [0] * len(sizes), steps
+    while left:
+        room = [k for k, size in enumerate(sizes) if allotted[k] < size]
+        share, extra = divmod(left, len(room))
+        for i, k in enumerate(room):
+            add = min(sizes[k] - allotted[k], share + (i < extra))
+            allotted[k] += add
+            left -= add
+    return allotted
+
+
+def _check_ascending_steps(config: DecodeConfig, longest: int) -> None:
+    if config.remasking != "threshold" and config.steps is not None and config.steps != ascending_num_steps(longest):
+        raise ValueError(f"schedule='ascending' fixes its own step count, floor(log2 {longest}) = "
+                         f"{ascending_num_steps(longest)} for {longest} tokens, but steps={config.steps} was asked "
+                         f"for: leave steps unset (or use schedule='uniform' for {config.steps} steps)")
 
 
 def plan_rank_blocks(to_generate: torch.Tensor, config: DecodeConfig) -> list[Block]:
@@ -67,6 +98,7 @@ def plan_rank_blocks(to_generate: torch.Tensor, config: DecodeConfig) -> list[Bl
     block_length = config.block_length or max(1, longest)
     num_blocks = max(1, math.ceil(longest / block_length))
     if config.schedule == "ascending":
+        _check_ascending_steps(config, longest)
         # ASS shares its global step sequence out to the blocks (the block sizes follow from it).
         per_row = [ascending_blocks(m, num_blocks) if m else [[0]] for m in masked_per_row]
         num_blocks = max(len(b) for b in per_row)
@@ -83,10 +115,10 @@ def plan_rank_blocks(to_generate: torch.Tensor, config: DecodeConfig) -> list[Bl
             hi = torch.tensor(ends, device=rank.device)[:, None]
             blocks.append(Block(to_generate & (rank >= lo) & (rank < hi), _counts_tensor(counts, rank.device)))
         return blocks
-    steps = _steps_per_block(config, num_blocks, min(block_length, max(1, longest)))
+    members_of = [to_generate & (rank // block_length == k) for k in range(num_blocks)]
+    block_steps = _steps_per_block(config, [int(m.sum(-1).max()) for m in members_of])
     blocks = []
-    for k in range(num_blocks):
-        members = to_generate & (rank // block_length == k)
+    for members, steps in zip(members_of, block_steps):
         counts = [step_counts(config.schedule, int(m), steps) for m in members.sum(-1).tolist()]
         blocks.append(Block(members, _counts_tensor(counts, rank.device)))
     return blocks
@@ -98,10 +130,11 @@ def plan_column_blocks(to_generate: torch.Tensor, config: DecodeConfig, block_le
     width = to_generate.shape[1]
     ranges = [(s, min(width, s + block_length)) for s in range(0, width, block_length)]
     ranges = [r for r in ranges if to_generate[:, r[0]:r[1]].any()]
-    largest = max((int(to_generate[:, a:b].sum(-1).max()) for a, b in ranges), default=1)
-    steps = _steps_per_block(config, len(ranges), largest)
+    if config.schedule == "ascending":
+        _check_ascending_steps(config, int(to_generate.sum(-1).max()))
+    block_steps = _steps_per_block(config, [int(to_generate[:, a:b].sum(-1).max()) for a, b in ranges])
     blocks = []
-    for start, end in ranges:
+    for (start, end), steps in zip(ranges, block_steps):
         members = torch.zeros_like(to_generate)
         members[:, start:end] = to_generate[:, start:end]
         if config.schedule == "ascending":

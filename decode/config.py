@@ -33,8 +33,10 @@ class DecodeConfig:
         semi-autoregressive blocks), "ancestral" (tau-leaping over a masking schedule, RADD cache),
         "first-hitting" (Zheng et al. 2024, one token per network call, exact), "assd" (any-subset
         speculative decoding, Guo & Ermon 2025).
-    steps: denoising steps (per sequence; per block they are split evenly). None: one token per step
-        for "confidence", 1000 for "ancestral"; "ascending" fixes its own count (log2 of the length).
+    steps: denoising steps (per sequence). "confidence" honours them exactly (NFE == steps without a
+        cache): spread over the blocks, the remainder to the earliest ones; fewer steps than blocks or
+        more than tokens to generate is refused. None: one token per step for "confidence", 1000 for
+        "ancestral"; "ascending" fixes its own count (floor(log2) of the length; another is refused).
     schedule: how many tokens a step reveals ("uniform", "cosine", "ascending" step size).
     remasking: which positions a step commits ("random", "low-confidence", "margin", "entropy",
         "threshold" = Fast-dLLM's confidence >= `threshold`, at least one; "rcr" = MDPO's running

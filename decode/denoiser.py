@@ -41,6 +41,9 @@ class HFMaskedLMDenoiser:
         self.pass_position_ids = pass_position_ids
         self.config = config
 
+    def parameters(self):
+        return self.model.parameters()
+
     def __call__(self, input_ids, attention_mask=None, position_ids=None):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -60,6 +63,23 @@ def as_denoiser(model, mask_token_id: int | None = None, **kwargs):
     if isinstance(model, (MDLMForMaskedLM, HFMaskedLMDenoiser)):
         return model
     return HFMaskedLMDenoiser(model, mask_token_id, **kwargs)
+
+
+def denoiser_for_run(model, tokenizer):
+    """The denoiser of a loaded run folder (model + its tokenizer). Ours is used as it is; any other
+    masked LM (a BERT-style folder, whose config usually has no mask_token_id) gets the adapter with the
+    tokenizer's mask id and the tokenizer's special tokens banned except EOS, which ends a completion."""
+    from mdlm.model import MDLMForMaskedLM
+
+    config_mask_id = getattr(getattr(model, "config", None), "mask_token_id", None)
+    mask_id = config_mask_id if config_mask_id is not None else tokenizer.mask_token_id
+    if mask_id is None:
+        raise ValueError("neither the model's config nor its tokenizer has a mask token id; this is not a masked LM")
+    if isinstance(model, MDLMForMaskedLM):
+        model.config.mask_token_id = int(mask_id)
+        return model
+    banned = [i for i in tokenizer.all_special_ids if i not in (mask_id, tokenizer.eos_token_id)]
+    return HFMaskedLMDenoiser(model, int(mask_id), banned_token_ids=banned)
 
 
 def mask_token_id_of(model) -> int:

@@ -25,11 +25,15 @@ def uniform_counts(m: int, steps: int) -> list[int]:
 
 
 def cosine_counts(m: int, steps: int) -> list[int]:
+    """When m >= steps every step reveals at least one token (rounding the cosine could leave a step
+    empty, which would skip its network call and silently run fewer steps than asked)."""
     still_masked = [round(m * math.cos(0.5 * math.pi * (s + 1) / steps)) for s in range(steps)]
     still_masked[-1] = 0
     counts, before = [], m
-    for after in still_masked:
-        after = min(after, before)
+    for s, after in enumerate(still_masked):
+        after = min(after, before - 1) if m >= steps else min(after, before)
+        if m >= steps:
+            after = max(after, steps - s - 1)
         counts.append(before - after)
         before = after
     return counts

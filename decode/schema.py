@@ -76,7 +76,7 @@ import torch
 from mdlm.decode.config import DecodeConfig
 from mdlm.decode.denoiser import NetworkCounter
 from mdlm.decode.registry import decode
-from mdlm.decode.schema_constraints import SlotConstraints, constrained, number_token_masks
+from mdlm.decode.schema_constraints import SlotConstraints, constrained, number_automaton
 
 DEFAULT_SLOT_TOKENS = 16
 INTEGER_SLOT_TOKENS = 6
@@ -453,7 +453,7 @@ class SlotReading:
 
 
 _NUMBER_CHARS = re.compile(r"\s*-?[0-9.eE+\-]*")
-_INTEGER = re.compile(r"-?\d+")
+_INTEGER = re.compile(r"-?(0|[1-9]\d*)")  # JSON: no leading zeros
 _JSON_NUMBER = re.compile(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")
 
 
@@ -646,16 +646,11 @@ def _constraints_for(scaffold: Scaffold, canvas: torch.Tensor, offset: int, span
         state = states[slot]
         if state.done:
             continue
-        first_mask = start + len(state.prefix)
         if slot.kind == "choice":
             constraints.add_choice(list(range(offset + start, offset + end)), slot.option_ids)
         elif slot.kind in ("integer", "number"):
-            first, rest = number_token_masks(scaffold.tokenizer, slot.kind, vocab_size)
-            if not slot.may_be_empty:  # a required number cannot start with the stop token
-                first = first.clone()
-                first[scaffold.eos_id] = False
-            for p in range(first_mask, end):
-                constraints.add_static(offset + p, first if p == start else rest)
+            constraints.add_automaton(number_automaton(scaffold.tokenizer, slot.kind, vocab_size,
+                                                       list(range(offset + start, offset + end)), slot.may_be_empty))
     return constraints
 
 

@@ -63,8 +63,9 @@ ACCEPT, REJECT = 0, 1
 # ----------------------------------------------------------------------------------------------------
 
 def categorical_probs(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None) -> torch.Tensor:
-    """float64 probabilities of the distribution `sample_categorical` draws from with these settings."""
-    scores = filter_logits(logits, top_k, top_p).double()
+    """float64 probabilities of the distribution `sample_categorical` draws from with these settings
+    (temperature first, then top-k and the top-p nucleus of the tempered distribution)."""
+    scores = filter_logits(logits, top_k, top_p, temperature).double()
     if temperature == 0:
         return torch.nn.functional.one_hot(scores.argmax(-1), logits.shape[-1]).double()
     return torch.softmax(scores / temperature, dim=-1)

@@ -62,7 +62,8 @@ def sample_categorical(
     precision: str = "float64",
     backend: str | None = None,
 ) -> CategoricalSample:
-    """Draw one token per row of `logits` (..., V) from softmax(logits / temperature) after top-k/top-p.
+    """Draw one token per row of `logits` (..., V) from softmax(logits / temperature) after top-k/top-p
+    (the nucleus is taken on the tempered distribution, as transformers and vLLM do).
 
     temperature=0 is argmax. With neither `seed` nor `generator`, torch's global generator picks the
     seed. The same seed gives the same tokens on every backend. `precision="float32"` (24-bit uniforms,

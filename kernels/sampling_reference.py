@@ -16,7 +16,10 @@ argmax_v (x_v / T - log E_v) = argmax_v exp((x_v - max x) / T) / E_v. It needs o
 instead of two, and at temperature 1 the exponentials are the ones the softmax statistics need anyway.
 
 Top-k / top-p are a per-row threshold on the logits (`filter_threshold`): an entry is kept when its logit is
->= the threshold, so entries tied with the last kept one are kept too. The Triton kernel takes the same
+>= the threshold, so entries tied with the last kept one are kept too. The order is the ecosystem's
+(transformers' TemperatureLogitsWarper before TopK/TopP, vLLM): temperature first, then top-k, then the top-p
+nucleus of the *tempered* distribution softmax(logits / T). Dividing by T > 0 keeps the ranking, so the
+threshold can stay in raw-logit units; only the nucleus mass depends on T. The Triton kernel takes the same
 thresholds from the same function.
 """
 
@@ -111,11 +114,13 @@ def _as_int32_bits(values: torch.Tensor) -> torch.Tensor:
 # Top-k / top-p as a per-row threshold.
 
 
-def filter_threshold(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor | None:
+def filter_threshold(logits: torch.Tensor, top_k: int | None, top_p: float | None,
+                     temperature: float = 1.0) -> torch.Tensor | None:
     """Per-row logit threshold (rows,) of top-k then top-p, or None when neither filters anything.
 
     Entries with logit >= threshold are kept: the k largest (and entries tied with the k-th), then of
-    those the smallest set of the largest whose probability reaches top_p (the top-1 is always kept)."""
+    those the smallest set of the largest whose probability under softmax(logits / temperature) reaches
+    top_p (the top-1 is always kept). temperature 0 (argmax) keeps the top-1 whatever the nucleus."""
     V = logits.shape[-1]
     top_k = None if top_k is None else int(top_k)
     use_k = top_k is not None and top_k < V
@@ -128,16 +133,18 @@ def filter_threshold(logits: torch.Tensor, top_k: int | None, top_p: float | Non
         if use_k:
             kth = values[:, top_k - 1: top_k]
             values = values.masked_fill(values < kth, float("-inf"))
-        probs = torch.softmax(values.double(), dim=-1)
+        probs = torch.softmax(values.double() / (temperature if temperature > 0 else 1.0), dim=-1)
         mass_before = probs.cumsum(-1) - probs
         n_keep = (mass_before < top_p).sum(-1).clamp_min(1)
         return values.gather(-1, (n_keep - 1)[:, None])[:, 0]
     return torch.topk(rows, top_k, dim=-1).values[:, -1]
 
 
-def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Set to -inf every logit outside the top-k and outside the smallest top-p nucleus (top-1 kept)."""
-    threshold = filter_threshold(logits, top_k, top_p)
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest top-p nucleus of
+    softmax(logits / temperature) (top-1 kept)."""
+    threshold = filter_threshold(logits, top_k, top_p, temperature)
     if threshold is None:
         return logits
     return logits.masked_fill(logits < threshold.view(*logits.shape[:-1], 1).to(logits.dtype), float("-inf"))
@@ -221,7 +228,7 @@ def sample_categorical_reference(
         shifted, weights, race, hash1, hash2, scratch = buffers.view(stop - start)
         log_total, top1_index = _model_statistics(x, start, shifted, weights, race, stats[1:, start:stop])
 
-        threshold = filter_threshold(x, top_k, top_p)
+        threshold = filter_threshold(x, top_k, top_p, temperature)
         if temperature == 0:
             choice = top1_index[:, 0]
         else:

@@ -9,7 +9,8 @@ One program per row and one pass over the vocabulary in blocks of BLOCK entries,
     (seed, row, token id): murmur3's fmix32 in uint32, exactly `hash_uniform` of the torch reference, so
     both draw the same token whatever BLOCK is.
 Top-k / top-p come as a per-row logit threshold computed by a torch pre-pass (`filter_threshold`, the
-function the reference uses, chunked over rows): entries below it get score -inf.
+function the reference uses, chunked over rows; the nucleus is that of the tempered distribution, as in
+transformers and vLLM): entries below it get score -inf.
 
 Only core `tl` math (exp, log, max, argmax, integer ops), no libdevice-only function, so the kernel runs
 under TRITON_INTERPRET=1 on CPU tensors, as the tests do. The float32 comparison path exists only in torch.
@@ -124,12 +125,13 @@ def _categorical_row_kernel(
     tl.store(stats_ptr + row * 4 + 3, log_total - a / s)
 
 
-def row_thresholds(flat: torch.Tensor, top_k, top_p) -> torch.Tensor | None:
+def row_thresholds(flat: torch.Tensor, top_k, top_p, temperature: float = 1.0) -> torch.Tensor | None:
     """filter_threshold over row chunks (its sort would otherwise copy all the logits)."""
-    if filter_threshold(flat[:1], top_k, top_p) is None:
+    if filter_threshold(flat[:1], top_k, top_p, temperature) is None:
         return None
     rows = max(1, THRESHOLD_CHUNK_ELEMENTS // flat.shape[-1])
-    return torch.cat([filter_threshold(flat[i:i + rows], top_k, top_p) for i in range(0, flat.shape[0], rows)])
+    return torch.cat([filter_threshold(flat[i:i + rows], top_k, top_p, temperature)
+                      for i in range(0, flat.shape[0], rows)])
 
 
 def sample_categorical_triton(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -151,7 +153,7 @@ def sample_categorical_triton(logits: torch.Tensor, temperature: float = 1.0, to
     tokens = torch.empty(R, dtype=torch.long, device=flat.device)
     stats = torch.empty(R, 4, dtype=torch.float64, device=flat.device)
     if R:
-        threshold = row_thresholds(flat, top_k, top_p)
+        threshold = row_thresholds(flat, top_k, top_p, temperature)
         _categorical_row_kernel[(R,)](
             flat, flat.stride(0), threshold if threshold is not None else stats, tokens, stats, V, seed,
             torch.tensor([temperature if temperature > 0 else 1.0], dtype=torch.float64, device=flat.device),

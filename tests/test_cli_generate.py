@@ -99,3 +99,30 @@ def test_plain_text_prompts_file(tiny_run_dir, capsys, tmp_path):
     assert main(["--model", str(tiny_run_dir), "--prompts-file", str(lines), "--max-new-tokens", "4", "--seed", "0"]) == 0
     out = capsys.readouterr().out
     assert "=== prompt 1, sample 0" in out and "import b" in out
+
+
+@pytest.fixture(scope="module")
+def bert_run_dir(tmp_path_factory, stdlib_tokenizer):
+    """A BERT-style folder: a tiny random BertForMaskedLM whose config has no mask_token_id, beside the
+    locally trained tokenizer (which has one)."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(stdlib_tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=stdlib_tokenizer.pad_token_id)
+    assert getattr(config, "mask_token_id", None) is None
+    run = tmp_path_factory.mktemp("bert_run")
+    BertForMaskedLM(config).save_pretrained(run)
+    stdlib_tokenizer.save_pretrained(run)
+    return run
+
+
+@pytest.mark.parametrize("sampler", ["confidence", "first-hitting"])
+def test_bert_style_folder_takes_the_mask_id_from_its_tokenizer(bert_run_dir, sampler, capsys):
+    code = main(["--model", str(bert_run_dir), "--prompt", "def f(", "--max-new-tokens", "5", "--sampler", sampler,
+                 "--seed", "0", "--format", "jsonl", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    record = json.loads(captured.out.splitlines()[0])
+    assert record["nfe"] == 5 and isinstance(record["completion"], str)

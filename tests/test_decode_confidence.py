@@ -38,8 +38,8 @@ PROMPTS = [[5, 6], [4, 5, 6, 7, 8], [9]]
 def test_fills_every_mask_and_keeps_fixed_tokens(remasking, schedule):
     model = small_model()
     canvas, valid = padded_batch(PROMPTS, 9)
-    config = DecodeConfig(steps=6, schedule=schedule, remasking=remasking, block_length=4, seed=0, trace=True,
-                          eoser=True)
+    config = DecodeConfig(steps=None if schedule == "ascending" else 6, schedule=schedule, remasking=remasking,
+                          block_length=4, seed=0, trace=True, eoser=True)
     result = decode(model, canvas, config, valid=valid)
     assert not (result.tokens[valid] == MASK).any()
     fixed = canvas != MASK
@@ -100,7 +100,7 @@ def test_block_causal_cache_gives_identical_tokens_and_fewer_tokens_through_the_
 
 def test_block_causal_batch_equals_one_by_one():
     model = small_model("block-causal")
-    config = DecodeConfig(steps=8, temperature=0.0)
+    config = DecodeConfig(steps=7, temperature=0.0)
     canvas, valid = padded_batch(PROMPTS, 7)
     batched = decode(model, canvas, config, valid=valid).tokens
     for b, prompt in enumerate(PROMPTS):
@@ -164,3 +164,40 @@ def test_block_causal_cached_trace_is_in_the_callers_layout_with_the_models_log_
             logits = model(step.state, attention_mask=valid, position_ids=default_position_ids(valid)).logits
         logp = torch.log_softmax(logits.double(), -1).gather(-1, step.x0[..., None])[..., 0]
         assert torch.allclose(step.logprob[step.revealed], logp[step.revealed], atol=1e-4)
+
+
+@pytest.mark.parametrize("steps, block_length, new_tokens, schedule, attention", [
+    (3, 3, 6, "uniform", "bidirectional"),  # issue 13's example: 3 // 2 blocks used to give 2 calls
+    (5, 4, 10, "uniform", "bidirectional"),
+    (7, 2, 9, "cosine", "bidirectional"),
+    (4, None, 4, "cosine", "bidirectional"),
+    (9, 3, 9, "uniform", "bidirectional"),
+    (6, 5, 11, "uniform", "bidirectional"),
+    (5, None, 10, "uniform", "block-causal"),
+    (11, 8, 13, "cosine", "block-causal"),
+])
+def test_network_calls_equal_the_asked_for_steps(steps, block_length, new_tokens, schedule, attention):
+    model = small_model(attention)
+    canvas = torch.full((1, new_tokens), MASK)
+    config = DecodeConfig(steps=steps, block_length=block_length, schedule=schedule, seed=0, trace=True,
+                          use_cache=False)
+    result = decode(model, canvas, config)
+    assert result.nfe == steps == len(result.trace)
+    assert all(int(step.revealed.sum()) >= 1 for step in result.trace)
+    assert not (result.tokens == MASK).any()
+
+
+def test_network_calls_equal_the_steps_on_a_padded_batch():
+    canvas, valid = padded_batch(PROMPTS, 9)
+    result = decode(small_model(), canvas, DecodeConfig(steps=5, block_length=4, seed=0), valid=valid)
+    assert result.nfe == 5 and not (result.tokens[valid] == MASK).any()
+
+
+@pytest.mark.parametrize("config, new_tokens, message", [
+    (DecodeConfig(steps=2, block_length=2), 6, r"steps=2 is fewer than the 3 blocks.*steps >= 3"),
+    (DecodeConfig(steps=7), 6, r"steps=7 is more than the 6 tokens.*steps <= 6"),
+    (DecodeConfig(steps=5, schedule="ascending"), 16, r"floor\(log2 16\) = 4.*steps=5"),
+])
+def test_steps_that_cannot_be_honoured_are_refused_with_the_numbers(config, new_tokens, message):
+    with pytest.raises(ValueError, match=message):
+        decode(small_model(), torch.full((1, new_tokens), MASK), config)

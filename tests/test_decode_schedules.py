@@ -29,8 +29,8 @@ def test_every_schedule_reveals_exactly_length_tokens_in_its_steps(length, steps
     assert min(cosine_counts(length, steps)) >= 0
     ass = ascending_counts(length)
     assert sum(ass) == length and len(ass) == max(1, length.bit_length() - 1)
-    if length >= steps:
-        assert min(uniform_counts(length, steps)) >= 1
+    if length >= steps:  # no empty step, which would silently skip a network call
+        assert min(uniform_counts(length, steps)) >= 1 and min(cosine_counts(length, steps)) >= 1
 
 
 def test_cosine_reveals_few_tokens_first():
@@ -107,6 +107,40 @@ def test_hugging_face_masked_lm_is_a_denoiser():
     denoiser = as_denoiser(bert, mask_token_id=29, banned_token_ids=[0])
     canvas = torch.tensor([[5, 6, 29, 29, 29, 7]])
     for sampler in ("confidence", "first-hitting", "ancestral"):
-        tokens = decode(denoiser, canvas, DecodeConfig(sampler=sampler, steps=10, seed=0)).tokens
+        tokens = decode(denoiser, canvas, DecodeConfig(sampler=sampler, steps=3, seed=0)).tokens
         assert not (tokens == 29).any() and not (tokens == 0).any()
         assert torch.equal(tokens[canvas != 29], canvas[canvas != 29])
+
+
+def eos_preferring_model(seed: int = 0) -> MDLMForMaskedLM:
+    """A randomly initialised MDLM whose LM head gets a bias: EOS (+3) is the most likely token everywhere,
+    a content token (2, +2.5) a close second, as a briefly trained model that ends samples too early."""
+    torch.manual_seed(seed)
+    config = MDLMConfig.from_preset("tiny", vocab_size=20, mask_token_id=19, eos_token_id=1, pad_token_id=0)
+    model = MDLMForMaskedLM(config).eval()
+    head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[1], head.bias[2] = 3.0, 2.5
+    model.lm_head = head
+    return model
+
+
+def test_eoser_lowers_early_eos_on_a_model_that_prefers_eos():
+    model = eos_preferring_model()
+    canvas = torch.full((64, 16), 19)
+    with torch.no_grad():
+        probs = model(canvas[:1]).logits.softmax(-1)[0]
+    assert bool((probs.argmax(-1) == 1).all())  # EOS is the model's first choice at every position
+
+    def early_eos(eoser):
+        result = decode(model, canvas, DecodeConfig(steps=8, eoser=eoser, seed=0, trace=True, eos_token_id=1))
+        committed_early = sum(int((result.tokens[s.revealed] == 1).sum()) for s in result.trace[:4])
+        at_early_positions = float((result.tokens[:, :4] == 1).float().mean())
+        return committed_early, at_early_positions
+
+    plain, with_eoser = early_eos(False), early_eos(True)
+    # Of the 512 tokens the first 4 of 8 steps commit, nearly all are EOS without EOSER, few with it.
+    assert plain[0] > 400 and with_eoser[0] < 100
+    assert plain[1] > 0.5 and with_eoser[1] < 0.3

@@ -91,7 +91,8 @@ def assert_kernel_matches_reference(report: dict) -> None:
         assert max(result["errors"].values()) < 1e-12, result
 
 
-ALL_OPTIONS = [{}, {"temperature": 0.7}, {"temperature": 0}, {"top_k": 5}, {"top_p": 0.8, "temperature": 1.3}]
+ALL_OPTIONS = [{}, {"temperature": 0.7}, {"temperature": 0}, {"top_k": 5}, {"top_p": 0.8, "temperature": 1.3},
+               {"top_k": 12, "top_p": 0.7, "temperature": 1.8}]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def sampling_report():
 
 def test_sampling_kernel_matches_reference_token_for_token(sampling_report):
     assert_kernel_matches_reference(sampling_report)
-    assert len(sampling_report["results"]) == 2 * 5 + 3 + 3
+    assert len(sampling_report["results"]) == 2 * len(ALL_OPTIONS) + 3 + 3
     assert sampling_report["bf16_same"] and sampling_report["shape"] == [3, 1]
     assert "row 1" in sampling_report["nan_error"]
 

@@ -158,6 +158,30 @@ GOF_ROWS = 30_000
 
 
 def target_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=None) -> torch.Tensor:
+    """softmax(logits / T) restricted to its top-k, then to the smallest nucleus of the tempered
+    distribution reaching top_p, renormalised: transformers' and vLLM's order, written out by brute force
+    (a sort of the tempered probabilities), independent of filter_threshold."""
+    probs = torch.softmax(logits.double() / temperature, -1)
+    order = torch.argsort(probs, descending=True, stable=True)
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    kept_mass, total = 0.0, 0.0
+    if top_k is not None:
+        total = float(probs[order[:top_k]].sum())
+    else:
+        total = 1.0
+    for rank, index in enumerate(order.tolist()):
+        if top_k is not None and rank >= top_k:
+            break
+        if top_p is not None and kept_mass / total >= top_p:
+            break
+        keep[index] = True
+        kept_mass += float(probs[index])
+    restricted = probs * keep
+    return restricted / restricted.sum()
+
+
+def old_order_target_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=None) -> torch.Tensor:
+    """The order this stack used before issue 13: the nucleus of softmax(logits) at T = 1, then logits / T."""
     filtered = filter_logits(logits[None], top_k, top_p)[0]
     return torch.softmax(filtered.double() / temperature, -1)
 
@@ -165,12 +189,27 @@ def target_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=Non
 @pytest.mark.parametrize("temperature, top_k, top_p, precision", [
     (1.0, None, None, "float64"), (0.7, None, None, "float64"), (1.5, None, None, "float64"),
     (1.0, 5, None, "float64"), (1.0, None, 0.8, "float64"), (0.8, 6, 0.9, "float64"), (1.0, None, None, "float32"),
+    (1.5, None, 0.8, "float64"), (1.5, 8, 0.8, "float64"), (0.6, 7, 0.85, "float64"),
 ])
 def test_empirical_frequencies_fit_the_softmax(temperature, top_k, top_p, precision):
     logits = GOF_LOGITS.expand(GOF_ROWS, -1)
     tokens = sample_categorical(logits, temperature=temperature, top_k=top_k, top_p=top_p, seed=123,
                                 precision=precision).tokens
     assert chi_square_pvalue(tokens, target_probs(GOF_LOGITS, temperature, top_k, top_p)) > SIGNIFICANCE
+
+
+def test_top_p_takes_the_nucleus_of_the_tempered_distribution():
+    """Temperature before top-p (issue 13): at T = 1.5 the tempered 0.8 nucleus has more tokens than the
+    T = 1 one, and the draws fit softmax(logits / 1.5) on the tempered nucleus, not the old order's target.
+    The two targets differ on the support, so a sampler with the old order fails the first check."""
+    logits = GOF_LOGITS.expand(GOF_ROWS, -1)
+    new, old = target_probs(GOF_LOGITS, 1.5, 8, 0.8), old_order_target_probs(GOF_LOGITS, 1.5, 8, 0.8)
+    assert int((new > 0).sum()) > int((old > 0).sum())
+    tokens = sample_categorical(logits, temperature=1.5, top_k=8, top_p=0.8, seed=123).tokens
+    assert chi_square_pvalue(tokens, new) > SIGNIFICANCE
+    assert chi_square_pvalue(tokens, old) < 1e-6
+    kept = torch.isfinite(filter_logits(GOF_LOGITS[None], 8, 0.8, temperature=1.5)[0])
+    assert torch.equal(kept, new > 0)
 
 
 def test_the_fit_test_rejects_a_sampler_at_the_wrong_temperature():

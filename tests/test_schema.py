@@ -172,6 +172,7 @@ def test_number_slots_parse_by_type(stdlib_tokenizer):
     assert read_slot(integer, integer.slots[0], _ids(stdlib_tokenizer, " -7}")).value == -7
     assert read_slot(integer, integer.slots[0], _ids(stdlib_tokenizer, " 4.5")).error
     assert read_slot(integer, integer.slots[0], _ids(stdlib_tokenizer, " x")).error
+    assert read_slot(integer, integer.slots[0], _ids(stdlib_tokenizer, " 007")).error  # JSON has no leading zeros
     assert read_slot(number, number.slots[0], _ids(stdlib_tokenizer, " 4.5e3]")).value == 4500.0
     assert read_slot(number, number.slots[0], _ids(stdlib_tokenizer, " 1.")).error
 
@@ -427,3 +428,91 @@ def test_retries_decode_hotter_so_a_greedy_decoder_does_not_repeat_itself(model,
     finally:
         handle.remove()
     assert out.retries and out.valid and out.value <= 999_998
+
+
+def test_generate_json_and_its_errors_are_exported_from_mdlm_decode():
+    import mdlm.decode
+    from mdlm.decode import SchemaFitError, UnsupportedSchemaError, generate_json
+    from mdlm.decode import schema as schema_module
+
+    assert generate_json is schema_module.generate_json and SchemaFitError is schema_module.SchemaFitError
+    assert UnsupportedSchemaError is schema_module.UnsupportedSchemaError
+    assert {"generate_json", "SchemaFitError"} <= set(mdlm.decode.__all__)
+
+
+# --- grammar automata for number slots (issue 13) ------------------------------------------------------
+
+def test_number_automaton_accepts_exactly_json_numbers_brute_force():
+    """The character DFA against the JSON grammar's regular expression on every string of up to 4
+    characters over the number alphabet (plus a leading space)."""
+    import itertools
+    import re
+
+    from mdlm.decode.schema_constraints import NUMBER_ACCEPTING, START, _number_step
+
+    grammar = {"integer": re.compile(r" ?-?(0|[1-9]\d*)"), "number": re.compile(r" ?-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")}
+    alphabet = "01.eE+- 9"
+    for kind, pattern in grammar.items():
+        for n in range(1, 5):
+            for chars in itertools.product(alphabet, repeat=n):
+                text, state = "".join(chars), START
+                for ch in text:
+                    state = _number_step(state, ch, kind) if state >= 0 else -1
+                assert (state in NUMBER_ACCEPTING) == bool(pattern.fullmatch(text)), (kind, text)
+
+
+def test_number_automaton_constrains_positions_given_both_neighbours(stdlib_tokenizer):
+    """Out-of-order reveal: with a '0' fixed at the slot's second position the first may be a space, '-' or a
+    non-zero digit (10 is fine, 00 is not), and with a '-' fixed at the end nothing can complete."""
+    from mdlm.decode.schema_constraints import number_automaton
+
+    tok = stdlib_tokenizer
+    mask, eos = tok.mask_token_id, tok.eos_token_id
+    zero = tok.convert_tokens_to_ids("0")
+    automaton = number_automaton(tok, "integer", len(tok), [0, 1, 2], may_be_empty=False)
+    allowed = automaton.allowed(torch.tensor([mask, zero, mask]), mask)
+    first = {tok.decode([t]) for t in allowed[0].nonzero()[:, 0].tolist()}
+    assert {" ", "-", "1", "9"} <= first and not {"0", " 0", "-0", "00"} & first
+    after_zero = automaton.allowed(torch.tensor([zero, mask, mask]), mask)
+    assert {int(t) for t in after_zero[1].nonzero()[:, 0]} == {eos}  # a leading '0' is the whole integer
+    dash = tok.convert_tokens_to_ids("-")
+    assert not any(v.any() for v in automaton.allowed(torch.tensor([mask, mask, dash]), mask).values())
+
+
+TWELVE_SCHEMAS = [
+    {"type": "integer"},
+    {"type": "number"},
+    {"type": "boolean"},
+    {"type": "null"},
+    {"enum": ["red", "green", "blue"]},
+    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "number"}}, "required": ["a", "b"]},
+    {"type": "object", "properties": {"n": {"type": ["integer", "null"]}, "x": {"type": "number"}},
+     "required": ["x"]},
+    {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 3},
+    {"type": "object", "properties": {"flag": {"type": "boolean"}, "k": {"enum": [1, 20, 300]},
+                                      "z": {"type": "null"}}, "required": ["flag", "k", "z"]},
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+     "required": ["name", "age"]},
+    {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "integer"},
+                                                                "w": {"type": "number"}},
+                                "required": ["id", "w"]}, "maxItems": 2},
+    {"type": "object", "properties": {"outer": {"type": "object", "properties": {
+        "v": {"type": "number"}, "s": {"type": "string", "maxLength": 6}, "e": {"enum": ["x", "yy", "zzz"]}},
+        "required": ["v", "s", "e"]}}, "required": ["outer"]},
+]
+
+
+@pytest.mark.parametrize("seed", [0] + [pytest.param(s, marks=pytest.mark.slow) for s in (1, 2, 3)])
+def test_a_random_model_yields_schema_valid_json_on_twelve_schemas(model, stdlib_tokenizer, seed):
+    """A randomly initialised tiny model (no training) fills every slot; with the grammar automata every
+    result is jsonschema-valid JSON (integers without leading zeros, numbers with valid fractions and
+    exponents, strings escaped) at temperature 1, without a SchemaFitError."""
+    from mdlm.decode import generate_json
+
+    for index, schema in enumerate(TWELVE_SCHEMAS):
+        out = generate_json(model, stdlib_tokenizer, "{", schema, DecodeConfig(temperature=1.0, seed=seed),
+                            slot_tokens=6)
+        assert out.valid, (index, out.errors)
+        value = json.loads(out.text)
+        jsonschema.validate(value, schema)
+        assert value == out.value

@@ -325,3 +325,17 @@ def test_adaptive_draft_size_follows_the_acceptance_rate(model):
     result = decode(model, torch.full((4, 8), MASK), DecodeConfig(sampler="assd", draft_size=2, adaptive_draft=True,
                                                                    seed=0))
     assert result.stats["draft_sizes"][0] == 2 and len(result.stats["draft_sizes"]) == result.stats["rounds"]
+
+
+def test_categorical_probs_take_the_nucleus_after_the_temperature():
+    """ASSD's target distribution follows the sampler's order (issue 13): softmax(logits / T) on the
+    smallest set of its own largest probabilities reaching top_p among the top-k, renormalised."""
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0, -3.0, -4.0]])
+    temperature, top_k, top_p = 1.5, 8, 0.8
+    tempered = torch.softmax(logits[0].double() / temperature, -1)
+    top = tempered[:top_k] / tempered[:top_k].sum()  # logits are sorted: the top-k are the first k
+    n_keep = int((top.cumsum(0) - top < top_p).sum())
+    expected = torch.zeros_like(tempered)
+    expected[:n_keep] = tempered[:n_keep] / tempered[:n_keep].sum()
+    assert n_keep == 5  # at T = 1 the 0.8 nucleus has 4 tokens: the old order gave a different support
+    torch.testing.assert_close(categorical_probs(logits, temperature, top_k, top_p)[0], expected, rtol=0, atol=1e-12)

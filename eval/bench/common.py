@@ -80,11 +80,37 @@ def _finished_or_trained(run: Path, options: dict) -> Path:
     return train(options)
 
 
+def repo_relative(value, root: Path = REPO_ROOT):
+    """`value` (nested dicts / lists / strings) with every absolute path inside the repository made
+    relative to it, so that committed results do not name the machine that produced them. Paths outside
+    the repository (an external $MDLM_BENCH_RUNS) stay as they are: no relative form would be portable."""
+    if isinstance(value, dict):
+        return {key: repo_relative(item, root) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [repo_relative(item, root) for item in value]
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, str) and os.path.isabs(value):
+        path = Path(value)
+        if path.is_relative_to(root):
+            return path.relative_to(root).as_posix() or "."
+    return value
+
+
+def write_json(path: Path, results: dict) -> dict:
+    """Write `results` to `path` with repository paths made relative; returns what was written."""
+    results = repo_relative(results)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
 def write_results(results_dir: Path, name: str, results: dict, plot, markdown_table) -> dict:
-    """Write `results_dir/NAME.json` and `NAME.png` (with the benchmark's `plot`) and print its table."""
+    """Write `results_dir/NAME.json` (repository paths relative) and `NAME.png` (with the benchmark's
+    `plot`) and print its table."""
     results_dir = Path(results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / f"{name}.json").write_text(json.dumps(results, indent=2))
+    results = write_json(results_dir / f"{name}.json", results)
     plot(results, results_dir / f"{name}.png")
     print(markdown_table(results))
     return results

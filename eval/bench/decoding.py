@@ -20,7 +20,6 @@ Writes results/decoding.json and results/decoding.png.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from mdlm.decode import DecodeConfig, decode
+from mdlm.eval.bench.common import write_results
 from mdlm.eval.bench.speculative import generative_perplexity, unigram_entropy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -357,11 +357,7 @@ def main(argv=None) -> int:
     began = time.perf_counter()
     results = run(args)
     results["settings"]["total_minutes"] = round((time.perf_counter() - began) / 60, 1)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{NAME}.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / f"{NAME}.png")
-    print(markdown_table(results))
+    write_results(Path(args.output), NAME, results, plot, markdown_table)
     return 0
 
 

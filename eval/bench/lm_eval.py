@@ -19,7 +19,6 @@ Writes results/lm_eval.json and results/lm_eval.png.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from mdlm.eval.bench.common import write_results
 
 NAME = "lm_eval"
 ROOT = Path(__file__).resolve().parents[2]
@@ -220,11 +221,7 @@ def main(argv=None) -> dict:
     lms["mdlm"].infill_suffix = True
     requests = spread_requests(lms["mdlm"].tokenizer, args.spread_requests, 48, (8, 10))
     results["estimator"] = estimator_spread(lms["mdlm"].model, requests, args.spread_repeats)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{NAME}.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, args.out / f"{NAME}.png")
-    print(markdown_table(results))
-    return results
+    return write_results(args.out, NAME, results, plot, markdown_table)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mdlm.eval.bench.common import is_finished, runs_dir
+from mdlm.eval.bench.common import is_finished, runs_dir, write_json
 
 NAME = "sampling"
 ROOT = Path(__file__).resolve().parents[2]
@@ -367,8 +367,7 @@ def main(argv=None) -> dict:
     else:
         samples = 16 if args.quick else args.entropy_samples
         results["entropy"] = entropy_experiment(args.run, samples, args.entropy_length, args.entropy_steps, args.seed)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
+    results = write_json(path, results)
     plot(results, args.results_dir / f"{NAME}.png")
     print(markdown_table(results))
     return results
