@@ -206,11 +206,14 @@ def atomic_write_text(path: Path, text: str) -> None:
     new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def replace_files_from(staging: Path, target: Path) -> None:
@@ -218,6 +221,21 @@ def replace_files_from(staging: Path, target: Path) -> None:
     for file in sorted(staging.iterdir()):
         os.replace(file, target / file.name)
     staging.rmdir()
+
+
+@contextmanager
+def quiet_transformers_progress():
+    """No "Writing model shards" bar from save_pretrained: it would break into the training bar's line and
+    leave that bar printed twice."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 class RunFolderBusy(ValueError):
@@ -470,7 +488,7 @@ class Trainer:
         `finished: true` is only ever written beside the final model."""
         acc = self.accelerator
         staging = self.output_dir / f".saving-{os.getpid()}"
-        with self.weights_for_use() as model:
+        with self.weights_for_use() as model, quiet_transformers_progress():
             if acc.is_main_process:
                 shutil.rmtree(staging, ignore_errors=True)
                 model.save_pretrained(staging, safe_serialization=True)
@@ -521,7 +539,8 @@ class Trainer:
         from safetensors.torch import load_file
 
         if not (folder / EXTRA_STATE).is_file():
-            return self._load_legacy_extra_state(folder)
+            raise ValueError(f"--resume {folder}: {EXTRA_STATE} is missing, so the checkpoint is incomplete; resume "
+                             "from another checkpoint (pass its folder) or start over with --overwrite")
         extra = json.loads((folder / EXTRA_STATE).read_text())
         self.scheduler.load_state_dict(extra["scheduler"])
         if self.ema is not None:
@@ -538,27 +557,20 @@ class Trainer:
                              "fewer processes); resume with the number of processes that wrote it")
         self.generator.set_state(load_file(str(generator_file))["rng_state"])
 
-    def _load_legacy_extra_state(self, folder: Path) -> None:
-        """Checkpoints of earlier versions pickled these states through accelerate's custom objects (scheduler,
-        generator, EMA in that order); they hold only tensors and numbers, so `weights_only=True` reads them
-        and refuses anything else."""
-        files = [folder / f"custom_checkpoint_{i}.pkl" for i in range(3 if self.ema is not None else 2)]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise ValueError(f"--resume {folder}: {EXTRA_STATE} and {', '.join(missing)} are missing; the checkpoint "
-                             "is incomplete: resume from another one or start over with --overwrite")
-        scheduler, generator, *ema = [torch.load(f, map_location="cpu", weights_only=True) for f in files]
-        self.scheduler.load_state_dict(scheduler)
-        self.generator.set_state(generator["rng_state"])
-        if ema:
-            self.ema.decay, self.ema.num_updates = ema[0]["decay"], ema[0]["num_updates"]
-            for name, value in ema[0]["shadow"].items():
-                self.ema.shadow[name].copy_(value)
-
     def load_checkpoint(self, folder: Path) -> None:
         from safetensors import SafetensorError
 
+        from accelerate.utils.other import load as weights_only_load
+
+        if list(folder.glob("custom_checkpoint_*.pkl")):
+            raise ValueError(f"--resume {folder}: a checkpoint of an earlier version, whose trainer states are pickles "
+                             "(custom_checkpoint_*.pkl) that this version never unpickles; start over with "
+                             "--overwrite, or finish the run with the version that wrote it")
         try:
+            # accelerate reads these with weights_only=True too, but only logs a failure and carries on with
+            # other random states: read them first, so that a refused file stops the resume
+            for rng_file in sorted(folder.glob("random_states_*.pkl")):
+                weights_only_load(rng_file)
             self.accelerator.load_state(str(folder))
             self._load_extra_state(folder)
         except pickle.UnpicklingError as error:
@@ -642,11 +654,14 @@ class Trainer:
                 self.log(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
+            if self.step == c.max_steps:
+                progress.close()  # the bar's final state, once, before the final validation line and save
             if self.step % c.eval_every == 0 or self.step == c.max_steps:
                 result = self.evaluate()
                 self.log({"step": self.step, "tokens": self.tokens_seen, **result})
-                progress.write(f"step {self.step}: validation {result['val_nats_per_token']:.4f} nats/token "
-                               f"(perplexity bound {result['val_ppl_bound']:.2f})")
+                say = acc.print if progress.disable else progress.write  # write keeps a live bar intact
+                say(f"step {self.step}: validation {result['val_nats_per_token']:.4f} nats/token "
+                    f"(perplexity bound {result['val_ppl_bound']:.2f})")
             if self.step % c.save_every == 0 or self.step == c.max_steps or self.step == c.first_save:
                 self.save_checkpoint(finished=self.step == c.max_steps)
             if c.stop_at_step is not None and self.step >= c.stop_at_step and self.step < c.max_steps:
