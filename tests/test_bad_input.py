@@ -285,7 +285,20 @@ def test_eval_tokenizer_that_is_not_local_fails_at_once_without_the_hub(runs):
     assert time.perf_counter() - began < 5
 
 
-def test_mdlm_eval_prints_lm_eval_errors_as_one_line(runs, capsys):
+@pytest.fixture
+def lm_eval_logging():
+    """lm-eval's log handlers keep the stream of the test that first called its CLI; drop those closed since."""
+    import logging
+
+    yield
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("lm")]:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+
+
+def test_mdlm_eval_prints_lm_eval_errors_as_one_line(runs, capsys, lm_eval_logging):
     from mdlm.eval.cli import main
 
     code, line, err = outcome(main, ["--model", "mdlm", "--model_args", f"pretrained={runs['mdlm']}",
@@ -295,7 +308,7 @@ def test_mdlm_eval_prints_lm_eval_errors_as_one_line(runs, capsys):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_args, expected", [("mc_num=0", "mc_num must be"), ("bogus=1", "unknown model arg")])
-def test_mdlm_eval_model_arg_errors_are_one_line(runs, capsys, model_args, expected):
+def test_mdlm_eval_model_arg_errors_are_one_line(runs, capsys, lm_eval_logging, model_args, expected):
     from mdlm.eval.cli import main
 
     code, line, err = outcome(main, ["--model", "mdlm", "--model_args", f"pretrained={runs['mdlm']},{model_args}",
