@@ -171,8 +171,9 @@ def load_run(path: str, device: str | None):
         model = AutoModelForMaskedLM.from_pretrained(run, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(run)
     except Exception as error:  # a bad config value or a damaged file surfaces as many types
-        raise CLIError(f"could not load the run in {run} ({type(error).__name__}: {' '.join(str(error).split())[:200]}); "
-                       "its config.json or weights are damaged: retrain it or copy the run folder again") from None
+        detail = " ".join(str(error).split())[:200]
+        raise CLIError(f"could not load the run in {run} ({type(error).__name__}: {detail}); its config.json or "
+                       "weights are damaged: retrain it or copy the run folder again") from None
     if tokenizer.mask_token_id is None:
         raise CLIError(f"the tokenizer in {run} has no mask token; this is not a masked diffusion run")
     if getattr(model.config, "attention", None) == "causal":

@@ -71,7 +71,8 @@ def read_utf8(path: Path) -> str:
     except UnicodeDecodeError as error:
         bad = data.decode("utf-8", errors="replace").count("\ufffd") - data.decode("utf-8", "ignore").count("\ufffd")
         raise ValueError(f"{path} is not UTF-8 text: {bad} undecodable byte sequence(s), the first at byte "
-                         f"{error.start}; convert it (e.g. iconv -f latin1 -t utf-8) or remove it from the corpus") from None
+                         f"{error.start}; convert it (e.g. iconv -f latin1 -t utf-8) or remove it from the "
+                         "corpus") from None
 
 
 def looks_like_path(value: str) -> bool:

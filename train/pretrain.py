@@ -315,8 +315,8 @@ def train(args: PretrainArgs | dict) -> Path:
 
 
 # Options that may change when a run is resumed; any other change would make it a different run.
-RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "eval_every", "save_every", "log_every", "progress",
-                     "stop_at_step", "config_file", "eval_batches", "output_dir"}  # a run folder may be moved
+RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "eval_every", "save_every", "first_save", "log_every",
+                     "progress", "stop_at_step", "config_file", "eval_batches", "output_dir"}  # a run folder may be moved
 
 
 def check_resume_options(saved: dict, now: dict) -> None:
