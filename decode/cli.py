@@ -1,6 +1,7 @@
 """`mdlm-generate` (also `python -m mdlm.decode`): generate text from a saved run with any decoder.
 
     mdlm-generate --model runs/x --prompt "def parse(" --max-new-tokens 128 --sampler first-hitting
+    mdlm-generate --model runs/x --prompt-file start.py --max-new-tokens 64   # the whole file is one prompt
     mdlm-generate --model runs/x --prompts-file prompts.jsonl --format jsonl --num-samples 4 --seed 0
     mdlm-generate --model runs/x --infill "def add(a, b):" "    return result" --max-new-tokens 24
     mdlm-generate --model runs/x --prompt "class " --live --trace trace.html
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from dataclasses import replace
@@ -18,7 +21,7 @@ from pathlib import Path
 from mdlm.decode.config import ASSD_ORDERS, MASKING_SCHEDULES, REMASKING_POLICIES, UNMASKING_SCHEDULES, DecodeConfig
 
 
-class CLIError(Exception):
+class CLIError(ValueError):
     """A problem with the user's input, reported as one clear line."""
 
 
@@ -30,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run folder (config.json, model.safetensors, tokenizer files)")
     src = p.add_argument_group("prompts")
     src.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
-    src.add_argument("--prompts-file", help="prompts, one per line, or JSONL with 'prompt' (and 'suffix')")
+    src.add_argument("--prompt-file", action="append", default=[], help="a file whose whole text is one prompt "
+                     "(repeat for several)")
+    src.add_argument("--prompts-file", help="prompts, one per line, or JSONL with 'prompt' (and 'suffix'); with "
+                     "--schema each prompt gives one JSON object")
     src.add_argument("--infill", nargs=2, metavar=("PREFIX", "SUFFIX"), help="generate between a prefix and a suffix")
     src.add_argument("--schema", help="JSON schema file: decode a JSON object that follows it")
     dec = p.add_argument_group("decoding")
@@ -67,14 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_prompts(args) -> list[tuple[str, str | None]]:
     """(prompt, suffix or None) pairs from --prompt, --infill and --prompts-file."""
+    for text in args.prompt + list(args.infill or []):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CLIError(f"--prompt/--infill {text!r} is not valid UTF-8 text; pass UTF-8 (or use --prompt-file "
+                           "with a UTF-8 file)") from None
     prompts = [(text, None) for text in args.prompt]
     if args.infill:
         prompts.append((args.infill[0], args.infill[1]))
+    for name in args.prompt_file:
+        prompts.append((read_utf8_file("--prompt-file", Path(name)), None))
     if args.prompts_file:
         path = Path(args.prompts_file)
-        if not path.is_file():
-            raise CLIError(f"--prompts-file {path} does not exist")
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in read_utf8_file("--prompts-file", path).splitlines() if line.strip()]
         as_jsonl = path.suffix == ".jsonl" or (lines and lines[0].lstrip().startswith("{"))
         for number, line in enumerate(lines, 1):
             if not as_jsonl:
@@ -88,12 +100,49 @@ def read_prompts(args) -> list[tuple[str, str | None]]:
             if isinstance(record, str):
                 prompts.append((record, None))
             elif isinstance(record, dict) and isinstance(record.get("prompt"), str):
+                if not isinstance(record.get("suffix", ""), (str, type(None))):
+                    raise CLIError(f"{path}:{number}: 'suffix' must be a string, got {record['suffix']!r}")
                 prompts.append((record["prompt"], record.get("suffix")))
             else:
                 raise CLIError(f"{path}:{number}: expected a string or an object with a 'prompt' string")
     if not prompts:
-        raise CLIError("no prompt given; use --prompt TEXT, --prompts-file FILE or --infill PREFIX SUFFIX")
+        raise CLIError("no prompt given; use --prompt TEXT, --prompt-file FILE, --prompts-file FILE or --infill "
+                       "PREFIX SUFFIX")
     return prompts
+
+
+def read_utf8_file(flag: str, path: Path) -> str:
+    if not path.is_file():
+        raise CLIError(f"{flag} {path} does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CLIError(f"{flag} {path} is not UTF-8 text (byte {error.start} cannot be decoded); save it as "
+                       "UTF-8") from None
+
+
+def check_device(device: str | None) -> str:
+    """The device to run on; a name torch does not know, or CUDA where there is none, is an error."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise CLIError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: this machine has no CUDA GPU (torch {torch.__version__}); use --device cpu")
+    return device
+
+
+def check_writable(flag: str, path: str) -> None:
+    """Before any decoding: the output goes to a folder that exists and can be written."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise CLIError(f"{flag} {path}: the folder {folder} does not exist; create it or write elsewhere")
+    if not os.access(folder, os.W_OK) or (Path(path).exists() and not os.access(path, os.W_OK)):
+        raise CLIError(f"{flag} {path}: cannot write there (permission denied); choose a writable path")
 
 
 def load_run(path: str, device: str | None):
@@ -102,7 +151,10 @@ def load_run(path: str, device: str | None):
     if not run.is_dir():
         raise CLIError(f"--model {run} is not a folder; pass a run folder (config.json, model.safetensors, tokenizer)")
     missing = [name for name in ("config.json",) if not (run / name).is_file()]
-    weights = list(run.glob("*.safetensors")) + list(run.glob("pytorch_model*.bin"))
+    weights = list(run.glob("*.safetensors"))
+    if not weights and list(run.glob("pytorch_model*.bin")):
+        raise CLIError(f"{run} holds only pickled weights (pytorch_model.bin), which are never loaded here because "
+                       "unpickling can run code; save the model with safetensors (save_pretrained)")
     tokenizer_files = [run / n for n in ("tokenizer.json", "tokenizer_config.json") if (run / n).is_file()]
     if missing or not weights or not tokenizer_files:
         what = ", ".join(missing + ([] if weights else ["model.safetensors"]) +
@@ -114,20 +166,30 @@ def load_run(path: str, device: str | None):
 
     import mdlm  # noqa: F401  (registers the model with the Auto classes)
 
+    device = check_device(device)
     try:
-        model = AutoModelForMaskedLM.from_pretrained(run)
+        model = AutoModelForMaskedLM.from_pretrained(run, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(run)
-    except (OSError, ValueError, KeyError) as error:
-        raise CLIError(f"could not load the run in {run}: {error}") from None
+    except Exception as error:  # a bad config value or a damaged file surfaces as many types
+        detail = " ".join(str(error).split())[:200]
+        raise CLIError(f"could not load the run in {run} ({type(error).__name__}: {detail}); its config.json or "
+                       "weights are damaged: retrain it or copy the run folder again") from None
     if tokenizer.mask_token_id is None:
         raise CLIError(f"the tokenizer in {run} has no mask token; this is not a masked diffusion run")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if getattr(model.config, "attention", None) == "causal":
+        raise CLIError(f"{run} is an autoregressive run (causal attention): it cannot fill masks; mdlm-generate "
+                       "decodes masked diffusion runs (evaluate AR runs with mdlm-eval)")
     from mdlm.decode.denoiser import denoiser_for_run
 
     return denoiser_for_run(model.to(device).eval(), tokenizer), tokenizer
 
 
 def config_from_args(args, tokenizer) -> DecodeConfig:
+    if args.no_cache and args.approximate_prefix_cache:
+        raise CLIError("--no-cache and --approximate-prefix-cache contradict each other; give one of them")
+    if args.sampler == "assd" and getattr(getattr(args, "model_config", None), "objective", "as-arm") != "as-arm":
+        raise CLIError(f"--sampler assd needs an any-subset AR run (trained with --objective as-arm); {args.model} "
+                       f"is a {args.model_config.objective} run: use --sampler confidence or first-hitting")
     try:
         return DecodeConfig(
             sampler=args.sampler, steps=args.steps, schedule=args.schedule, remasking=args.remasking,
@@ -190,7 +252,7 @@ def generate_rows(model, tokenizer, rows, args, config, console):
 
     context = model.config.max_position_embeddings
     device = next(model.parameters()).device
-    batch_size = max(1, args.batch_size)
+    batch_size = args.batch_size
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
         suffixes = None if all(s is None for _, s in batch) else [s or "" for _, s in batch]
@@ -212,7 +274,10 @@ def generate_rows(model, tokenizer, rows, args, config, console):
                                 valid=valid.to(device))
                 show.finish(result.tokens.cpu())
         else:
-            result = decode(model, canvas.to(device), batch_config, valid=valid.to(device))
+            try:
+                result = decode(model, canvas.to(device), batch_config, valid=valid.to(device))
+            except ValueError as error:  # a setting the model cannot run (e.g. a block length it has no blocks for)
+                raise CLIError(str(error)) from None
         seconds = time.perf_counter() - began
         ids = completion_ids(result.tokens.cpu(), generated, tokenizer.eos_token_id)
         for offset, completion in enumerate(ids):
@@ -251,6 +316,9 @@ def run_schema(model, tokenizer, rows, args, config, console) -> int:
     path = Path(args.schema)
     if not path.is_file():
         raise CLIError(f"--schema {path} does not exist")
+    if any(suffix is not None for _, suffix in rows):
+        raise CLIError("--schema decodes a whole JSON object after the prompt; it takes no suffix (--infill or a "
+                       "'suffix' in --prompts-file): drop one of them")
     try:
         schema = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -271,24 +339,39 @@ def run_schema(model, tokenizer, rows, args, config, console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mdlm.errors import run_main
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _main(args)
-    except CLIError as error:
-        print(f"mdlm-generate: error: {error}", file=sys.stderr)
-        return 2
+        return run_main("mdlm-generate", _main, args)
+    except SystemExit as stop:
+        return stop.code
+
+
+def check_args(args) -> None:
+    """Every number and path of the command line, before the model is loaded."""
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--num-samples", args.num_samples),
+                        ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise CLIError(f"{flag} must be >= 1, got {value}")
+    for flag, value in (("--temperature", args.temperature), ("--top-p", args.top_p), ("--threshold", args.threshold)):
+        if value is not None and not math.isfinite(value):
+            raise CLIError(f"{flag} must be a finite number, got {value}")
+    if args.steps is not None and args.sampler == "confidence" and args.steps > args.max_new_tokens:
+        raise CLIError(f"--steps {args.steps} is more than the {args.max_new_tokens} tokens to generate (a step "
+                       f"reveals at least one token); use --steps {args.max_new_tokens} or fewer")
+    if args.trace:
+        check_writable("--trace", args.trace)
 
 
 def _main(args) -> int:
     from rich.console import Console
 
-    if args.max_new_tokens < 1:
-        raise CLIError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.num_samples < 1:
-        raise CLIError(f"--num-samples must be >= 1, got {args.num_samples}")
+    check_args(args)
     prompts = read_prompts(args)
     model, tokenizer = load_run(args.model, args.device)
+    args.model_config = model.config
     config = config_from_args(args, tokenizer)
     rows = [pair for pair in prompts for _ in range(args.num_samples)]
     console = Console(stderr=True)

@@ -6,6 +6,7 @@ returns a `DecodeResult`. Fixed tokens (prompt, infill suffix, schema scaffoldin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -86,8 +87,9 @@ class DecodeConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.block_length is not None and self.block_length < 1:
             raise ValueError(f"block_length must be >= 1, got {self.block_length}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -21,6 +21,9 @@ def build_canvas(tokenizer, prompts: list[str], max_new_tokens: int, mask_token_
     left-padded with the pad id to a common length."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not prompts:
+        raise ValueError("no prompts given; pass a list of at least one prompt (an empty string generates "
+                         "unconditionally)")
     if suffixes is not None and len(suffixes) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(suffixes)} suffixes; give one suffix per prompt")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -84,6 +84,20 @@ def load_run(path: str | Path):
     return model, tokenizer
 
 
+def load_local_tokenizer(name: str | Path):
+    """A tokenizer from a local folder or the Hugging Face cache, never a download: a tokenizer for a run must
+    be the run's own (or one already at hand), and an offline hub lookup only fails after a minute."""
+    from transformers import AutoTokenizer
+
+    path = Path(name).expanduser()
+    try:
+        return AutoTokenizer.from_pretrained(str(path) if path.is_dir() else str(name), local_files_only=True)
+    except Exception as error:  # transformers raises OSError / ValueError / others for a missing tokenizer
+        raise ValueError(f"tokenizer={name}: not a local tokenizer folder and not in the Hugging Face cache "
+                         f"({type(error).__name__}); leave tokenizer= out to use the run's own, or pass a folder "
+                         "holding tokenizer.json") from None
+
+
 @register_model("mdlm")
 class MDLMEvalModel(LM):
     """lm-eval model for mdlm runs. Model args (`--model_args k=v,...`):
@@ -122,6 +136,10 @@ class MDLMEvalModel(LM):
         super().__init__()
         self._check_args(pretrained, decode_args, dtype, seed, mc_num=mc_num, rolling_mc_num=rolling_mc_num,
                          mc_batch_size=mc_batch_size)
+        if device is not None:
+            from mdlm.decode.cli import check_device
+
+            check_device(device)
         self.accelerator = self._setup_distributed(device)
         self._device = self.accelerator.device if self.accelerator else torch.device(
             device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -131,9 +149,7 @@ class MDLMEvalModel(LM):
         else:
             self.run_path, model, run_tokenizer = None, pretrained, None
         if isinstance(tokenizer, (str, Path)):
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            tokenizer = load_local_tokenizer(tokenizer)
         self.tokenizer = tokenizer or run_tokenizer
         if self.tokenizer is None:
             raise ValueError("a model object needs its tokenizer: MDLMEvalModel(pretrained=model, tokenizer=tok)")
@@ -164,6 +180,9 @@ class MDLMEvalModel(LM):
         from mdlm.decode import DecodeConfig
 
         self.decode_config = DecodeConfig(**{"temperature": 0.0, **decode_args}, eos_token_id=self.eos_token_id)
+        if self.decode_config.sampler == "assd" and getattr(self.config, "objective", None) != "as-arm":
+            raise ValueError(f"sampler=assd needs an any-subset AR run (trained with --objective as-arm); this is a "
+                             f"{getattr(self.config, 'objective', None)} run: use sampler=confidence or first-hitting")
 
     # ------------------------------------------------------------------------------------------ setup
     @staticmethod

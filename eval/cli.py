@@ -36,12 +36,22 @@ def _add_local_tasks_to_task_manager() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """lm-eval's CLI; any error it raises (a missing task, a bad model arg, a missing run) is one line and
+    exit status 2 (`mdlm.errors`), not lm-eval's traceback."""
     import mdlm.eval.adapter  # noqa: F401  (registers --model mdlm)
     from lm_eval.__main__ import cli_evaluate
 
+    from mdlm.errors import run_main
+
     _add_local_tasks_to_task_manager()
-    sys.argv = [sys.argv[0] if sys.argv else "mdlm-eval", *(sys.argv[1:] if argv is None else argv)]
-    cli_evaluate()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--device" or a.startswith("--device=") for a in argv) and "--model" in argv:
+        import torch
+
+        # lm-eval's own default is cuda:0, which fails on a machine without CUDA
+        argv += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
+    sys.argv = [sys.argv[0] if sys.argv else "mdlm-eval", *argv]
+    run_main("mdlm-eval", cli_evaluate)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@ text files, or a Hugging Face dataset, tokenized and packed into fixed-length tr
 
 Splits. The standard library and local files are split into train/validation/test by a hash of each
 document's name (a file's relative path, or `path#row` for a row of a jsonl/parquet file), so the split is
-stable across machines and runs and never puts one document in two splits. A Hugging Face dataset keeps its
+stable across machines and runs and never puts one document in two splits. A corpus that is one `.txt`
+file is cut into paragraphs (blank-line separated) named `path#N`, split the same way, so it gets a
+validation split of its own. Local files must be UTF-8: a file that is not is named with its count of
+undecodable bytes, rather than trained on as replacement characters. A Hugging Face dataset keeps its
 own splits; when it has no validation split, a fixed 1% of its train split is held out.
 
 Packing. Documents are joined with EOS and cut into blocks of `seq_len` tokens with
@@ -60,6 +63,31 @@ def read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
 
 
+def read_utf8(path: Path) -> str:
+    """The text of a corpus file; a ValueError naming the file and its undecodable bytes if it is not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad = data.decode("utf-8", errors="replace").count("\ufffd") - data.decode("utf-8", "ignore").count("\ufffd")
+        raise ValueError(f"{path} is not UTF-8 text: {bad} undecodable byte sequence(s), the first at byte "
+                         f"{error.start}; convert it (e.g. iconv -f latin1 -t utf-8) or remove it from the "
+                         "corpus") from None
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a name-or-path argument is meant as a local path: it starts with `.`, `/` or `~`, or its first
+    component is an existing local folder (`runs/x`). Such a value never goes to the hub."""
+    first = value.split("/", 1)[0]
+    return value.startswith((".", "/", "~")) or ("/" in value and Path(first).is_dir())
+
+
+def check_local_path(flag: str, value: str | None, what: str = "folder") -> None:
+    """Fail at once, without any hub lookup, on a path-like argument that does not exist."""
+    if value is not None and looks_like_path(value) and not Path(value).expanduser().exists():
+        raise ValueError(f"{flag} {value}: no such local {what}; check the path (a hub name has no ./ prefix)")
+
+
 def stdlib_texts(split: str, limit: int | None = None) -> list[str]:
     """The source texts of the split (optionally only the first `limit` files), empty files dropped."""
     files = stdlib_files(split)[:limit] if limit else stdlib_files(split)
@@ -82,15 +110,33 @@ def local_files(path: Path) -> list[Path]:
     return files
 
 
+def paragraphs(text: str) -> list[str]:
+    """Blank-line separated paragraphs of a text (a single-file corpus is split by them)."""
+    import re
+
+    return [p for p in re.split(r"\n[ \t]*\n", text) if p.strip()]
+
+
 def _rows_of(file: Path, text_column: str) -> list[str]:
     if file.suffix == ".txt":
-        return [read_text(file)]
+        return [read_utf8(file)]
     if file.suffix == ".jsonl":
-        rows = [json.loads(line) for line in read_text(file).splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(read_utf8(file).splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{file}:{number} is not valid JSON ({error.msg}, column {error.colno}); "
+                                     "fix that line (one JSON object per line)") from None
     else:
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(file).to_pylist()
+        try:
+            rows = pq.read_table(file).to_pylist()
+        except Exception as error:  # pyarrow raises several types for a damaged file
+            raise ValueError(f"{file} is not a readable parquet file ({type(error).__name__}: {error}); "
+                             "replace it or remove it from the corpus") from None
     if rows and text_column not in rows[0]:
         raise ValueError(f"{file} has no column {text_column!r}; its columns are {sorted(rows[0])}. "
                          "Pick one with --text-column.")
@@ -102,11 +148,15 @@ def local_texts(path: Path, split: str, text_column: str = "text", limit: int | 
     _check_split(split)
     root = path if path.is_dir() else path.parent
     texts = []
-    for file in local_files(path):
+    files = local_files(path)
+    for file in files:
         rows = _rows_of(file, text_column)
+        single_text = file.suffix == ".txt" and len(files) == 1
+        if single_text:  # one file: its paragraphs are the documents, or nothing could be held out
+            rows = paragraphs(rows[0])
         name = file.relative_to(root).as_posix()
         for row, text in enumerate(rows):
-            key = name if file.suffix == ".txt" else f"{name}#{row}"
+            key = name if file.suffix == ".txt" and not single_text else f"{name}#{row}"
             if split_of(key) == split and text.strip():
                 texts.append(text)
                 if limit and len(texts) >= limit:
@@ -175,7 +225,9 @@ def load_text_dataset(dataset: str, split: str, text_column: str | None = None, 
         data = hub_texts(dataset, split, text_column, limit)
     if len(data) == 0:
         raise ValueError(f"the {split} split of dataset {dataset!r} is empty: no non-blank documents. Add more "
-                         "documents (the split is by a hash of each document's name, ~90/5/5) or check the path.")
+                         "documents (the split is by a hash of each document's name or, for a single .txt file, "
+                         "of each paragraph's number: ~90/5/5; about 20 paragraphs or files give a validation "
+                         "split) or check the path.")
     return data
 
 

@@ -52,7 +52,7 @@ def run_command(command: list[str], timeout: int = 300) -> subprocess.CompletedP
 def test_accelerate_launch_trains_a_tiny_model_that_lowers_validation_loss(tmp_path, mdlm_cache):
     run = tmp_path / "run"
     options = {**TINY, "max_steps": 40, "eval_every": 20, "save_every": 20, "lr": 3e-3, "output_dir": run}
-    run_command(["accelerate", "launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+    run_command([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
                  "--dynamo_backend", "no", SCRIPT, *cli(options)])
     curve = validation_curve(run)
     assert len(curve) == 3 and curve[-1] < curve[0] - 0.5, curve
@@ -84,7 +84,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, mdlm_c
 def test_two_processes_keep_identical_replicas_and_split_the_data(tmp_path, mdlm_cache):
     run = tmp_path / "ddp"
     options = {**TINY, "max_steps": 6, "eval_every": 3, "save_every": 6, "grad_accum": 2, "output_dir": run}
-    run_command(["torchrun", "--nproc_per_node", "2", "--master_port", "29533", SCRIPT, *cli(options)])
+    run_command([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", SCRIPT, *cli(options)])
     rows = metrics(run)
     first = next(r["first_batch_per_process"] for r in rows if "first_batch_per_process" in r)
     assert len(first) == 2 and len(first[0]) == 8 and not set(first[0]) & set(first[1])

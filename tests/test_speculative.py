@@ -287,11 +287,18 @@ def test_assd_needs_a_two_stream_model():
         assd_decode(sharp_model(), torch.full((1, 4), MASK), DecodeConfig(sampler="assd", order="sideways"))
 
 
-def test_generate_cli_reaches_assd(tiny_run_dir, capsys):
+def test_generate_cli_reaches_assd(tiny_run_dir, tmp_path, capsys):
+    import json
+    import shutil
+
     from mdlm.decode.cli import main
 
-    main(["--model", str(tiny_run_dir), "--prompt", "def f(", "--sampler", "assd", "--draft-size", "4",
-          "--max-new-tokens", "6", "--seed", "0"])
+    run = tmp_path / "asarm"  # the CLI runs ASSD only on any-subset AR runs
+    shutil.copytree(tiny_run_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "objective": "as-arm"}))
+    assert main(["--model", str(run), "--prompt", "def f(", "--sampler", "assd", "--draft-size", "4",
+                 "--max-new-tokens", "6", "--seed", "0"]) == 0
     assert capsys.readouterr().out.startswith("def f(")
 
 

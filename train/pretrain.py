@@ -23,20 +23,22 @@ from pathlib import Path
 import yaml
 
 from mdlm.config import ATTENTION_MODES, PRESETS
-from mdlm.train.trainer import OPTIONS_FILE, options_from_dict
+from mdlm.train.trainer import OPTIONS_FILE, options_from_dict, validate_options
 
 OBJECTIVES = ("mdlm", "ar", "as-arm")
 LOSSES = ("t-dce", "lambda-dce", "k-dce")
 MODEL_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                 "max_position_embeddings", "dropout", "rope_theta")
 
-# Training defaults per preset. `small`: ~4k tokens/s on 2 quiet CPU cores (measured: 16 x 256 tokens per
-# step in ~1 s), so 1500 steps (6.1M tokens) take about half an hour.
+# Training defaults per preset. `small`: 1.15 s per step of 16 x 256 tokens measured on 2 quiet CPU cores, so
+# 1500 steps (6.1M tokens) take about 30 minutes, and 3-4 s per step (1.5 h) when other jobs share the cores;
+# its first checkpoint comes at step 20 (under a minute), then every 100 steps. `tiny` takes a few minutes.
 PRESET_TRAINING = {
     "tiny": dict(vocab_size=512, seq_len=64, batch_size=16, max_steps=200, lr=3e-3, warmup_steps=20,
                  ema=0.99, eval_every=50, eval_batches=8, save_every=100, log_every=10, max_documents=100),
     "small": dict(vocab_size=4096, seq_len=256, batch_size=16, max_steps=1500, lr=1e-3, warmup_steps=100,
-                  ema=0.999, eval_every=100, eval_batches=16, save_every=100, log_every=10, max_documents=None),
+                  ema=0.999, eval_every=100, eval_batches=16, save_every=100, log_every=10, max_documents=None,
+                  first_save=20),
     "gpt2": dict(vocab_size=16384, seq_len=1024, batch_size=16, max_steps=100_000, lr=3e-4, warmup_steps=2500,
                  ema=0.9999, eval_every=1000, eval_batches=32, save_every=1000, log_every=50, max_documents=None),
 }
@@ -87,6 +89,7 @@ class PretrainArgs:
     eval_every: int | None = option(None, 'validate every N steps')
     eval_batches: int | None = option(None, 'validation batches per evaluation')
     save_every: int | None = option(None, 'checkpoint every N steps')
+    first_save: int | None = option(None, 'also checkpoint at this early step (small preset: 20)')
     log_every: int | None = option(None, 'log training loss and tokens/s every N steps')
     resume: str | None = option(None, '"latest" (bare --resume) or a checkpoint folder')
     overwrite: bool = option(False, 'replace a run already in --output-dir')
@@ -112,6 +115,15 @@ class PretrainArgs:
         for key, value in PRESET_TRAINING[self.config].items():
             if getattr(args, key) is None and key != "max_documents":
                 setattr(args, key, value)
+        validate_options(args, "train/pretrain.py")
+        from mdlm.data import check_local_path
+
+        check_local_path("--tokenizer", args.tokenizer)
+        if args.init_from is not None and not (Path(args.init_from) / "config.json").is_file():
+            raise ValueError(f"--init-from {args.init_from}: not a run folder (no config.json there); pass the "
+                             "folder of a finished run, e.g. runs/mdlm-small")
+        if args.dataset != "stdlib":
+            check_local_path("--dataset", args.dataset, "file or folder")
         if args.max_documents is None and args.dataset == "stdlib":
             args.max_documents = PRESET_TRAINING[self.config]["max_documents"]
         if args.objective == "ar":
@@ -211,6 +223,18 @@ def build_tokenizer(args: PretrainArgs):
     return corpus_tokenizer(args.dataset, args.vocab_size, args.text_column, args.max_documents)
 
 
+def load_model(run: str):
+    """The model of a run folder; a damaged weights file is named in one line."""
+    from mdlm import MDLMForMaskedLM
+
+    try:
+        return MDLMForMaskedLM.from_pretrained(run)
+    except Exception as error:  # safetensors, torch and transformers raise many types for a bad file
+        raise ValueError(f"--init-from {run}: cannot load the model ({type(error).__name__}: "
+                         f"{' '.join(str(error).split())[:200]}); the weights are damaged or not an mdlm run: "
+                         "retrain or copy the run folder again") from None
+
+
 def build_model(args: PretrainArgs, tokenizer):
     from mdlm import MDLMConfig, MDLMForMaskedLM
 
@@ -218,7 +242,7 @@ def build_model(args: PretrainArgs, tokenizer):
     if args.block_size is not None:
         structure["block_size"] = args.block_size
     if args.init_from:
-        model = MDLMForMaskedLM.from_pretrained(args.init_from)
+        model = load_model(args.init_from)
         if model.config.vocab_size < len(tokenizer):
             raise ValueError(f"--init-from {args.init_from}: its vocabulary ({model.config.vocab_size}) does not "
                              f"cover the tokenizer ({len(tokenizer)} tokens); use the run's own tokenizer")
@@ -245,8 +269,8 @@ def train(args: PretrainArgs | dict) -> Path:
     from accelerate.utils import set_seed
 
     from mdlm.data import packed_split
-    from mdlm.train.trainer import (Trainer, TrainerConfig, make_accelerator, objective_loss_fn,
-                                    prepare_output_dir)
+    from mdlm.train.trainer import (RunLock, Trainer, TrainerConfig, atomic_write_text, make_accelerator,
+                                    objective_loss_fn, prepare_output_dir)
 
     args = PretrainArgs.from_dict(with_saved_options(args)) if isinstance(args, dict) else args
     args = args.resolved()
@@ -254,43 +278,45 @@ def train(args: PretrainArgs | dict) -> Path:
         AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one Python process
     accelerator = make_accelerator(args.mixed_precision)
     output_dir = Path(args.output_dir)
-    prepare_output_dir(output_dir, args.resume, args.overwrite, accelerator.is_main_process)
-    accelerator.wait_for_everyone()
-    saved = output_dir / OPTIONS_FILE
-    if args.resume and saved.exists():  # every process checks, so that all of them stop on a mismatch
-        check_resume_options(yaml.safe_load(saved.read_text()), args.to_dict())
-    elif accelerator.is_main_process:
-        saved.write_text(yaml.safe_dump(args.to_dict(), sort_keys=False))
-    set_seed(args.seed)  # model initialisation: the same on every process
-    accelerator.print("options:\n" + yaml.safe_dump(args.to_dict(), sort_keys=False))
+    with RunLock(output_dir, accelerator.is_main_process):
+        prepare_output_dir(output_dir, args.resume, args.overwrite, accelerator.is_main_process)
+        accelerator.wait_for_everyone()
+        saved = output_dir / OPTIONS_FILE
+        resuming = bool(args.resume) and saved.exists()
+        if resuming:  # every process checks, so that all of them stop on a mismatch
+            check_resume_options(yaml.safe_load(saved.read_text()), args.to_dict())
+        set_seed(args.seed)  # model initialisation: the same on every process
+        accelerator.print("options:\n" + yaml.safe_dump(args.to_dict(), sort_keys=False))
 
-    with accelerator.main_process_first():  # the main process tokenizes and caches; the others read the cache
-        tokenizer = build_tokenizer(args)
-        train_data = packed_split(args.dataset, "train", tokenizer, args.seq_len, args.text_column,
-                                  args.max_documents)
-        eval_data = packed_split(args.dataset, "validation", tokenizer, args.seq_len, args.text_column)
-    model = build_model(args, tokenizer)
-    accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-                      f"{model.config.attention} attention; data: {len(train_data)} train and {len(eval_data)} "
-                      f"validation blocks of {args.seq_len} tokens; {accelerator.num_processes} process(es) "
-                      f"on {accelerator.device}")
-    config = TrainerConfig(
-        output_dir=str(output_dir), max_steps=args.max_steps, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, lr=args.lr, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
-        warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema=args.ema,
-        mixed_precision=args.mixed_precision, eval_every=args.eval_every, eval_batches=args.eval_batches,
-        save_every=args.save_every, log_every=args.log_every, seed=args.seed, resume=args.resume,
-        overwrite=args.overwrite, stop_at_step=args.stop_at_step, progress=args.progress)
-    trainer = Trainer(model, tokenizer, train_data, eval_data, objective_loss_fn(args.objective, args.loss), config,
-                      accelerator=accelerator, title=f"{args.objective} {args.config}")
-    result = trainer.train()
-    accelerator.wait_for_everyone()
+        with accelerator.main_process_first():  # the main process tokenizes and caches; the others read the cache
+            tokenizer = build_tokenizer(args)
+            train_data = packed_split(args.dataset, "train", tokenizer, args.seq_len, args.text_column,
+                                      args.max_documents)
+            eval_data = packed_split(args.dataset, "validation", tokenizer, args.seq_len, args.text_column)
+        model = build_model(args, tokenizer)
+        accelerator.print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+                          f"{model.config.attention} attention; data: {len(train_data)} train and {len(eval_data)} "
+                          f"validation blocks of {args.seq_len} tokens; {accelerator.num_processes} process(es) "
+                          f"on {accelerator.device}")
+        if accelerator.is_main_process and not resuming:  # only once setup has succeeded
+            atomic_write_text(saved, yaml.safe_dump(args.to_dict(), sort_keys=False))
+        config = TrainerConfig(
+            output_dir=str(output_dir), max_steps=args.max_steps, batch_size=args.batch_size,
+            grad_accum=args.grad_accum, lr=args.lr, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema=args.ema,
+            mixed_precision=args.mixed_precision, eval_every=args.eval_every, eval_batches=args.eval_batches,
+            save_every=args.save_every, first_save=args.first_save, log_every=args.log_every, seed=args.seed,
+            resume=args.resume, overwrite=args.overwrite, stop_at_step=args.stop_at_step, progress=args.progress)
+        trainer = Trainer(model, tokenizer, train_data, eval_data, objective_loss_fn(args.objective, args.loss),
+                          config, accelerator=accelerator, title=f"{args.objective} {args.config}")
+        result = trainer.train()
+        accelerator.wait_for_everyone()
     return result
 
 
 # Options that may change when a run is resumed; any other change would make it a different run.
-RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "eval_every", "save_every", "log_every", "progress",
-                     "stop_at_step", "config_file", "eval_batches", "output_dir"}  # a run folder may be moved
+RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "eval_every", "save_every", "first_save", "log_every",
+                     "progress", "stop_at_step", "config_file", "eval_batches", "output_dir"}  # a run folder may be moved
 
 
 def check_resume_options(saved: dict, now: dict) -> None:
@@ -301,12 +327,9 @@ def check_resume_options(saved: dict, now: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        args = parse_args(argv)
-        train(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    from mdlm.errors import run_main
+
+    run_main("pretrain", lambda: train(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,9 @@ class SFTArgs:
         return options_from_dict(cls, options, "train/sft.py")
 
     def resolved(self) -> "SFTArgs":
+        from mdlm.train.trainer import validate_options
+
+        validate_options(self, "train/sft.py")
         if not self.init_from:
             raise ValueError("--init-from is required: the run folder to finetune (e.g. runs/mdlm-small)")
         if not Path(self.init_from).is_dir() or not (Path(self.init_from) / "config.json").is_file():
@@ -137,8 +140,17 @@ def _columns(rows: list[dict], prompt_column: str, response_column: str, source:
         if missing:
             raise ValueError(f"{source} has no column(s) {missing}; its columns are {sorted(rows[0])}. Pick them "
                              "with --prompt-column / --response-column.")
-    return [(str(r[prompt_column]), r[response_column] if isinstance(r[response_column], str)
-             else json.dumps(r[response_column])) for r in rows]
+    pairs = []
+    for number, row in enumerate(rows, 1):
+        prompt, response = row.get(prompt_column), row.get(response_column)
+        # A structured response (object or list) is trained on as its JSON text; a number, null or a
+        # non-string prompt is almost always a broken export, and would train on text like "null".
+        if not isinstance(prompt, str) or not isinstance(response, (str, dict, list)):
+            raise ValueError(f"{source} row {number}: {prompt_column!r} must be a string and {response_column!r} a "
+                             f"string (or a JSON object/list), got {type(prompt).__name__} and "
+                             f"{type(response).__name__}; fix or drop that row")
+        pairs.append((prompt, response if isinstance(response, str) else json.dumps(response)))
+    return pairs
 
 
 def local_pairs(path: Path, prompt_column: str, response_column: str) -> tuple[list, list]:
@@ -146,7 +158,20 @@ def local_pairs(path: Path, prompt_column: str, response_column: str) -> tuple[l
     from mdlm.data import split_of
 
     if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        from mdlm.data import read_utf8
+
+        rows = []
+        for number, line in enumerate(read_utf8(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--data {path}:{number} is not valid JSON ({error.msg} at column {error.colno}); "
+                                 "fix that line (one JSON object per line)") from None
+            if not isinstance(rows[-1], dict):
+                raise ValueError(f"--data {path}:{number} is not a JSON object; each line must be an object with "
+                                 "the prompt and response columns")
     elif path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -220,11 +245,10 @@ def finetune(args: SFTArgs | dict) -> Path:
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
-    from mdlm import MDLMForMaskedLM
     from mdlm.tokenizer import load_tokenizer
-    from mdlm.train.pretrain import check_resume_options
-    from mdlm.train.trainer import (OPTIONS_FILE, Trainer, TrainerConfig, make_accelerator, objective_loss_fn,
-                                    prepare_output_dir)
+    from mdlm.train.pretrain import check_resume_options, load_model
+    from mdlm.train.trainer import (OPTIONS_FILE, RunLock, Trainer, TrainerConfig, atomic_write_text,
+                                    make_accelerator, objective_loss_fn, prepare_output_dir)
 
     args = SFTArgs.from_dict(args) if isinstance(args, dict) else args
     args = args.resolved()
@@ -232,36 +256,37 @@ def finetune(args: SFTArgs | dict) -> Path:
         AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one Python process
     accelerator = make_accelerator(args.mixed_precision)
     output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
-        prepare_output_dir(output_dir, args.resume, args.overwrite)
-    accelerator.wait_for_everyone()
-    set_seed(args.seed)
-    accelerator.print("options:\n" + yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
-    tokenizer = load_tokenizer(args.init_from)
-    model = MDLMForMaskedLM.from_pretrained(args.init_from)
-    if model.config.objective not in ("mdlm", None) or model.config.attention == "causal":
-        raise ValueError(f"--init-from {args.init_from} is a {model.config.objective}/{model.config.attention} "
-                         "model; SFT here trains masked diffusion models")
-    context = model.config.max_position_embeddings
-    seq_len = args.seq_len or context
-    if seq_len > context:
-        raise ValueError(f"--seq-len {seq_len} is larger than the model's context of {context} tokens")
-    with accelerator.main_process_first():
-        train_data, eval_data = build_data(args, tokenizer, seq_len, accelerator.print)
-    accelerator.print(f"SFT of {args.init_from}: {len(train_data)} train and {len(eval_data)} validation pairs "
-                      f"(at most {seq_len} tokens); {accelerator.num_processes} process(es) on {accelerator.device}")
-    if accelerator.is_main_process:
+    with RunLock(output_dir, accelerator.is_main_process):
+        prepare_output_dir(output_dir, args.resume, args.overwrite, accelerator.is_main_process)
+        accelerator.wait_for_everyone()
         saved = output_dir / OPTIONS_FILE
-        if args.resume and saved.exists():
+        resuming = bool(args.resume) and saved.exists()
+        if resuming:
             check_resume_options(yaml.safe_load(saved.read_text()), dataclasses.asdict(args))
-        else:
-            saved.write_text(yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
-    shared = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainerConfig) if hasattr(args, f.name)}
-    config = TrainerConfig(**{**shared, "output_dir": str(output_dir)})
-    trainer = Trainer(model, tokenizer, train_data, eval_data, objective_loss_fn("mdlm", args.loss), config,
-                      accelerator=accelerator, title=f"sft {args.task or Path(args.data).name}")
-    result = trainer.train()
-    accelerator.wait_for_everyone()
+        set_seed(args.seed)
+        accelerator.print("options:\n" + yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
+        tokenizer = load_tokenizer(args.init_from)
+        model = load_model(args.init_from)
+        if model.config.objective not in ("mdlm", None) or model.config.attention == "causal":
+            raise ValueError(f"--init-from {args.init_from} is a {model.config.objective}/{model.config.attention} "
+                             "model; SFT here trains masked diffusion models")
+        context = model.config.max_position_embeddings
+        seq_len = args.seq_len or context
+        if seq_len > context:
+            raise ValueError(f"--seq-len {seq_len} is larger than the model's context of {context} tokens")
+        with accelerator.main_process_first():
+            train_data, eval_data = build_data(args, tokenizer, seq_len, accelerator.print)
+        accelerator.print(f"SFT of {args.init_from}: {len(train_data)} train and {len(eval_data)} validation pairs "
+                          f"(at most {seq_len} tokens); {accelerator.num_processes} process(es) on "
+                          f"{accelerator.device}")
+        if accelerator.is_main_process and not resuming:  # only once setup has succeeded
+            atomic_write_text(saved, yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
+        shared = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainerConfig) if hasattr(args, f.name)}
+        config = TrainerConfig(**{**shared, "output_dir": str(output_dir)})
+        trainer = Trainer(model, tokenizer, train_data, eval_data, objective_loss_fn("mdlm", args.loss), config,
+                          accelerator=accelerator, title=f"sft {args.task or Path(args.data).name}")
+        result = trainer.train()
+        accelerator.wait_for_everyone()
     return result
 
 
@@ -283,11 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        finetune(SFTArgs.from_dict(vars(build_parser().parse_args(argv))))
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    from mdlm.errors import run_main
+
+    run_main("sft", lambda: finetune(SFTArgs.from_dict(vars(build_parser().parse_args(argv)))))
 
 
 if __name__ == "__main__":

@@ -17,21 +17,34 @@ Data order is a pure function of (seed, step): the examples form an endless stre
 drawn from the seed, and optimizer step s of process r reads its own consecutive slice of that stream. So a
 resumed run reads exactly the batches an uninterrupted run would, and the processes read disjoint data.
 Randomness of the losses (masking) comes from one `torch.Generator` per process, checkpointed with the rest
-of the state (`accelerator.save_state`: weights, optimizer, RNG states, scheduler, EMA, generator), so an
-interrupted and resumed run ends with the same weights as one run straight through.
+of the state, so an interrupted and resumed run ends with the same weights as one run straight through.
+`accelerator.save_state` writes the weights (safetensors), the optimizer and the RNG states (loaded back with
+`weights_only=True`); the trainer's own states (scheduler, EMA, each process's masking generator) are written
+here as JSON and safetensors, never pickled, so resuming from a checkpoint cannot run code hidden in it.
+
+Nothing is lost to a kill: every file of the run folder is written to a temporary name and renamed, a
+checkpoint folder is renamed when complete, and resuming a run that was killed after its final checkpoint
+finishes it (the model for use and `finished: true`). One run at a time: the main process holds an exclusive
+lock on `.run.lock` in the run folder for the whole run; a second run on the folder stops at once with
+"run folder in use by pid N".
 
 Run folder layout:
     config.json, model.safetensors, tokenizer files   the EMA model for use (`from_pretrained(run_dir)`)
     run_options.yaml                                   every option of the run
     metrics.jsonl, training_curve.png                  the log and its plot
     trainer_state.json                                 {"step", "max_steps", "finished"}
-    checkpoints/step-NNNNNNN/                          resume states (the last `keep_checkpoints`)
+    checkpoints/step-NNNNNNN/                          resume states (the last `keep_checkpoints`):
+        model.safetensors, optimizer.bin, random_states_R.pkl    accelerate's save_state
+        trainer_state.json, extra_state.json, ema.safetensors, generator_R.safetensors   this trainer's
+    .run.lock                                          held while a run is in progress (pid inside)
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -51,6 +64,9 @@ STATE_FILE = "trainer_state.json"
 OPTIONS_FILE = "run_options.yaml"
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "training_curve.png"
+LOCK_FILE = ".run.lock"
+EXTRA_STATE = "extra_state.json"
+EMA_FILE = "ema.safetensors"
 
 
 @dataclass
@@ -69,6 +85,7 @@ class TrainerConfig:
     eval_every: int = 100
     eval_batches: int | None = 16  # per evaluation (None: the whole validation set)
     save_every: int = 200
+    first_save: int | None = None  # also checkpoint at this early step, so a first resume point comes soon
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
@@ -189,17 +206,122 @@ class EMA:
             self.shadow[name].copy_(value)
 
 
-class GeneratorState:
-    """Makes a torch.Generator checkpointable by accelerate (`register_for_checkpointing`)."""
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder and rename it: a kill leaves the old file or the
+    new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
-    def __init__(self, generator: torch.Generator):
-        self.generator = generator
 
-    def state_dict(self):
-        return {"rng_state": self.generator.get_state()}
+def replace_files_from(staging: Path, target: Path) -> None:
+    """Move every file of `staging` into `target` (each by one rename), then remove `staging`."""
+    for file in sorted(staging.iterdir()):
+        os.replace(file, target / file.name)
+    staging.rmdir()
 
-    def load_state_dict(self, state):
-        self.generator.set_state(state["rng_state"])
+
+@contextmanager
+def quiet_transformers_progress():
+    """No "Writing model shards" bar from save_pretrained: it would break into the training bar's line and
+    leave that bar printed twice."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+class RunFolderBusy(ValueError):
+    pass
+
+
+class RunLock:
+    """An exclusive `flock` on `<run>/.run.lock` for the whole run (released by the kernel if the process
+    dies, so a kill never leaves a stale lock). Only the main process takes it."""
+
+    def __init__(self, output_dir: Path, active: bool = True):
+        self.path, self.active, self.file = Path(output_dir) / LOCK_FILE, active, None
+
+    def __enter__(self):
+        import fcntl
+
+        if not self.active:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            pid = self.file.read().strip() or "?"
+            self.file.close()
+            raise RunFolderBusy(f"run folder {self.path.parent} in use by pid {pid}; wait for that run to end "
+                                "(then --resume it) or pass another --output-dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            self.file.close()  # closing releases the flock; the file stays (removing it would race)
+            self.file = None
+
+
+# Options whose values must be >= 1, >= 0, or in [0, 1), by name; shared by pretrain.py and sft.py.
+POSITIVE = ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "save_every", "log_every",
+            "keep_checkpoints", "seq_len", "vocab_size", "max_documents", "max_examples", "first_save",
+            "stop_at_step", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings", "block_size")
+NON_NEGATIVE = ("warmup_steps", "weight_decay", "grad_clip", "seed", "min_lr_ratio")
+FRACTION = ("ema", "dropout")
+
+
+def validate_options(options, script: str) -> None:
+    """Check every field of the options dataclass `options` against its annotation (int, float, str, bool,
+    optionally None) and its range, before any work; the error names the option and the fix."""
+    for f in dataclasses.fields(options):
+        value, kind = getattr(options, f.name), str(f.type)
+        flag = "--" + f.name.replace("_", "-")
+        if value is None:
+            if "None" in kind:
+                continue
+            raise ValueError(f"{flag} needs a value ({kind}); see `python {script} --help`")
+        base = kind.replace(" | None", "")
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "str": isinstance(value, str), "bool": isinstance(value, bool)}.get(base, True)
+        if not ok:
+            raise ValueError(f"{flag} must be {'an' if base == 'int' else 'a'} {base}, got {value!r} "
+                             f"({type(value).__name__}); fix it on the command line or in the YAML file")
+        if base == "float" and not math.isfinite(value):
+            raise ValueError(f"{flag} must be a finite number, got {value!r}")
+        if f.name in POSITIVE and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value!r}")
+        if f.name in NON_NEGATIVE and value < 0:
+            raise ValueError(f"{flag} must be >= 0, got {value!r}")
+        if f.name in FRACTION and not 0 <= value < 1:
+            raise ValueError(f"{flag} must be in [0, 1), got {value!r}")
+    if getattr(options, "lr", None) is not None and not options.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {options.lr!r}")
+    if getattr(options, "min_lr_ratio", 0) > 1:
+        raise ValueError(f"--min-lr-ratio must be in [0, 1], got {options.min_lr_ratio!r}")
+    if getattr(options, "mixed_precision", "no") == "fp16" and not torch.cuda.is_available():
+        raise ValueError("--mixed-precision fp16 needs a CUDA GPU (its loss scaling has no CPU path); on CPU use "
+                         "--mixed-precision bf16 or no")
 
 
 def is_checkpoint(folder: Path) -> bool:
@@ -227,20 +349,25 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
     return folder
 
 
+RUN_FILES = (STATE_FILE, OPTIONS_FILE, METRICS_FILE, CURVE_FILE, CHECKPOINTS)
+
+
 def holds_run(folder: Path) -> bool:
-    return any((folder / name).exists() for name in (STATE_FILE, OPTIONS_FILE, CHECKPOINTS, METRICS_FILE))
+    """Whether `folder` holds something a run saved (a checkpoint or a model); a run that died before its
+    first save left at most its options and log, which nothing would be lost by starting over."""
+    return any((folder / name).exists() for name in (STATE_FILE, CHECKPOINTS))
 
 
 def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool, is_main: bool = True) -> None:
     """Refuse to mix two runs in one folder unless asked to resume or overwrite. Every process checks (so
     all of them stop with the error); only the main one deletes or creates."""
-    if output_dir.exists() and holds_run(output_dir) and not resume:
-        if not overwrite:
+    if output_dir.exists() and not resume:
+        if holds_run(output_dir) and not overwrite:
             raise FileExistsError(f"{output_dir} already holds a training run; pass --resume to continue it, "
                                   "--overwrite to replace it, or another --output-dir")
         if not is_main:
             return
-        for name in (STATE_FILE, OPTIONS_FILE, METRICS_FILE, CURVE_FILE, CHECKPOINTS):
+        for name in RUN_FILES:
             path = output_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     if is_main:
@@ -298,9 +425,6 @@ class Trainer:
             self.model.config = model.config
         self.ema = EMA(acc.unwrap_model(self.model), config.ema) if config.ema > 0 else None
         self.generator = torch.Generator(device=acc.device).manual_seed(config.seed * 1000 + acc.process_index)
-        acc.register_for_checkpointing(self.scheduler, GeneratorState(self.generator))
-        if self.ema is not None:
-            acc.register_for_checkpointing(self.ema)
         self.step, self.tokens_seen = 0, 0
         self.records: list[dict] = []
 
@@ -361,18 +485,23 @@ class Trainer:
     def _write_state(self, folder: Path, finished: bool) -> None:
         state = {"step": self.step, "tokens": self.tokens_seen, "max_steps": self.config.max_steps,
                  "finished": finished}
-        (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
+        atomic_write_text(folder / STATE_FILE, json.dumps(state, indent=1))
 
     def save_for_use(self, finished: bool = False) -> None:
-        """The EMA model + tokenizer (safetensors) at the top of the run folder, the curve, the state."""
+        """The EMA model + tokenizer (safetensors) at the top of the run folder, the curve, the state. All
+        is written into a staging folder first and renamed into place file by file; the state comes last, so
+        `finished: true` is only ever written beside the final model."""
         acc = self.accelerator
-        with self.weights_for_use() as model:
+        staging = self.output_dir / f".saving-{os.getpid()}"
+        with self.weights_for_use() as model, quiet_transformers_progress():
             if acc.is_main_process:
-                model.save_pretrained(self.output_dir, safe_serialization=True)
+                shutil.rmtree(staging, ignore_errors=True)
+                model.save_pretrained(staging, safe_serialization=True)
                 if self.tokenizer is not None:
-                    self.tokenizer.save_pretrained(self.output_dir)
+                    self.tokenizer.save_pretrained(staging)
         if acc.is_main_process:
-            plot_curves(self.records, self.output_dir / CURVE_FILE, self.title)
+            plot_curves(self.records, staging / CURVE_FILE, self.title)
+            replace_files_from(staging, self.output_dir)
             self._write_state(self.output_dir, finished)
         acc.wait_for_everyone()
 
@@ -384,6 +513,7 @@ class Trainer:
             shutil.rmtree(partial)
         acc.wait_for_everyone()
         acc.save_state(str(partial))
+        self._save_extra_state(partial)
         acc.wait_for_everyone()
         if acc.is_main_process:
             self._write_state(partial, finished=False)
@@ -395,15 +525,74 @@ class Trainer:
         acc.wait_for_everyone()
         self.save_for_use(finished)
 
+    def _save_extra_state(self, folder: Path) -> None:
+        """Scheduler and EMA bookkeeping as JSON, the EMA weights and each process's generator state as
+        safetensors: loading them back never unpickles anything."""
+        from safetensors.torch import save_file
+
+        acc = self.accelerator
+        save_file({"rng_state": self.generator.get_state()}, str(folder / f"generator_{acc.process_index}.safetensors"))
+        if not acc.is_main_process:
+            return
+        extra = {"scheduler": self.scheduler.state_dict(), "ema": None}
+        if self.ema is not None:
+            extra["ema"] = {"decay": self.ema.decay, "num_updates": self.ema.num_updates}
+            save_file({k: v.contiguous() for k, v in self.ema.shadow.items()}, str(folder / EMA_FILE))
+        atomic_write_text(folder / EXTRA_STATE, json.dumps(extra))
+
+    def _load_extra_state(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        if not (folder / EXTRA_STATE).is_file():
+            raise ValueError(f"--resume {folder}: {EXTRA_STATE} is missing, so the checkpoint is incomplete; resume "
+                             "from another checkpoint (pass its folder) or start over with --overwrite")
+        extra = json.loads((folder / EXTRA_STATE).read_text())
+        self.scheduler.load_state_dict(extra["scheduler"])
+        if self.ema is not None:
+            if extra["ema"] is None:
+                raise ValueError(f"--resume {folder}: the checkpoint has no EMA but this run uses --ema "
+                                 f"{self.ema.decay}; resume with --ema 0")
+            self.ema.decay, self.ema.num_updates = extra["ema"]["decay"], extra["ema"]["num_updates"]
+            for name, value in load_file(str(folder / EMA_FILE)).items():
+                self.ema.shadow[name].copy_(value)
+        rank = self.accelerator.process_index
+        generator_file = folder / f"generator_{rank}.safetensors"
+        if not generator_file.is_file():
+            raise ValueError(f"--resume {folder}: {generator_file.name} is missing (the checkpoint was written by "
+                             "fewer processes); resume with the number of processes that wrote it")
+        self.generator.set_state(load_file(str(generator_file))["rng_state"])
+
     def load_checkpoint(self, folder: Path) -> None:
-        self.accelerator.load_state(str(folder))
+        from safetensors import SafetensorError
+
+        from accelerate.utils.other import load as weights_only_load
+
+        if list(folder.glob("custom_checkpoint_*.pkl")):
+            raise ValueError(f"--resume {folder}: a checkpoint of an earlier version, whose trainer states are pickles "
+                             "(custom_checkpoint_*.pkl) that this version never unpickles; start over with "
+                             "--overwrite, or finish the run with the version that wrote it")
+        try:
+            # accelerate reads these with weights_only=True too, but only logs a failure and carries on with
+            # other random states: read them first, so that a refused file stops the resume
+            for rng_file in sorted(folder.glob("random_states_*.pkl")):
+                weights_only_load(rng_file)
+            self.accelerator.load_state(str(folder))
+            self._load_extra_state(folder)
+        except pickle.UnpicklingError as error:
+            raise ValueError(f"--resume {folder}: a file in it holds pickled objects that are not plain tensors, so "
+                             f"it was refused unread ({str(error).splitlines()[0][:120]}); the checkpoint is tampered "
+                             "or foreign: resume from another checkpoint or start over") from None
+        except (SafetensorError, EOFError, RuntimeError, KeyError, OSError) as error:
+            raise ValueError(f"--resume {folder}: the checkpoint is damaged or belongs to another model "
+                             f"({type(error).__name__}: {str(error).splitlines()[0][:160]}); resume from another "
+                             "checkpoint (pass its folder) or start over with --overwrite") from None
         state = json.loads((folder / STATE_FILE).read_text())
         self.step, self.tokens_seen = state["step"], state["tokens"]
         metrics = self.output_dir / METRICS_FILE
         if metrics.exists():  # drop what the killed run logged after its checkpoint
             self.records = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["step"] <= self.step]
             if self.accelerator.is_main_process:
-                metrics.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+                atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in self.records))
         self.accelerator.print(f"resumed from {folder} at step {self.step}")
 
     def log(self, record: dict) -> None:
@@ -421,6 +610,10 @@ class Trainer:
         checkpoint = resolve_resume(self.output_dir, c.resume)
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
+            if self.step >= c.max_steps:  # killed after its last checkpoint: finish what that save began
+                acc.print(f"the checkpoint is at step {self.step} >= --max-steps {c.max_steps}: finishing the run")
+                self.save_for_use(finished=True)
+                return self.output_dir
         if self.step == 0:
             self.log({"step": 0, "tokens": 0, **self.evaluate()})
         progress = tqdm(total=c.max_steps, initial=self.step, disable=not (c.progress and acc.is_main_process),
@@ -466,12 +659,15 @@ class Trainer:
                 self.log(record)
                 progress.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
+            if self.step == c.max_steps:
+                progress.close()  # the bar's final state, once, before the final validation line and save
             if self.step % c.eval_every == 0 or self.step == c.max_steps:
                 result = self.evaluate()
                 self.log({"step": self.step, "tokens": self.tokens_seen, **result})
-                progress.write(f"step {self.step}: validation {result['val_nats_per_token']:.4f} nats/token "
-                               f"(perplexity bound {result['val_ppl_bound']:.2f})")
-            if self.step % c.save_every == 0 or self.step == c.max_steps:
+                say = acc.print if progress.disable else progress.write  # write keeps a live bar intact
+                say(f"step {self.step}: validation {result['val_nats_per_token']:.4f} nats/token "
+                    f"(perplexity bound {result['val_ppl_bound']:.2f})")
+            if self.step % c.save_every == 0 or self.step == c.max_steps or self.step == c.first_save:
                 self.save_checkpoint(finished=self.step == c.max_steps)
             if c.stop_at_step is not None and self.step >= c.stop_at_step and self.step < c.max_steps:
                 progress.close()

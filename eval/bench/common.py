@@ -114,3 +114,13 @@ def write_results(results_dir: Path, name: str, results: dict, plot, markdown_ta
     plot(results, results_dir / f"{name}.png")
     print(markdown_table(results))
     return results
+
+
+def quick_results_dir(results_dir: Path, quick: bool) -> Path:
+    """Where a benchmark writes: a --quick (smoke) run aimed at the committed results/ writes beside them,
+    in results/quick/, so that it never replaces the numbers the README is generated from."""
+    results_dir = Path(results_dir)
+    if quick and results_dir.resolve() == (REPO_ROOT / "results").resolve():
+        results_dir = results_dir / "quick"
+        print(f"--quick: writing to {results_dir} (the committed results/ are kept)", flush=True)
+    return results_dir

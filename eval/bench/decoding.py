@@ -362,4 +362,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mdlm.errors import run_main
+
+    run_main("mdlm.eval.bench.decoding", main)

@@ -187,6 +187,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny limits: a smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     args = parser.parse_args(argv)
+    from mdlm.eval.bench.common import quick_results_dir
+
+    args.out = quick_results_dir(args.out, args.quick)
     if args.quick:
         args.limit_ppl, args.limit_next_line, args.limit_infill = 1, 4, 4
         args.spread_requests, args.spread_repeats = 1, 4
@@ -225,4 +228,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from mdlm.errors import run_main
+
+    run_main("mdlm.eval.bench.lm_eval", main)

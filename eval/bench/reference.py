@@ -40,6 +40,6 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    assert set(ORDER) == set(BENCH_RUNS), "every reference run is registered in common.BENCH_RUNS"
-    print(f"reference runs in {runs_dir()}")
-    main()
+    from mdlm.errors import run_main
+
+    run_main("mdlm.eval.bench.reference", main)

@@ -53,4 +53,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mdlm.errors import run_main
+
+    run_main("mdlm.eval.bench.report", main)

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mdlm.eval.bench.common import is_finished, runs_dir, write_json
+from mdlm.eval.bench.common import is_finished, quick_results_dir, runs_dir, write_json
 
 NAME = "sampling"
 ROOT = Path(__file__).resolve().parents[2]
@@ -345,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
+    args.results_dir = quick_results_dir(args.results_dir, args.quick)
+    given_run = args.run != build_parser().get_default("run")  # the default one is reported as skipped if absent
+    if given_run and not args.skip_entropy and not (args.run / "config.json").is_file():
+        raise ValueError(f"--run {args.run}: not a run folder (no config.json); train it (python train/pretrain.py) "
+                         "or pass a finished run")
     path = args.results_dir / f"{NAME}.json"
     if args.skip_grid and path.exists():
         results = json.loads(path.read_text())
@@ -374,4 +379,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from mdlm.errors import run_main
+
+    run_main("mdlm.eval.bench.sampling", main)

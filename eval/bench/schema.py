@@ -254,4 +254,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from mdlm.errors import run_main
+
+    run_main("mdlm.eval.bench.schema", main)

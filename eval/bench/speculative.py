@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from mdlm.decode.config import DecodeConfig
+from mdlm.decode.config import ASSD_ORDERS, DecodeConfig
 from mdlm.eval.bench.common import runs_dir, write_results
 from mdlm.decode.speculative import assd_decode, parallel_decode, sequential_decode
 
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suffix", type=int, default=32, help="infilling: tokens of given suffix")
     p.add_argument("--repeats", type=int, default=2, help="timing repeats per batch (the fastest is kept)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--order", default="left-to-right")
+    p.add_argument("--order", default="left-to-right", choices=ASSD_ORDERS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results-dir", type=Path, default=ROOT / "results")
     return p
@@ -297,4 +297,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from mdlm.errors import run_main
+
+    run_main("mdlm.eval.bench.speculative", main)
