@@ -82,3 +82,24 @@ def test_the_script_and_its_help(tmp_path):
     script = Path(__file__).resolve().parents[1] / "train" / "rl.py"
     out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "--algorithm" in out.stdout and "--config-file" in out.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_model(sudoku_run, tmp_path):
+    """torchrun with 2 processes (gloo on CPU): a group of G=4 split 2 + 2 across them, one model."""
+    from safetensors.torch import load_file
+
+    script = Path(__file__).resolve().parents[1] / "train" / "rl.py"
+    out = tmp_path / "rl"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+               "--task", "sudoku", "--model", str(sudoku_run), "--output-dir", str(out), "--max-steps", "2",
+               "--num-generations", "4", "--per-device-train-batch-size", "2", "--num-iterations", "1",
+               "--diffusion-steps", "4", "--train-examples", "8", "--eval-examples", "4", "--no-progress",
+               "--save-steps", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    start = load_file(sudoku_run / "model.safetensors")
+    trained = load_file(out / "model.safetensors")
+    assert any(not torch.equal(trained[k], start[k]) for k in start)
