@@ -100,12 +100,12 @@ def rollout(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completi
 
 
 def completion_logps(model, input_ids: torch.Tensor, valid: torch.Tensor, masked: torch.Tensor,
-                     completion_length: int, temperature: float = 1.0, compute_entropy: bool = False):
+                     completion_length: int, mask_token_id: int, temperature: float = 1.0,
+                     compute_entropy: bool = False):
     """log p(x_i | x with `masked` positions replaced by the mask) at the last `completion_length`
     columns, with logits / temperature, in float32; and the entropies when asked. A mask logit of -inf
-    contributes 0 to the entropy (never NaN)."""
-    mask_id = check_mask_token(model)
-    noisy = input_ids.masked_fill(masked, mask_id)
+    contributes 0 to the entropy (never NaN). `model` may be a DDP wrapper (so the mask id is given)."""
+    noisy = input_ids.masked_fill(masked, mask_token_id)
     logits = model(noisy, attention_mask=valid, position_ids=default_position_ids(valid)).logits
     logits = logits[:, -completion_length:].float() / temperature
     log_probs = torch.log_softmax(logits, -1)
@@ -224,7 +224,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                  accuracy_fn=None, callbacks=None):
         from transformers import GenerationConfig
 
-        check_mask_token(model)
+        self.mask_token_id = check_mask_token(model)
         if not isinstance(reward_funcs, (list, tuple)):
             reward_funcs = [reward_funcs]
         if getattr(model, "generation_config", None) is None:
@@ -315,6 +315,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         lengths = gather(completion_mask.sum(1).float())
         metrics["completions/mean_length"].append(lengths.mean().item())
         metrics["nfe_per_rollout"].append(float(result.nfe))
+        metrics["rollouts"].append(float(rewards.numel()))  # over all processes: the groups they share
         if self.accuracy_fn is not None:
             accuracy = torch.tensor(self.accuracy_fn(completions, **{k: columns[k] for k in columns
                                                                       if k in _params(self.accuracy_fn)}),

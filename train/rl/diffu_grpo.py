@@ -70,8 +70,8 @@ class DiffuGRPOTrainer(DiffusionGRPOTrainer):
         masked = torch.zeros_like(valid)
         masked[:, :-completion_length] = prompt_noise
         masked[:, -completion_length:] = True
-        return completion_logps(model, input_ids, valid, masked, completion_length, self.temperature,
-                                compute_entropy)
+        return completion_logps(model, input_ids, valid, masked, completion_length, self.mask_token_id,
+                                self.temperature, compute_entropy)
 
     def policy_statistics(self, batch: dict) -> dict:
         noise = self.draw_prompt_noise(batch["prompt_mask"])
