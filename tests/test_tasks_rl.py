@@ -107,3 +107,23 @@ def test_signature_task_through_the_registry():
 def test_unknown_task_lists_the_choices():
     with pytest.raises(ValueError, match="sudoku, countdown, signatures"):
         get_task("chess")
+
+
+def test_sft_from_scratch_on_a_task(tmp_path):
+    """train/sft.py --task sudoku --preset tiny: a fresh model with a one-character-per-token tokenizer
+    trained on the task text, finetuned on the task and saved as a run folder RL can load."""
+    from mdlm import MDLMForMaskedLM
+    from mdlm.tokenizer import load_tokenizer
+    from mdlm.train.sft import SFTArgs, finetune
+
+    out = finetune(SFTArgs(task="sudoku", preset="tiny", max_steps=2, batch_size=4, max_examples=64,
+                           eval_every=2, eval_batches=1, save_every=2, warmup_steps=1, output_dir=str(tmp_path / "s"),
+                           progress=False))
+    tok = load_tokenizer(str(out))
+    assert len(tok) == 260 and len(tok.tokenize("sudoku 12.4/3.12")) == len("sudoku 12.4/3.12")
+    model = MDLMForMaskedLM.from_pretrained(out)
+    assert model.config.mask_token_id == tok.mask_token_id and model.config.hidden_size == 64
+    with pytest.raises(ValueError, match="--preset .*needs --task sudoku or --task countdown"):
+        SFTArgs(task="signatures", preset="tiny").resolved()
+    with pytest.raises(ValueError, match="not both"):
+        SFTArgs(task="sudoku", preset="tiny", init_from=str(out)).resolved()
