@@ -33,7 +33,7 @@ from mdlm.decode.denoiser import (NetworkCounter, attention_pattern, check_canva
                                   supports_kv_cache)
 from mdlm.decode.remasking import position_scores, select_above_threshold, select_top
 from mdlm.decode.schedules import ascending_blocks, ascending_num_steps, eoser_gamma, step_counts
-from mdlm.decode.trace import TraceRecorder
+from mdlm.decode.trace import TraceRecorder, tempered_logprob
 from mdlm.kernels import sample_categorical
 from mdlm.model import KVCache
 
@@ -271,17 +271,23 @@ def decode_blocks(model, x, valid, position_ids, config: DecodeConfig, generator
             score[:, lo:hi][window_masked] = position_scores(config.remasking, draw, generator)
             logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
             logprob[:, lo:hi][window_masked] = draw.logprob
+            policy_logprob = None
+            if recorder.active:  # RL's action log-probs: at the rollout temperature, not the confidence's T=1
+                policy_logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+                policy_logprob[:, lo:hi][window_masked] = tempered_logprob(logits[window_masked], draw.tokens,
+                                                                           config.temperature)
             if config.eoser and eos_id is not None:
                 gamma = eoser_gamma(global_step, total_steps, config.schedule, config.eoser_gamma_min)
                 score = torch.where(masked & (x0 == eos_id), score * gamma, score)
             if config.remasking == "rcr":
                 after, revealed, remasked = _running_confidence_step(x, x0, masked, score, running_confidence,
                                                                      block, step, mask_id)
-                recorder.record(x, revealed, logprob, remasked, x0=x0, confidence=score)
+                recorder.record(x, revealed, logprob, remasked, x0=x0, confidence=score,
+                                policy_logprob=policy_logprob)
                 x = after
             else:
                 chosen = select_above_threshold(score, config.threshold) if thresholded else select_top(score, count)
-                recorder.record(x, chosen, logprob, x0=x0, confidence=score)
+                recorder.record(x, chosen, logprob, x0=x0, confidence=score, policy_logprob=policy_logprob)
                 x = torch.where(chosen, x0, x)
             step, global_step = step + 1, global_step + 1
     return x, network, global_step
@@ -362,4 +368,5 @@ class PositionLayout:
 
         return type(step)(state=back(step.state, None), revealed=back(step.revealed, False),
                           remasked=back(step.remasked, False), logprob=back(step.logprob, 0.0),
-                          x0=back(step.x0, None), confidence=back(step.confidence, float("-inf")))
+                          x0=back(step.x0, None), confidence=back(step.confidence, float("-inf")),
+                          policy_logprob=back(step.policy_logprob, 0.0))

@@ -16,7 +16,10 @@ class TraceStep:
     state: (B, L) long, the tokens before the step. revealed / remasked: (B, L) bool, positions that
     became a token / went back to the mask in this step. logprob: (B, L) float64, log p of each token
     revealed in this step under the model (temperature 1; 0 elsewhere). x0 / confidence: (B, L) the
-    step's full prediction and its confidence (recorded by the confidence sampler, for MDPO)."""
+    step's full prediction and its confidence (recorded by the confidence sampler, for MDPO).
+    policy_logprob: (B, L) float64, log p of each revealed token at the rollout's temperature (the
+    probability the sampler drew it with, before any top-k/top-p; 0 elsewhere and at temperature 0, where
+    the draw is the argmax): what a policy-gradient ratio is taken against."""
 
     state: torch.Tensor
     revealed: torch.Tensor
@@ -24,6 +27,7 @@ class TraceStep:
     logprob: torch.Tensor
     x0: torch.Tensor | None = None
     confidence: torch.Tensor | None = None
+    policy_logprob: torch.Tensor | None = None
 
     def after(self, mask_token_id: int, final: torch.Tensor) -> torch.Tensor:
         """The state after this step, given the final tokens (revealed tokens never change later
@@ -42,8 +46,13 @@ class TraceRecorder:
         self.callback = callback
         self.steps: list[TraceStep] = []
 
-    def record(self, state, revealed, logprob=None, remasked=None, x0=None, confidence=None) -> None:
-        if not (self.enabled or self.callback):
+    @property
+    def active(self) -> bool:
+        return bool(self.enabled or self.callback)
+
+    def record(self, state, revealed, logprob=None, remasked=None, x0=None, confidence=None,
+               policy_logprob=None) -> None:
+        if not self.active:
             return
         if logprob is None:
             logprob = torch.zeros(state.shape, dtype=torch.float64)
@@ -55,6 +64,8 @@ class TraceRecorder:
             logprob=logprob.detach().cpu(),
             x0=None if x0 is None else x0.detach().cpu().clone(),
             confidence=None if confidence is None else confidence.detach().double().cpu(),
+            policy_logprob=None if policy_logprob is None else torch.where(
+                revealed, policy_logprob.double(), torch.zeros((), dtype=torch.float64)).detach().cpu(),
         )
         if self.enabled:
             self.steps.append(step)
@@ -63,6 +74,62 @@ class TraceRecorder:
 
     def result(self) -> list[TraceStep] | None:
         return self.steps if self.enabled else None
+
+
+def tempered_logprob(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / temperature)[token] per row in float64 (0 at temperature 0: the argmax is
+    drawn with probability 1). Rows are (N, V) logits with their (N,) drawn tokens."""
+    if temperature == 0:
+        return torch.zeros(tokens.shape, dtype=torch.float64, device=tokens.device)
+    scaled = logits.double() / temperature
+    return scaled.gather(-1, tokens[:, None])[:, 0] - torch.logsumexp(scaled, -1)
+
+
+@dataclass
+class Trajectory:
+    """One batched rollout as RL trains on it: S steps of a batch of B canvases of length L.
+
+    canvases (S, B, L) long: the canvas before each step; final (B, L): the decoded tokens.
+    revealed / remasked (S, B, L) bool: what each step committed / sent back to the mask (RCR).
+    logprob (S, B, L) float64: log p of each revealed token at the rollout temperature (0 elsewhere).
+    x0 (S, B, L) long and confidence (S, B, L) float64: each step's full prediction x0-hat (the drawn
+    token at every masked position) and its score, kept only when asked (MDPO scores x0-hat per step).
+    Memory is O(S B L): tokens, never a vocabulary axis."""
+
+    canvases: torch.Tensor
+    revealed: torch.Tensor
+    remasked: torch.Tensor
+    logprob: torch.Tensor
+    final: torch.Tensor
+    temperature: float
+    x0: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
+
+    @classmethod
+    def from_steps(cls, steps: list[TraceStep], final: torch.Tensor, temperature: float,
+                   keep_x0: bool = False) -> "Trajectory":
+        if not steps:
+            raise ValueError("no steps were recorded: decode with DecodeConfig(trace=True) (nothing was masked?)")
+        if any(s.policy_logprob is None for s in steps):
+            raise ValueError("these steps carry no rollout log-probabilities; record them with the confidence "
+                             "sampler (DecodeConfig(sampler='confidence', trace=True))")
+        stack = lambda name: torch.stack([getattr(s, name) for s in steps])  # noqa: E731
+        return cls(canvases=stack("state"), revealed=stack("revealed"), remasked=stack("remasked"),
+                   logprob=stack("policy_logprob"), final=final.detach().cpu().clone(), temperature=temperature,
+                   x0=stack("x0") if keep_x0 and steps[0].x0 is not None else None,
+                   confidence=stack("confidence") if keep_x0 and steps[0].confidence is not None else None)
+
+    @property
+    def num_steps(self) -> int:
+        return self.canvases.shape[0]
+
+    def after(self, step: int) -> torch.Tensor:
+        """The canvas after `step` (the next step's canvas, or the final tokens)."""
+        return self.canvases[step + 1] if step + 1 < self.num_steps else self.final
+
+    def to(self, device) -> "Trajectory":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Trajectory(**moved)
 
 
 def reveal_tokens(x, reveal, logits, config, generator, recorder: TraceRecorder):

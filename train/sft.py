@@ -1,6 +1,7 @@
 """Supervised finetuning of a masked diffusion model on prompt/response pairs (LLaDA's SFT recipe).
 
     accelerate launch train/sft.py --init-from runs/mdlm-small --task signatures
+    python train/sft.py --task sudoku --preset tiny --output-dir runs/sft-sudoku    # from scratch
     python train/sft.py --init-from runs/mdlm-small --data pairs.jsonl --prompt-column question \
         --response-column answer --max-steps 500
     python train/sft.py --init-from RUN --data some/hub-dataset --prompt-column prompt --response-column completion
@@ -15,7 +16,9 @@ Data sources: a local JSONL/parquet file of rows (`--data`, columns `--prompt-co
 `--response-column`; a stable hash of the row index holds ~10% out for validation), a Hugging Face
 dataset name (its train split; validation or test split, else 1% of train), or a built-in task
 (`--task signatures`: function source -> JSON signature, `mdlm.train.tasks.signatures`; validation from
-the corpus's validation files). Examples longer than the model's context are dropped (and counted).
+the corpus's validation files; `--task sudoku` / `--task countdown`: `mdlm.train.tasks`, validation on the
+held-out grids / number sets). With `--preset` instead of `--init-from` the model starts from scratch with
+a byte-level tokenizer trained on the task's text (sudoku and countdown, whose text is digits and symbols). Examples longer than the model's context are dropped (and counted).
 
 The training loop, checkpoints, `--resume`, progress bar, metrics.jsonl and error handling are the
 pretraining ones (`train/trainer.py`). Python API: `finetune(SFTArgs(...))` returns the run folder.
@@ -33,7 +36,8 @@ from pathlib import Path
 import torch
 import yaml
 
-TASKS = ("signatures",)
+TASKS = ("signatures", "sudoku", "countdown")
+TASK_VOCAB = 260  # byte-level BPE with no merges: one token per character, digits never fused
 PAD_MULTIPLE = 8  # batch lengths are rounded up so that few distinct shapes occur
 
 
@@ -41,7 +45,10 @@ PAD_MULTIPLE = 8  # batch lengths are rounded up so that few distinct shapes occ
 class SFTArgs:
     """Every option of a finetuning run."""
 
-    init_from: str | None = None  # the run to finetune (model + tokenizer folder); required
+    init_from: str | None = None  # the run to finetune (model + tokenizer folder); or --preset
+    preset: str | None = None  # from scratch: this model preset with a byte-level tokenizer of the task text
+    hidden_size: int | None = None  # with --preset: model width (default: the preset's)
+    num_hidden_layers: int | None = None  # with --preset: transformer blocks (default: the preset's)
     data: str | None = None  # local .jsonl/.parquet file or a hub dataset name
     task: str | None = None  # or a built-in task: signatures
     prompt_column: str = "prompt"
@@ -80,9 +87,20 @@ class SFTArgs:
         from mdlm.train.trainer import validate_options
 
         validate_options(self, "train/sft.py")
-        if not self.init_from:
-            raise ValueError("--init-from is required: the run folder to finetune (e.g. runs/mdlm-small)")
-        if not Path(self.init_from).is_dir() or not (Path(self.init_from) / "config.json").is_file():
+        if self.preset is not None:
+            from mdlm.config import PRESETS
+
+            if self.init_from:
+                raise ValueError("give --init-from (finetune a run) or --preset (train from scratch), not both")
+            if self.preset not in PRESETS:
+                raise ValueError(f"unknown --preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+            if self.task not in ("sudoku", "countdown"):
+                raise ValueError("--preset (from scratch, tokenizer trained on the task text) needs --task sudoku "
+                                 "or --task countdown")
+        elif not self.init_from:
+            raise ValueError("--init-from is required: the run folder to finetune (e.g. runs/mdlm-small); or "
+                             "--preset tiny with --task sudoku/countdown to train from scratch")
+        elif not Path(self.init_from).is_dir() or not (Path(self.init_from) / "config.json").is_file():
             raise ValueError(f"--init-from {self.init_from}: not a run folder (expected config.json and weights "
                              "as train/pretrain.py saves them)")
         if (self.data is None) == (self.task is None):
@@ -206,7 +224,13 @@ def hub_pairs(name: str, prompt_column: str, response_column: str) -> tuple[list
             _columns(splits[held_name].to_list(), prompt_column, response_column, name))
 
 
-def task_pairs(task: str, tokenizer, seq_len: int, max_examples: int | None) -> tuple[list, list]:
+def task_pairs(task: str, tokenizer, seq_len: int, max_examples: int | None, seed: int = 0) -> tuple[list, list]:
+    if task in ("sudoku", "countdown"):
+        from mdlm.train.tasks import get_task
+
+        spec = get_task(task)
+        train, held = spec.dataset("train", max_examples, seed), spec.dataset("test")
+        return list(zip(train["prompt"], train["answer"])), list(zip(held["prompt"], held["answer"]))
     from mdlm.train.tasks.signatures import build_examples
 
     train = build_examples("train", tokenizer, seq_len, limit=max_examples)
@@ -216,7 +240,7 @@ def task_pairs(task: str, tokenizer, seq_len: int, max_examples: int | None) -> 
 
 def build_data(args: SFTArgs, tokenizer, seq_len: int, print_fn=print):
     if args.task:
-        train, held = task_pairs(args.task, tokenizer, seq_len, args.max_examples)
+        train, held = task_pairs(args.task, tokenizer, seq_len, args.max_examples, args.seed)
     elif Path(args.data).exists():
         train, held = local_pairs(Path(args.data), args.prompt_column, args.response_column)
     else:
@@ -265,8 +289,11 @@ def finetune(args: SFTArgs | dict) -> Path:
             check_resume_options(yaml.safe_load(saved.read_text()), dataclasses.asdict(args))
         set_seed(args.seed)
         accelerator.print("options:\n" + yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
-        tokenizer = load_tokenizer(args.init_from)
-        model = load_model(args.init_from)
+        if args.preset:
+            tokenizer, model = scratch_model(args)
+        else:
+            tokenizer = load_tokenizer(args.init_from)
+            model = load_model(args.init_from)
         if model.config.objective not in ("mdlm", None) or model.config.attention == "causal":
             raise ValueError(f"--init-from {args.init_from} is a {model.config.objective}/{model.config.attention} "
                              "model; SFT here trains masked diffusion models")
@@ -276,7 +303,8 @@ def finetune(args: SFTArgs | dict) -> Path:
             raise ValueError(f"--seq-len {seq_len} is larger than the model's context of {context} tokens")
         with accelerator.main_process_first():
             train_data, eval_data = build_data(args, tokenizer, seq_len, accelerator.print)
-        accelerator.print(f"SFT of {args.init_from}: {len(train_data)} train and {len(eval_data)} validation pairs "
+        source = args.init_from or f"a fresh {args.preset} model"
+        accelerator.print(f"SFT of {source}: {len(train_data)} train and {len(eval_data)} validation pairs "
                           f"(at most {seq_len} tokens); {accelerator.num_processes} process(es) on "
                           f"{accelerator.device}")
         if accelerator.is_main_process and not resuming:  # only once setup has succeeded
@@ -290,10 +318,30 @@ def finetune(args: SFTArgs | dict) -> Path:
     return result
 
 
+def scratch_model(args: SFTArgs):
+    """A fresh model of `args.preset` and a byte-level tokenizer trained on the task's train text (one
+    token per character, so digits and operators are single tokens). On --resume, the run's own."""
+    from mdlm import MDLMConfig, MDLMForMaskedLM
+    from mdlm.tokenizer import load_tokenizer, train_tokenizer
+    from mdlm.train.tasks import get_task
+
+    torch.manual_seed(args.seed)
+    if args.resume and (Path(args.output_dir) / "tokenizer_config.json").exists():
+        tokenizer = load_tokenizer(args.output_dir)
+    else:
+        sample = get_task(args.task).dataset("train", 2000, args.seed)
+        tokenizer = train_tokenizer(list(sample["prompt"]) + list(sample["answer"]), vocab_size=TASK_VOCAB)
+    sizes = {k: getattr(args, k) for k in ("hidden_size", "num_hidden_layers") if getattr(args, k) is not None}
+    config = MDLMConfig.from_preset(args.preset, vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
+                                    pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                    eos_token_id=tokenizer.eos_token_id, **sizes)
+    return tokenizer, MDLMForMaskedLM(config)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
-    choices = {"task": TASKS, "loss": ("t-dce", "lambda-dce", "k-dce"), "mixed_precision": ("no", "bf16", "fp16")}
+    choices = {"task": TASKS, "preset": ("tiny", "small", "gpt2"), "loss": ("t-dce", "lambda-dce", "k-dce"), "mixed_precision": ("no", "bf16", "fp16")}
     for f in dataclasses.fields(SFTArgs):
         if f.name in ("resume", "overwrite", "progress"):
             continue

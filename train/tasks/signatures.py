@@ -17,7 +17,7 @@ Only module-level functions and methods are used (not functions nested in functi
 so every field can be read off the prompt: a method is exactly an indented `def`. Everything is
 deterministic: files in sorted order, functions in source order.
 
-`signature_reward` is a TRL-style reward (`fn(prompts, completions, **kwargs) -> list[float]`): the
+`signature_reward` is a TRL-style reward (`fn(prompts, completions, completion_ids, **columns) -> list[float]`): the
 fraction of the six fields that match exactly, 0 for a completion that is not a JSON object.
 """
 
@@ -177,7 +177,7 @@ def parse_completion(text: str):
         return None
 
 
-def signature_reward(prompts, completions, answer=None, **kwargs) -> list[float]:
+def signature_reward(prompts, completions, completion_ids=None, answer=None, **kwargs) -> list[float]:
     """Field-level exact match in [0, 1] per completion (TRL reward signature).
 
     `answer` is the dataset column of reference answers (dicts, or JSON text)."""
@@ -189,3 +189,22 @@ def signature_reward(prompts, completions, answer=None, **kwargs) -> list[float]
         matches = field_matches(parse_completion(_completion_text(completion)), reference)
         rewards.append(sum(matches.values()) / len(FIELDS))
     return rewards
+
+
+def signature_accuracy(completions, answer) -> list[float]:
+    """Exact match of the whole JSON answer."""
+    return [float(r == 1.0) for r in signature_reward(None, completions, answer=answer)]
+
+
+def build_dataset(split: str, num_examples: int | None = None, seed: int = 0):
+    """A `datasets.Dataset` (columns prompt, answer as JSON text, source) of the corpus's train split or
+    its held-out test split (`split="test"`). Deterministic: `seed` is accepted for the task registry's
+    signature; the examples come in corpus order."""
+    import datasets
+
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test'")
+    examples = build_examples(split, limit=num_examples)
+    return datasets.Dataset.from_dict({"prompt": [e.prompt for e in examples],
+                                       "answer": [e.response for e in examples],
+                                       "source": [e.source for e in examples]})

@@ -1,0 +1,104 @@
+"""train/rl.py end to end on the `tiny` preset: 2 optimizer steps of diffu-GRPO, the run folder, resume,
+loading the result, and the bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mdlm import MDLMConfig, MDLMForMaskedLM
+from mdlm.tokenizer import train_tokenizer
+from mdlm.train.rl.cli import main
+from mdlm.train.tasks import get_task
+
+FAST = ["--num-generations", "2", "--per-device-train-batch-size", "2", "--train-examples", "8",
+        "--eval-examples", "4", "--diffusion-steps", "4", "--num-iterations", "1", "--logging-steps", "1",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def sudoku_run(tmp_path_factory) -> Path:
+    """A run folder as train/sft.py --preset tiny leaves it (untrained: the trainer is what is tested)."""
+    data = get_task("sudoku").dataset("train", 64)
+    tok = train_tokenizer(list(data["prompt"]) + list(data["answer"]), vocab_size=260)
+    torch.manual_seed(0)
+    model = MDLMForMaskedLM(MDLMConfig.from_preset(
+        "tiny", vocab_size=len(tok), mask_token_id=tok.mask_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    folder = tmp_path_factory.mktemp("sft-sudoku")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_two_steps_of_diffu_grpo_then_resume_and_load(sudoku_run, tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    out = tmp_path / "rl"
+    main(["--algorithm", "diffu-grpo", "--task", "sudoku", "--model", str(sudoku_run), "--output-dir", str(out),
+          "--max-steps", "2", "--save-steps", "2", *FAST])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert {"reward", "reward_std", "kl", "accuracy", "loss"} <= set(records[0])
+    assert (out / "reward_curve.png").stat().st_size > 0
+    results = json.loads((out / "eval.json").read_text())
+    assert results["steps"] == 2 and 0 <= results["after"]["accuracy"] <= 1
+    loaded = AutoModelForMaskedLM.from_pretrained(out)
+    assert isinstance(loaded, MDLMForMaskedLM) and (out / "model.safetensors").exists()
+    # Resume: the run continues from checkpoint-2 to step 3 with its saved options.
+    main(["--output-dir", str(out), "--resume", "--max-steps", "3", "--task", "sudoku", "--model", str(sudoku_run),
+          "--no-progress"])
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert json.loads((out / "eval.json").read_text())["steps"] == 3
+
+
+def test_bad_input_gets_clear_errors(sudoku_run, tmp_path, capsys):
+    def error_of(argv):
+        with pytest.raises(SystemExit):
+            main(argv)
+        return capsys.readouterr().err
+
+    base = ["--model", str(sudoku_run), "--output-dir", str(tmp_path / "x"), *FAST]
+    assert "sudoku, countdown, signatures" in error_of(["--task", "chess", *base])
+    assert "choose one of diffu-grpo" in error_of(["--algorithm", "ppo", "--task", "sudoku", *base])
+    err = error_of(["--task", "sudoku", "--max-completion-length", "50", *base])
+    assert "max_completion_length=50" in err and "context of 64" in err and "at most" in err
+    assert "at least 2" in error_of(["--task", "sudoku", *base, "--num-generations", "1"])
+    bare = tmp_path / "bare"
+    model = MDLMForMaskedLM.from_pretrained(sudoku_run)
+    model.config.mask_token_id = None
+    model.save_pretrained(bare)
+    assert "no mask token" in error_of(["--task", "sudoku", "--model", str(bare), "--output-dir",
+                                        str(tmp_path / "y"), *FAST])
+
+
+def test_the_script_and_its_help(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "train" / "rl.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and "--algorithm" in out.stdout and "--config-file" in out.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_model(sudoku_run, tmp_path):
+    """torchrun with 2 processes (gloo on CPU): a group of G=4 split 2 + 2 across them, one model."""
+    from safetensors.torch import load_file
+
+    script = Path(__file__).resolve().parents[1] / "train" / "rl.py"
+    out = tmp_path / "rl"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+               "--task", "sudoku", "--model", str(sudoku_run), "--output-dir", str(out), "--max-steps", "2",
+               "--num-generations", "4", "--per-device-train-batch-size", "2", "--num-iterations", "1",
+               "--diffusion-steps", "4", "--train-examples", "8", "--eval-examples", "4", "--no-progress",
+               "--save-steps", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["rollouts"] == 4  # each process decoded 2, the advantages saw the group of 4
+    assert load_file(out / "model.safetensors").keys() == load_file(sudoku_run / "model.safetensors").keys()

@@ -1,0 +1,22 @@
+"""RL finetuning of masked diffusion LMs: TRL trainers over one shared base (`base.py`).
+
+    from mdlm.train.rl import ALGORITHMS
+    config_cls, trainer_cls = ALGORITHMS["diffu-grpo"]()
+"""
+
+from __future__ import annotations
+
+
+def _diffu_grpo():
+    from mdlm.train.rl.diffu_grpo import DiffuGRPOConfig, DiffuGRPOTrainer
+
+    return DiffuGRPOConfig, DiffuGRPOTrainer
+
+
+ALGORITHMS = {"diffu-grpo": _diffu_grpo}
+
+
+def get_algorithm(name: str):
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]()

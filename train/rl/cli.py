@@ -1,0 +1,288 @@
+"""RL finetuning of a masked diffusion LM on a verifiable task (the `mdlm-rl` command, `train/rl.py`).
+
+    accelerate launch train/rl.py --algorithm diffu-grpo --task sudoku --model runs/sft-sudoku \
+        --output-dir runs/rl-sudoku
+    mdlm-rl --algorithm diffu-grpo --task countdown --model runs/sft-countdown --config-file rl.yaml
+    torchrun --nproc_per_node 2 train/rl.py ...          # two processes train one model (gloo on CPU)
+
+Options are layered: the algorithm's config defaults < a YAML file (`--config-file`; any field of the
+algorithm's config, i.e. every TRL GRPOConfig field, plus the options below) < the command line. The
+run folder gets run_options.yaml, metrics.jsonl (one line per logging step, flushed as written),
+reward_curve.png, TRL checkpoints (checkpoint-N, every `save_steps`), and at the end the model and
+tokenizer (safetensors; loads with AutoModelForMaskedLM, works in mdlm-generate / mdlm-eval) and
+eval.json: the held-out accuracy before and after RL (greedy confidence decoding). `--resume` continues
+a killed run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "reward_curve.png"
+OPTIONS_FILE = "run_options.yaml"
+EVAL_FILE = "eval.json"
+
+# Options of this script (not of the trainer's config), with their defaults.
+SCRIPT_OPTIONS = {"algorithm": "diffu-grpo", "task": None, "model": None, "output_dir": None, "resume": False,
+                  "train_examples": 2000, "eval_examples": None, "eval_before": True, "config_file": None,
+                  "overwrite": False, "progress": True}
+# Command-line shortcuts for the config fields people change most (all others: --config-file).
+CONFIG_FLAGS = {"num_generations": int, "per_device_train_batch_size": int, "gradient_accumulation_steps": int,
+                "max_steps": int, "learning_rate": float, "beta": float, "epsilon": float, "num_iterations": int,
+                "max_completion_length": int, "temperature": float, "diffusion_steps": int, "block_length": int,
+                "remasking": str, "unmasking_schedule": str, "logging_steps": int, "save_steps": int,
+                "seed": int, "report_to": str, "prompt_mask_prob": float}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--algorithm", help="diffu-grpo (default)")
+    parser.add_argument("--task", help="sudoku | countdown | signatures")
+    parser.add_argument("--model", help="the run folder to finetune (model + tokenizer), e.g. runs/sft-sudoku")
+    parser.add_argument("--output-dir", dest="output_dir", help="default runs/rl-<task>")
+    parser.add_argument("--config-file", dest="config_file", help="YAML of options (any config field)")
+    parser.add_argument("--train-examples", dest="train_examples", type=int, help="train prompts (default 2000)")
+    parser.add_argument("--eval-examples", dest="eval_examples", type=int, help="held-out prompts (default all)")
+    parser.add_argument("--no-eval-before", dest="eval_before", action="store_false",
+                        help="skip the held-out evaluation before training")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run in --output-dir")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    for name, kind in CONFIG_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
+    return parser
+
+
+def resolve_options(given: dict) -> tuple[dict, dict, type, type]:
+    """(script options, config options, config class, trainer class) from the YAML file and the CLI."""
+    from mdlm.train.rl import get_algorithm
+
+    options = {}
+    if given.get("config_file"):
+        path = Path(given["config_file"])
+        if not path.is_file():
+            raise FileNotFoundError(f"--config-file {path} does not exist")
+        options = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"--config-file {path} must hold a mapping of option names to values")
+    options = {k.replace("-", "_"): v for k, v in {**options, **given}.items()}
+    script = {k: options.pop(k, default) for k, default in SCRIPT_OPTIONS.items()}
+    config_cls, trainer_cls = get_algorithm(script["algorithm"])
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}: neither an option of train/rl.py ({sorted(SCRIPT_OPTIONS)}) "
+                         f"nor a field of {config_cls.__name__}")
+    if not script["task"]:
+        from mdlm.train.tasks import TASKS
+
+        raise ValueError(f"--task is required; choose one of {', '.join(TASKS)}")
+    if not script["model"]:
+        raise ValueError("--model is required: the run folder to finetune (e.g. runs/sft-sudoku from train/sft.py)")
+    script["output_dir"] = script["output_dir"] or f"runs/rl-{script['task']}"
+    return script, options, config_cls, trainer_cls
+
+
+def load_policy(run: str):
+    from mdlm import MDLMForMaskedLM
+    from mdlm.tokenizer import load_tokenizer
+    from mdlm.train.rl.base import check_mask_token
+
+    if not (Path(run) / "config.json").is_file():
+        raise ValueError(f"--model {run}: not a run folder (expected config.json and weights as train/sft.py "
+                         "or train/pretrain.py save them)")
+    model = MDLMForMaskedLM.from_pretrained(run)
+    check_mask_token(model)
+    return model, load_tokenizer(run)
+
+
+class RunLog:
+    """metrics.jsonl (appended and flushed per record, so a kill loses nothing written) and the curve."""
+
+    def __init__(self, folder: Path, enabled: bool):
+        self.folder, self.enabled = folder, enabled
+        self.path = folder / METRICS_FILE
+        self.records = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
+
+    def keep_until(self, step: int) -> None:
+        """On resume: drop what the killed run logged after its checkpoint."""
+        self.records = [r for r in self.records if r.get("step", 0) <= step]
+        if self.enabled:
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def plot(self, title: str) -> None:
+        if not self.enabled:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in self.records if "reward" in r]
+        if not rows:
+            return
+        steps = [r["step"] for r in rows]
+        fig, ax = plt.subplots(figsize=(5.5, 3.3))
+        mean = [r["reward"] for r in rows]
+        std = [r.get("reward_std", 0.0) for r in rows]
+        ax.plot(steps, mean, label="reward (mean over rollouts)")
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+        if any("accuracy" in r for r in rows):
+            ax.plot(steps, [r.get("accuracy", float("nan")) for r in rows], label="accuracy (rollouts)")
+        ax.set_xlabel("optimizer step")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        tmp = self.folder / (CURVE_FILE + ".tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, self.folder / CURVE_FILE)  # a kill mid-write leaves the previous curve
+
+
+def progress_callback(log: RunLog, title: str, show: bool):
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=title, disable=not show,
+                                dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "train_runtime" in logs:
+                return
+            record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            log.append(record)
+            log.plot(title)
+            if self.bar is not None:
+                shown = {"reward": record.get("reward"), "std": record.get("reward_std"), "kl": record.get("kl"),
+                         "acc": record.get("accuracy")}
+                self.bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return Progress()
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def run(given: dict) -> Path:
+    """One RL run; returns its folder."""
+    import torch
+
+    from mdlm.train.rl.base import check_fits_context
+    from mdlm.train.tasks import evaluate, get_task
+
+    script, options, config_cls, trainer_cls = resolve_options(given)
+    task = get_task(script["task"])
+    folder = Path(script["output_dir"])
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if folder.exists() and any(folder.iterdir()) and not script["resume"] and not script["overwrite"]:
+        raise FileExistsError(f"{folder} already holds a run; pass --resume to continue it, --overwrite to "
+                              "replace it, or another --output-dir")
+    if script["resume"]:
+        saved = folder / OPTIONS_FILE
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: {folder} holds no run (no {OPTIONS_FILE})")
+        run_options = yaml.safe_load(saved.read_text())
+        options = {**run_options["config"], **options}
+        script = {**run_options["script"], **{k: v for k, v in script.items() if k in given}, "resume": True}
+    options.setdefault("max_completion_length", task.max_completion_length)
+    options.setdefault("per_device_train_batch_size", options.get("num_generations", 6))
+    options.setdefault("logging_steps", 1)
+    options.setdefault("save_steps", 50)
+    config = config_cls(output_dir=str(folder), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+                        **options)
+    model, tokenizer = load_policy(script["model"])
+    train = task.dataset("train", script["train_examples"], config.seed)
+    held = task.dataset("test", script["eval_examples"])
+    longest = max(len(ids) for ids in tokenizer(list(train["prompt"]) + list(held["prompt"]),
+                                                add_special_tokens=False)["input_ids"])
+    check_fits_context(model, longest, config.max_completion_length)
+    # Only now, with every option checked, is the run folder touched.
+    if script["overwrite"] and not script["resume"] and folder.exists() and is_main:
+        import shutil
+
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        (folder / OPTIONS_FILE).write_text(yaml.safe_dump({"script": script, "config": options}, sort_keys=False))
+    log = RunLog(folder, is_main)
+    checkpoint = latest_checkpoint(folder) if script["resume"] else None
+    if checkpoint is not None:
+        log.keep_until(int(checkpoint.name.split("-")[1]))
+    results = json.loads((folder / EVAL_FILE).read_text()) if (folder / EVAL_FILE).exists() else {}
+    if script["eval_before"] and "before" not in results and is_main:
+        results["before"] = evaluate(model, tokenizer, task, held, completion_length=config.max_completion_length)
+        _write_json(folder / EVAL_FILE, results)
+        print(f"held-out accuracy before RL: {results['before']['accuracy']:.3f}", flush=True)
+    title = f"{script['algorithm']} on {script['task']}"
+    trainer = trainer_cls(model, task.reward, config, train, tokenizer, accuracy_fn=task.accuracy,
+                          callbacks=[progress_callback(log, title, script["progress"])])
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    except KeyboardInterrupt:
+        log.plot(title)
+        print(f"interrupted: metrics are in {folder / METRICS_FILE}; continue with --resume from the last "
+              f"checkpoint ({latest_checkpoint(folder)})", file=sys.stderr)
+        raise
+    trainer.save_model(str(folder))
+    if is_main:
+        tokenizer.save_pretrained(str(folder))
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        results["after"] = evaluate(policy, tokenizer, task, held, completion_length=config.max_completion_length)
+        results["steps"] = trainer.state.global_step
+        _write_json(folder / EVAL_FILE, results)
+        log.plot(title)
+        print(f"held-out accuracy after RL: {results['after']['accuracy']:.3f} "
+              f"({len(held)} prompts, greedy); run folder {folder}", flush=True)
+    return folder
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        run(vars(build_parser().parse_args(argv)))
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Countdown, generated offline: reach a target with + - * / using each given number exactly once.
+
+An instance is 3 numbers from 1-20 (4 with `num_numbers=4`) and a target in 1-100 that some expression
+over all of them reaches (exact rational arithmetic, so 7/2*2 is 7). Every reachable target of a number
+multiset is enumerated by brute force; the train and held-out splits are split by the multiset (a
+seeded permutation of all multisets), so no held-out set of numbers is ever seen in training.
+
+    prompt   "countdown 3 7 12 -> 23\nexpression "
+    answer   "(12-7)*3+8"-style reference: one expression that reaches the target
+
+Reward (TRL signature): 1 for a valid expression that uses each number exactly once and equals the
+target, 0.1 for a well-formed expression that does not, 0 for anything that does not parse. The parser
+is a small recursive-descent one over integers, + - * / and parentheses (never `eval`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from fractions import Fraction
+from functools import lru_cache
+
+MAX_NUMBER = 20
+MAX_TARGET = 100
+HELD_OUT_FRACTION = 0.15
+WELL_FORMED_REWARD = 0.1
+
+
+# ----------------------------------------------------------------------------------------------------
+# The safe parser: expr := term (('+'|'-') term)*; term := factor (('*'|'/') factor)*;
+# factor := integer | '(' expr ')'
+# ----------------------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\s*(?:(\d+)|(.))")
+
+
+class ParseError(ValueError):
+    pass
+
+
+def _tokens(text: str) -> list[str]:
+    out = []
+    for number, other in _TOKEN.findall(text.strip()):
+        if number:
+            out.append(number)
+        elif other in "+-*/()":
+            out.append(other)
+        elif other.strip():
+            raise ParseError(f"unexpected character {other!r}")
+    return out
+
+
+def evaluate(text: str) -> tuple[Fraction, list[int]]:
+    """(exact value, the integers used in order) of an arithmetic expression; ParseError if it is not
+    one (including division by zero and numbers longer than 6 digits)."""
+    tokens, pos = _tokens(text), 0
+    numbers: list[int] = []
+
+    def peek():
+        return tokens[pos] if pos < len(tokens) else None
+
+    def take():
+        nonlocal pos
+        pos += 1
+        return tokens[pos - 1]
+
+    def factor() -> Fraction:
+        token = peek()
+        if token is None:
+            raise ParseError("the expression ends early")
+        if token == "(":
+            take()
+            value = expr()
+            if peek() != ")":
+                raise ParseError("missing ')'")
+            take()
+            return value
+        if token.isdigit():
+            if len(token) > 6:
+                raise ParseError("number too long")
+            take()
+            numbers.append(int(token))
+            return Fraction(int(token))
+        raise ParseError(f"unexpected {token!r}")
+
+    def term() -> Fraction:
+        value = factor()
+        while peek() in ("*", "/"):
+            op, right = take(), factor()
+            if op == "/" and right == 0:
+                raise ParseError("division by zero")
+            value = value * right if op == "*" else value / right
+        return value
+
+    def expr() -> Fraction:
+        value = term()
+        while peek() in ("+", "-"):
+            op, right = take(), term()
+            value = value + right if op == "+" else value - right
+        return value
+
+    if not tokens:
+        raise ParseError("empty expression")
+    value = expr()
+    if pos != len(tokens):
+        raise ParseError(f"unexpected {tokens[pos]!r} after the expression")
+    return value, numbers
+
+
+# ----------------------------------------------------------------------------------------------------
+# Instances
+# ----------------------------------------------------------------------------------------------------
+
+def _combine(a: tuple[Fraction, str, bool], b: tuple[Fraction, str, bool]):
+    """Every (value, text, is_sum) of a op b; `is_sum` marks a top-level + or - (needs parentheses under
+    * and /, and on the right of -)."""
+    (va, ta, sa), (vb, tb, sb) = a, b
+    wrap = lambda t, s: f"({t})" if s else t  # noqa: E731
+    yield va + vb, f"{ta}+{tb}", True
+    yield va - vb, f"{ta}-{wrap(tb, sb)}", True
+    yield va * vb, f"{wrap(ta, sa)}*{wrap(tb, sb)}", False
+    if vb != 0:
+        # a product on the right of / needs parentheses too: a/(b*c)
+        yield va / vb, f"{wrap(ta, sa)}/{'(' + tb + ')' if sb or '*' in tb or '/' in tb else tb}", False
+
+
+@lru_cache(maxsize=None)
+def _expressions(numbers: tuple[int, ...]) -> dict[Fraction, str]:
+    """value -> the first expression text found that uses every number of `numbers` exactly once."""
+    if len(numbers) == 1:
+        return {Fraction(numbers[0]): str(numbers[0])}
+    out: dict[Fraction, str] = {}
+    n = len(numbers)
+    for r in range(1, n):
+        for left_idx in itertools.combinations(range(n), r):
+            left = tuple(sorted(numbers[i] for i in left_idx))
+            right = tuple(sorted(numbers[i] for i in range(n) if i not in left_idx))
+            for va, ta in _expressions(left).items():
+                for vb, tb in _expressions(right).items():
+                    sa, sb = len(left) > 1 and _is_sum(ta), len(right) > 1 and _is_sum(tb)
+                    for value, text, _ in _combine((va, ta, sa), (vb, tb, sb)):
+                        out.setdefault(value, text)
+    return out
+
+
+def _is_sum(text: str) -> bool:
+    depth = 0
+    for c in text:
+        depth += c == "("
+        depth -= c == ")"
+        if depth == 0 and c in "+-":
+            return True
+    return False
+
+
+def reachable_targets(numbers: tuple[int, ...]) -> dict[int, str]:
+    """Integer targets in 1..MAX_TARGET -> a reference expression."""
+    return {int(v): t for v, t in _expressions(tuple(sorted(numbers))).items()
+            if v.denominator == 1 and 1 <= v <= MAX_TARGET}
+
+
+def split_multisets(split: str, num_numbers: int = 3, seed: int = 0) -> list[tuple[int, ...]]:
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; choose 'train' or 'test' (held-out number sets)")
+    if num_numbers not in (3, 4):
+        raise ValueError(f"num_numbers={num_numbers}: countdown here uses 3 or 4 numbers")
+    sets = list(itertools.combinations_with_replacement(range(1, MAX_NUMBER + 1), num_numbers))
+    random.Random(f"countdown-sets-{num_numbers}-{seed}").shuffle(sets)
+    held = int(len(sets) * HELD_OUT_FRACTION)
+    return sets[held:] if split == "train" else sets[:held]
+
+
+def prompt_of(numbers, target: int) -> str:
+    return f"countdown {' '.join(map(str, numbers))} -> {target}\nexpression "
+
+
+def build_dataset(split: str, num_examples: int | None = None, seed: int = 0, num_numbers: int = 3):
+    """A `datasets.Dataset` with columns prompt, answer (a reference expression), numbers (text), target.
+
+    Train: `num_examples` (default 20000) instances drawn with `seed` from the train multisets; test: by
+    default 256 instances from the held-out multisets, the same for every seed of a model run."""
+    import datasets
+
+    sets = split_multisets(split, num_numbers)
+    count = num_examples or (20000 if split == "train" else 256)
+    rng = random.Random(f"countdown-{split}-{num_numbers}-{seed if split == 'train' else 0}")
+    rows = {"prompt": [], "answer": [], "numbers": [], "target": []}
+    while len(rows["prompt"]) < count:
+        numbers = list(rng.choice(sets))
+        targets = reachable_targets(tuple(numbers))
+        if not targets:
+            continue
+        target = rng.choice(sorted(targets))
+        rng.shuffle(numbers)
+        rows["prompt"].append(prompt_of(numbers, target))
+        rows["answer"].append(targets[target])
+        rows["numbers"].append(" ".join(map(str, numbers)))
+        rows["target"].append(target)
+    return datasets.Dataset.from_dict(rows)
+
+
+def _text(completion) -> str:
+    if isinstance(completion, list):
+        return completion[-1]["content"] if completion else ""
+    return completion
+
+
+def score(completion: str, numbers: str | list[int], target: int) -> float:
+    given = sorted(int(n) for n in (numbers.split() if isinstance(numbers, str) else numbers))
+    try:
+        value, used = evaluate(completion)
+    except ParseError:
+        return 0.0
+    return 1.0 if sorted(used) == given and value == target else WELL_FORMED_REWARD
+
+
+def countdown_reward(prompts, completions, completion_ids=None, numbers=None, target=None, **kwargs) -> list[float]:
+    """1 right, 0.1 well-formed but wrong, 0 not an expression (TRL reward signature)."""
+    for key, value in (("numbers", numbers), ("target", target)):
+        if value is None or len(value) != len(completions):
+            raise ValueError(f"countdown_reward needs the dataset column {key!r} with one entry per completion "
+                             f"({len(completions)}); build the dataset with mdlm.train.tasks.countdown.build_dataset")
+    return [score(_text(c), n, int(t)) for c, n, t in zip(completions, numbers, target)]
+
+
+def countdown_accuracy(completions, numbers, target) -> list[float]:
+    return [float(r == 1.0) for r in countdown_reward(None, completions, None, numbers=numbers, target=target)]
