@@ -1,6 +1,7 @@
 """`accelerate launch` with the script's own error line last and its exit status passed through.
 
     python -m mdlm.train.launch [accelerate launch options] train/pretrain.py [script options]
+    mdlm-launch [accelerate launch options] train/pretrain.py [script options]     # the same
 
 `accelerate launch` turns any failing process into a `CalledProcessError` traceback of 25-70 lines
 after the script's output, and exits 1, so the script's one-line error (`mdlm.errors`) scrolls away and
@@ -30,5 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `mdlm-launch` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
