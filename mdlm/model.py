@@ -233,9 +233,15 @@ class MDLMForMaskedLM(MDLMPreTrainedModel):
         use_cache: bool = False,
         output_hidden_states: bool = False,
         return_dict: bool = True,
+        logits_at: torch.Tensor | None = None,
         **kwargs,
     ) -> MDLMOutput:
         """Logits (B, L, V) in float32 with the mask token's logit at -inf.
+
+        logits_at: (B, K) long indices into this call's L positions: the LM head runs only there and the
+        logits are (B, K, V). A decoding step needs the rows of the positions it may reveal, and at a large
+        vocabulary the (B, L, V) head is most of a step's memory (a 126k vocabulary at 32 x 1024 is 16 GiB
+        in float32).
 
         attention_mask: (B, L) padding, or a boolean (B, Lq, Lk) / (B, 1|H, Lq, Lk) mask (True = may
         attend), ANDed with the config's structural pattern. With a cache, keys are the cached ones
@@ -272,7 +278,12 @@ class MDLMForMaskedLM(MDLMPreTrainedModel):
                 new_keys.append(k)
                 new_values.append(v)
         hidden = self.norm(x)
-        logits = self.lm_head(hidden).float()
+        head_input = hidden
+        if logits_at is not None:
+            if logits_at.dim() != 2 or logits_at.shape[0] != B:
+                raise ValueError(f"logits_at must be (batch, K) = ({B}, K) position indices, got {tuple(logits_at.shape)}")
+            head_input = hidden.gather(1, logits_at[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, K, D)
+        logits = self.lm_head(head_input).float()
         if self.config.mask_token_id is not None:
             logits[..., self.config.mask_token_id] = float("-inf")
         new_cache = None

@@ -114,3 +114,17 @@ def test_custom_mask_with_a_padded_cache_keeps_the_padding_and_extends_validity(
     full_valid = torch.cat([pad, torch.ones(2, 4, dtype=torch.bool)], 1)
     reference = model(x, attention_mask=full_valid).logits[:, 6:]
     torch.testing.assert_close(out.logits, reference)
+
+
+def test_logits_at_runs_the_head_only_at_the_given_positions(tiny_model):
+    torch.manual_seed(1)
+    ids = torch.randint(0, tiny_model.config.vocab_size - 1, (2, 12))
+    ids[:, ::3] = tiny_model.config.mask_token_id
+    full = tiny_model(ids).logits  # (2, 12, V)
+    at = torch.tensor([[0, 3, 9], [11, 6, 6]])
+    picked = tiny_model(ids, logits_at=at).logits
+    assert picked.shape == (2, 3, full.shape[-1])
+    assert torch.allclose(picked, full.gather(1, at[..., None].expand(-1, -1, full.shape[-1])), atol=1e-6)
+    assert torch.isneginf(picked[..., tiny_model.config.mask_token_id]).all()
+    with pytest.raises(ValueError, match=r"logits_at must be \(batch, K\)"):
+        tiny_model(ids, logits_at=at[0])
