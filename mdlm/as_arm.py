@@ -31,7 +31,8 @@ among the initially visible tokens), and it is exactly the training mask below w
 right. As a bonus the content of a committed token never changes, so its keys and values can be cached
 as in an autoregressive model (`two_stream_forward(..., cache=...)`).
 
-Training ("joint" mask): visible tokens are rank 0; masked positions are ordered left to right (rank =
+Training ("joint" mask, `joint_mask_logits` here; the loss `as_arm_loss` lives beside the other
+losses in `mdlm/losses.py`): visible tokens are rank 0; masked positions are ordered left to right (rank =
 position + 1), their content holds the true token, and a query copy per masked position predicts it.
 Each target thus sees the visible tokens and the earlier masked ones; cross-entropy over every masked
 target, unweighted. Mask rate per sequence ~ U[low, high] with (low, high) rising linearly from
@@ -54,15 +55,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mdlm.losses import LossOutput
 from mdlm.model import KVCache
 
 # Rank of a position whose content nobody may see yet (not decoded, padding). A draft query has this
 # rank, so it sees every decoded token.
 UNDECIDED = 1 << 40
-
-MASK_RATE_START = 0.15
-MASK_RATE_FINAL = (0.85, 0.99)
 
 
 def check_two_stream_model(model) -> None:
@@ -187,14 +184,6 @@ def verify_logits(model, tokens, rank, targets, drafted, target_valid=None, vali
     return logits
 
 
-def mask_rate_bounds(step: int, curriculum_steps: int) -> tuple[float, float]:
-    """(low, high) of the per-sequence mask rate at `step`: from (0.15, 0.15) linearly to (0.85, 0.99)."""
-    progress = 1.0 if curriculum_steps <= 0 else min(1.0, max(step, 0) / curriculum_steps)
-    low = MASK_RATE_START + (MASK_RATE_FINAL[0] - MASK_RATE_START) * progress
-    high = MASK_RATE_START + (MASK_RATE_FINAL[1] - MASK_RATE_START) * progress
-    return low, high
-
-
 def joint_mask_logits(model, input_ids, masked, valid=None):
     """The "joint" training mask in one pass: logits (B, K, V) of every masked position (left-aligned,
     left to right), their true tokens (B, K) and validity (B, K). Target i sees the unmasked tokens
@@ -208,33 +197,3 @@ def joint_mask_logits(model, input_ids, masked, valid=None):
     logits, _ = two_stream_forward(model, input_ids, position_ids, rank, valid,
                                    position_ids.gather(1, query_index), rank.gather(1, query_index), query_valid)
     return logits, input_ids.gather(1, query_index), query_valid
-
-
-def as_arm_loss(model, input_ids, fixed=None, attention_mask=None, generator=None, step: int = 0,
-                curriculum_steps: int = 100) -> LossOutput:
-    """Cross-entropy of the any-subset AR model under the "joint" mask, nats per masked token.
-
-    fixed (B, L) bool: never masked, never scored (a prompt). attention_mask (B, L): padding (False =
-    pad). step: the optimiser step, for the mask-rate curriculum over `curriculum_steps` steps."""
-    check_two_stream_model(model)
-    if attention_mask is not None and attention_mask.dim() != 2:
-        raise ValueError("as_arm_loss takes a 2-D padding mask (batch, length); the two-stream mask is built here")
-    B, L = input_ids.shape
-    device = input_ids.device
-    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    eligible = valid if fixed is None else valid & ~fixed.bool()
-    n = eligible.sum(1)
-
-    low, high = mask_rate_bounds(step, curriculum_steps)
-    u0 = torch.rand((), generator=generator, device=device)
-    stratified = (u0 + torch.arange(B, device=device) / B) % 1  # spread the rates over the batch
-    rate = low + (high - low) * stratified
-    count = torch.minimum(torch.maximum((rate * n).round().long(), torch.ones_like(n)), n)
-    keys = torch.rand(B, L, generator=generator, device=device).masked_fill(~eligible, 2.0)
-    masked = (keys.argsort(1).argsort(1) < count[:, None]) & eligible
-
-    logits, targets, query_valid = joint_mask_logits(model, input_ids, masked, valid)
-    nll = F.cross_entropy(logits[query_valid], targets[query_valid], reduction="none")
-    num_tokens = query_valid.sum()
-    total = nll.sum()
-    return LossOutput(loss=total / num_tokens.clamp(min=1), num_tokens=num_tokens, sum_nll=total)

@@ -13,7 +13,9 @@ negative log-likelihood of an any-order autoregressive model over uniformly rand
 
 Every function returns the negative ELBO in nats per eligible token. `fixed` marks positions (a prompt,
 padding) that are never masked and never scored. The autoregressive baseline's loss (next-token
-cross-entropy on the same backbone with causal attention) is here too, in the same unit.
+cross-entropy on the same backbone with causal attention) is here too, in the same unit, and so is
+the any-subset AR model's (AS-ARM, Guo & Ermon 2025): cross-entropy under the "joint" two-stream mask
+(`mdlm/as_arm.py` builds the streams), a mask rate per sequence ~ U[low, high] on a curriculum.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from itertools import combinations
 import torch
 import torch.nn.functional as F
 
+from mdlm.as_arm import check_two_stream_model, joint_mask_logits
 from mdlm.schedules import LinearSchedule, MaskingSchedule
 
 
@@ -113,6 +116,49 @@ def ar_loss(model, input_ids, fixed=None, attention_mask=None, generator=None) -
     return _finish(nll.sum(1), eligible)
 
 
+# Per-sequence mask rate of the AS-ARM curriculum: U[low, high] from (0.15, 0.15) to (0.85, 0.99).
+MASK_RATE_START = 0.15
+MASK_RATE_FINAL = (0.85, 0.99)
+
+
+def mask_rate_bounds(step: int, curriculum_steps: int) -> tuple[float, float]:
+    """(low, high) of the per-sequence mask rate at `step`: from (0.15, 0.15) linearly to (0.85, 0.99)."""
+    progress = 1.0 if curriculum_steps <= 0 else min(1.0, max(step, 0) / curriculum_steps)
+    low = MASK_RATE_START + (MASK_RATE_FINAL[0] - MASK_RATE_START) * progress
+    high = MASK_RATE_START + (MASK_RATE_FINAL[1] - MASK_RATE_START) * progress
+    return low, high
+
+
+def as_arm_loss(model, input_ids, fixed=None, attention_mask=None, generator=None, step: int = 0,
+                curriculum_steps: int = 100) -> LossOutput:
+    """Cross-entropy of the any-subset AR model under the "joint" mask, nats per masked token.
+
+    fixed (B, L) bool: never masked, never scored (a prompt). attention_mask (B, L): padding (False =
+    pad). step: the optimiser step, for the mask-rate curriculum over `curriculum_steps` steps."""
+    check_two_stream_model(model)
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError("as_arm_loss takes a 2-D padding mask (batch, length); the two-stream mask is built here")
+    B, L = input_ids.shape
+    device = input_ids.device
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    eligible = valid if fixed is None else valid & ~fixed.bool()
+    n = eligible.sum(1)
+
+    low, high = mask_rate_bounds(step, curriculum_steps)
+    u0 = torch.rand((), generator=generator, device=device)
+    stratified = (u0 + torch.arange(B, device=device) / B) % 1  # spread the rates over the batch
+    rate = low + (high - low) * stratified
+    count = torch.minimum(torch.maximum((rate * n).round().long(), torch.ones_like(n)), n)
+    keys = torch.rand(B, L, generator=generator, device=device).masked_fill(~eligible, 2.0)
+    masked = (keys.argsort(1).argsort(1) < count[:, None]) & eligible
+
+    logits, targets, query_valid = joint_mask_logits(model, input_ids, masked, valid)
+    nll = F.cross_entropy(logits[query_valid], targets[query_valid], reduction="none")
+    num_tokens = query_valid.sum()
+    total = nll.sum()
+    return LossOutput(loss=total / num_tokens.clamp(min=1), num_tokens=num_tokens, sum_nll=total)
+
+
 MASKED_LOSSES = {"t-dce": t_dce_loss, "lambda-dce": lambda_dce_loss, "k-dce": k_dce_loss}
 
 
@@ -125,8 +171,6 @@ def compute_loss(model, input_ids, objective: str = "mdlm", loss: str = "t-dce",
             raise ValueError(f"unknown loss {loss!r}; choose one of {sorted(MASKED_LOSSES)}")
         return MASKED_LOSSES[loss](model, input_ids, **kwargs)
     if objective == "as-arm":
-        from mdlm.as_arm import as_arm_loss
-
         return as_arm_loss(model, input_ids, **kwargs)
     raise ValueError(f"unknown objective {objective!r}; choose one of mdlm, ar, as-arm")
 

@@ -8,8 +8,8 @@ import torch
 
 import mdlm  # noqa: F401
 from mdlm import MDLMConfig, MDLMForMaskedLM
-from mdlm.as_arm import as_arm_loss, draft_logits, joint_mask_logits, mask_rate_bounds
-from mdlm.losses import compute_loss
+from mdlm.as_arm import draft_logits, joint_mask_logits
+from mdlm.losses import as_arm_loss, compute_loss, mask_rate_bounds
 
 VOCAB, MASK = 12, 11
 
@@ -146,3 +146,18 @@ def test_pretrain_as_arm_from_an_mdlm_run_and_decode_it(tiny_run_dir, tmp_path):
     result = decode(model, canvas, DecodeConfig(sampler="assd", draft_size=4, seed=0))
     assert not bool((result.tokens == model.config.mask_token_id).any())
     assert max(result.stats["calls_per_row"]) <= 12
+
+
+def test_as_arm_and_losses_form_no_import_circle():
+    """losses.py imports the two-stream machinery of as_arm.py; as_arm.py must not import losses back,
+    not even lazily inside a function."""
+    import ast
+    from pathlib import Path
+
+    import mdlm.as_arm
+
+    tree = ast.parse(Path(mdlm.as_arm.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "mdlm.losses" not in imported
+    assert compute_loss.__globals__["as_arm_loss"] is as_arm_loss  # the loss is defined beside the others

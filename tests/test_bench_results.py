@@ -38,3 +38,18 @@ def test_committed_results_name_no_absolute_path():
     for path in sorted((Path(REPO_ROOT) / "results").glob("*.json")):
         absolute = [s for s in strings(json.loads(path.read_text())) if os.path.isabs(s)]
         assert not absolute, f"{path.name} records absolute paths {absolute[:3]}"
+
+
+def test_every_benchmark_takes_one_output_dir_flag(capsys):
+    import importlib
+
+    import pytest
+
+    for name in ("decoding", "lm_eval", "pretrain", "sampling", "schema", "speculative"):
+        module = importlib.import_module(f"mdlm.eval.bench.{name}")
+        with pytest.raises(SystemExit):
+            module.main(["--help"])
+        usage = capsys.readouterr().out
+        assert "--output-dir" in usage, name
+        assert not any(old in usage.split() for old in ("--output", "--out", "--results-dir", "[--output",
+                                                        "[--out", "[--results-dir")), name

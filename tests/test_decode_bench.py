@@ -24,7 +24,7 @@ def test_benchmark_writes_json_plot_and_table(tmp_path, stdlib_tokenizer, tiny_m
     stdlib_tokenizer.save_pretrained(ar_run)
     out = tmp_path / "results"
     code = decoding.main(["--mdlm-run", str(mdlm_run), "--ar-run", str(ar_run), "--length", "16", "--num-samples", "2",
-                          "--batch-size", "2", "--speed-batch", "1", "--radd-seeds", "1", "--output", str(out)])
+                          "--batch-size", "2", "--speed-batch", "1", "--radd-seeds", "1", "--output-dir", str(out)])
     assert code == 0
     results = json.loads((out / "decoding.json").read_text())
     assert (out / "decoding.png").stat().st_size > 0

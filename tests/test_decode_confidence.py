@@ -91,11 +91,22 @@ def test_block_causal_cache_gives_identical_tokens_and_fewer_tokens_through_the_
     model = small_model("block-causal")
     canvas, valid = padded_batch(PROMPTS, 10)
     config = DecodeConfig(steps=12, seed=3, trace=True)
-    cached = decode(model, canvas, config, valid=valid)
-    uncached = decode(model, canvas, DecodeConfig(steps=12, seed=3, trace=True, use_cache=False), valid=valid)
+    seen = []  # tokens the network processes per call, counted at the model itself
+    handle = model.register_forward_pre_hook(
+        lambda _m, args, kwargs: seen.append((args[0] if args else kwargs["input_ids"]).numel()), with_kwargs=True)
+    try:
+        cached = decode(model, canvas, config, valid=valid)
+        cached_tokens, seen[:] = sum(seen), []
+        uncached = decode(model, canvas, DecodeConfig(steps=12, seed=3, trace=True, use_cache=False), valid=valid)
+        uncached_tokens = sum(seen)
+    finally:
+        handle.remove()
     assert torch.equal(cached.tokens, uncached.tokens)
     assert cached.nfe == uncached.nfe
     assert torch.equal(cached.trace[-1].revealed, uncached.trace[-1].revealed)
+    # the finished blocks are cached, not pushed through the network again
+    assert uncached_tokens == uncached.nfe * canvas.numel()
+    assert cached_tokens < uncached_tokens, (cached_tokens, uncached_tokens)
 
 
 def test_block_causal_batch_equals_one_by_one():

@@ -92,6 +92,7 @@ def test_first_hitting_matches_the_enumerated_distribution(sharp_model, exact):
     assert 0.5 * float((counts / counts.sum() - exact).abs().sum()) < 0.03
 
 
+@pytest.mark.slow
 def test_many_step_ancestral_matches_the_enumerated_distribution(sharp_model, exact):
     counts = histogram(sample(sharp_model, DecodeConfig(sampler="ancestral", steps=1000, seed=1)))
     assert chi_square_p_value(counts, exact) > 1e-3
@@ -109,7 +110,7 @@ def test_confidence_sampler_at_one_token_per_step_with_random_positions_is_exact
     assert chi_square_p_value(counts, exact) > 1e-3
 
 
-@pytest.mark.parametrize("sampler", ["first-hitting", "ancestral"])
+@pytest.mark.parametrize("sampler", ["first-hitting", pytest.param("ancestral", marks=pytest.mark.slow)])
 def test_cached_and_uncached_runs_give_identical_tokens(sharp_model, sampler):
     canvas = torch.full((1, 8), MASK)
     for seed in range(5):

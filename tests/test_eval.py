@@ -259,7 +259,7 @@ def test_benchmark_quick_run_writes_json_plot_and_table(tiny_run_dir, ar_run_dir
     from mdlm.eval.bench import lm_eval as bench
 
     results = bench.main(["--mdlm-run", str(tiny_run_dir), "--ar-run", str(ar_run_dir), "--quick",
-                          "--out", str(tmp_path)])
+                          "--output-dir", str(tmp_path)])
     saved = json.loads((tmp_path / "lm_eval.json").read_text())
     assert (tmp_path / "lm_eval.png").stat().st_size > 10_000
     assert saved["models"]["ar"]["attention"] == "causal" and saved["config"]["limits"]["stdlib_infill"] == 4

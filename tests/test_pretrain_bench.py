@@ -9,7 +9,7 @@ from mdlm.eval.bench.pretrain import main, markdown_table
 
 def test_quick_benchmark_writes_results_plot_and_table(tmp_path, mdlm_cache, monkeypatch):
     monkeypatch.setenv("MDLM_BENCH_RUNS", str(tmp_path / "runs"))
-    results = main(["--quick", "--max-steps", "12", "--results-dir", str(tmp_path / "results"),
+    results = main(["--quick", "--max-steps", "12", "--output-dir", str(tmp_path / "results"),
                     "--validation-blocks", "16", "--elbo-repeats", "3", "--throughput-steps", "2"])
     saved = json.loads((tmp_path / "results" / "pretrain-quick.json").read_text())
     assert saved["throughput"]["ratio_mdlm_to_ar"] == results["throughput"]["ratio_mdlm_to_ar"] > 0
@@ -24,6 +24,6 @@ def test_quick_benchmark_writes_results_plot_and_table(tmp_path, mdlm_cache, mon
     table = markdown_table(saved)
     assert "MDLM, t-DCE" in table and "AR baseline" in table and "Throughput ratio" in table
     # a second call reuses the runs and, when asked, the final validation numbers
-    again = main(["--quick", "--max-steps", "12", "--results-dir", str(tmp_path / "results"), "--reuse-validation",
+    again = main(["--quick", "--max-steps", "12", "--output-dir", str(tmp_path / "results"), "--reuse-validation",
                   "--throughput-steps", "1"])
     assert again["mdlm"]["final"] == saved["mdlm"]["final"]

@@ -205,7 +205,7 @@ def test_quick_benchmarks_write_beside_the_committed_results(tmp_path, monkeypat
     assert committed.read_text() == '{"committed": true}' and not (tmp_path / "results" / "sampling.png").exists()
     assert json.loads((tmp_path / "results" / "quick" / "sampling.json").read_text())["grid"] == []
     explicit = tmp_path / "mine"
-    sampling.main(["--quick", "--results-dir", str(explicit)])
+    sampling.main(["--quick", "--output-dir", str(explicit)])
     assert (explicit / "sampling.json").exists()
 
 

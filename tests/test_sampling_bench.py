@@ -23,10 +23,25 @@ def test_the_three_draws_sample_the_softmax():
 
 
 def test_measurement_reports_time_and_memory_for_each_method():
-    measured = measure_in_this_process(8, 1000, repeats=1)
+    """In a fresh process (as the benchmark measures), the naive draw's float64 copy of the logits shows in
+    its peak memory and the chunked draw stays below it."""
+    from mdlm.eval.bench.sampling import measure
+
+    rows, vocab = 256, 8192
+    measured = measure(rows, vocab, repeats=1)
+    assert set(measured) == set(METHODS)
+    logits_bytes = rows * vocab * 4
+    for m in measured.values():
+        assert 0 < m["seconds"] < 60 and m["logits_bytes"] == logits_bytes
+    assert measured["b"]["peak_extra_bytes"] >= 2 * logits_bytes  # at least one (rows, vocab) float64 tensor
+    assert measured["a"]["peak_extra_bytes"] < measured["b"]["peak_extra_bytes"]
+
+
+def test_measurement_in_this_process_times_every_method():
+    measured = measure_in_this_process(8, 1000, repeats=2)
     assert set(measured) == set(METHODS)
     for m in measured.values():
-        assert m["seconds"] > 0 and m["peak_extra_bytes"] >= 0 and m["logits_bytes"] == 8 * 1000 * 4
+        assert 0 < m["seconds"] < 10 and m["logits_bytes"] == 8 * 1000 * 4
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])
@@ -54,5 +69,13 @@ def test_device_measurement_runs_the_torch_methods_off_cuda():
     """The GPU part of the benchmark (Triton kernel against the torch paths) on CPU: torch methods only."""
     from mdlm.eval.bench.sampling import measure_on_device
 
-    (entry,) = measure_on_device("cpu", [(4, 300)], repeats=1)
-    assert set(entry["methods"]) == set(METHODS) and entry["methods"]["c"]["time_vs_c"] == 1.0
+    (small, large) = measure_on_device("cpu", [(4, 300), (64, 4096)], repeats=2)
+    for entry, (rows, vocab) in ((small, (4, 300)), (large, (64, 4096))):
+        assert (entry["rows"], entry["vocab"], entry["logits_mb"]) == (rows, vocab, rows * vocab * 4 / 2**20)
+        assert set(entry["methods"]) == set(METHODS)  # no Triton entry off CUDA
+        c = entry["methods"]["c"]["seconds"]
+        for m in entry["methods"].values():
+            assert 0 < m["seconds"] < 60 and m["peak_extra_mb"] is None  # memory is measured on CUDA only
+            assert m["time_vs_c"] == pytest.approx(m["seconds"] / c)
+    # 200x the entries take longer for every method: the timings measure the draws, not overhead
+    assert all(large["methods"][m]["seconds"] > small["methods"][m]["seconds"] for m in METHODS)

@@ -271,9 +271,18 @@ def test_fixed_tokens_are_kept_and_block_causal_models_work(stdlib_tokenizer):
     torch.manual_seed(1)
     block_model = MDLMForMaskedLM(tiny_config(stdlib_tokenizer, attention="block-causal", block_size=8,
                                               max_position_embeddings=512)).eval()
-    out = generate_json(block_model, stdlib_tokenizer, "y = 2\n", OBJECT, DecodeConfig(temperature=0.0),
-                        slot_tokens=4)
+    # Steer the model to write the letter "a" everywhere it may write: any fixed token (a key, a quote, a
+    # brace) the decoder failed to keep would turn into "a" and change the keys or break the JSON.
+    handle = _steer(block_model, _ids(stdlib_tokenizer, "a")[0])
+    try:
+        out = generate_json(block_model, stdlib_tokenizer, "y = 2\n", OBJECT, DecodeConfig(temperature=0.0),
+                            slot_tokens=4)
+    finally:
+        handle.remove()
     _check(out, OBJECT)
+    assert out.repairs == []
+    assert list(out.value) in (["name", "n"], ["name", "n", "ok"])  # the scaffold's keys, in its order
+    assert out.value["name"] and set(out.value["name"]) == {"a"}  # the value slot took the steered token
 
 
 def _steer(model, token_id, bonus=50.0):

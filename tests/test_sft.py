@@ -67,9 +67,9 @@ def _pairs_file(tmp_path):
 
 
 def _args(run_dir, data, out, **kw):
-    return dict(init_from=str(run_dir), data=str(data), prompt_column="question", response_column="answer",
-                output_dir=str(out), batch_size=8, lr=3e-3, warmup_steps=5, ema=0, eval_every=20, eval_batches=4,
-                save_every=10, log_every=10, progress=False, **kw)
+    return {**dict(init_from=str(run_dir), data=str(data), prompt_column="question", response_column="answer",
+                   output_dir=str(out), batch_size=8, lr=3e-3, warmup_steps=5, ema=0, eval_every=20, eval_batches=4,
+                   save_every=10, log_every=10, progress=False), **kw}
 
 
 def test_local_pairs_split_and_column_errors(tmp_path):
@@ -80,6 +80,7 @@ def test_local_pairs_split_and_column_errors(tmp_path):
         local_pairs(path, "prompt", "answer")
 
 
+@pytest.mark.slow
 def test_tiny_sft_lowers_the_response_loss_and_resumes_exactly(tmp_path, tiny_run_dir):
     data = _pairs_file(tmp_path)
     straight = finetune(_args(tiny_run_dir, data, tmp_path / "straight", max_steps=40))
@@ -93,6 +94,20 @@ def test_tiny_sft_lowers_the_response_loss_and_resumes_exactly(tmp_path, tiny_ru
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     MDLMForMaskedLM.from_pretrained(resumed)  # the finetuned run loads for use
+
+
+def test_tiny_sft_lowers_the_response_loss_and_resumes_exactly_in_few_steps(tmp_path, tiny_run_dir):
+    """The fast sibling of the test above: 6 steps, killed at 3 (after the checkpoint at 2)."""
+    data = _pairs_file(tmp_path)
+    short = dict(max_steps=6, eval_every=6, save_every=2, eval_batches=2, batch_size=4, warmup_steps=1)
+    straight = finetune(_args(tiny_run_dir, data, tmp_path / "straight", **short))
+    records = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_nats_per_token"] for r in records if "val_nats_per_token" in r]
+    assert len(val) == 2 and val[-1] < val[0], val
+    finetune(_args(tiny_run_dir, data, tmp_path / "resumed", stop_at_step=3, **short))
+    resumed = finetune(_args(tiny_run_dir, data, tmp_path / "resumed", resume="latest", **short))
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_bad_input_gets_clear_errors(tmp_path, tiny_run_dir, capsys):

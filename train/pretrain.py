@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from mdlm.config import ATTENTION_MODES, PRESETS
-from mdlm.train.trainer import OPTIONS_FILE, options_from_dict, validate_options
+from mdlm.train.trainer import (RunFolder, TrainerConfig, add_option_arguments, option, options_from_dict,
+                                validate_options)
 
 OBJECTIVES = ("mdlm", "ar", "as-arm")
 LOSSES = ("t-dce", "lambda-dce", "k-dce")
@@ -44,13 +43,10 @@ PRESET_TRAINING = {
 }
 
 
-def option(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
-class PretrainArgs:
-    """Every option of a pretraining run. None means "the preset's default" (see PRESET_TRAINING)."""
+class PretrainArgs(TrainerConfig):
+    """Every option of a pretraining run: the training loop's (`TrainerConfig`) and these. None means "the
+    preset's default" (see PRESET_TRAINING)."""
 
     # data
     dataset: str = option("stdlib", 'stdlib | local .txt/.jsonl/.parquet file or folder | hub name[:config]')
@@ -73,29 +69,18 @@ class PretrainArgs:
     attention: str | None = option(None, 'bidirectional | causal | block-causal (default: from the objective)')
     block_size: int | None = option(None, 'attention block of block-causal attention')
     init_from: str | None = option(None, "start from another run's weights (and tokenizer)")
-    # optimisation
+    config_file: str | None = option(None, 'YAML file of options (keys are option names)')
+    # the loop's options whose default here is the preset's (filled in by `resolved`)
     output_dir: str | None = option(None, 'default runs/<objective>-<config>')
     max_steps: int | None = option(None, 'optimizer steps')
-    seed: int = option(0, 'seed of initialisation, data order and masking')
     batch_size: int | None = option(None, 'sequences per process per micro-batch')
-    grad_accum: int = option(1, 'micro-batches per optimizer step')
     lr: float | None = option(None, 'peak AdamW learning rate')
-    min_lr_ratio: float = option(0.1, 'the cosine decays to lr * min_lr_ratio')
-    weight_decay: float = option(0.01, 'AdamW weight decay (matrices only)')
     warmup_steps: int | None = option(None, 'linear warmup steps')
-    grad_clip: float = option(1.0, 'gradient-norm clipping; 0 disables it')
     ema: float | None = option(None, 'EMA decay; 0 disables it (the saved model is the EMA)')
-    mixed_precision: str = option("no", 'no | bf16 | fp16')
     eval_every: int | None = option(None, 'validate every N steps')
     eval_batches: int | None = option(None, 'validation batches per evaluation')
     save_every: int | None = option(None, 'checkpoint every N steps')
-    first_save: int | None = option(None, 'also checkpoint at this early step (small preset: 20)')
     log_every: int | None = option(None, 'log training loss and tokens/s every N steps')
-    resume: str | None = option(None, '"latest" (bare --resume) or a checkpoint folder')
-    overwrite: bool = option(False, 'replace a run already in --output-dir')
-    stop_at_step: int | None = option(None, 'stop after this step as if killed (for testing --resume)')
-    progress: bool = option(True, 'show a progress bar')
-    config_file: str | None = option(None, 'YAML file of options (keys are option names)')
 
     @classmethod
     def from_dict(cls, options: dict) -> "PretrainArgs":
@@ -149,13 +134,6 @@ class PretrainArgs:
 # Command line
 # ----------------------------------------------------------------------------------------------------
 
-def describe(f: dataclasses.Field) -> str:
-    text = f.metadata.get("help", "")
-    if "default" not in text:
-        text += f" (default: {'preset' if f.default is None else f.default})"
-    return text
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -163,17 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     choices = {"config": sorted(PRESETS), "objective": OBJECTIVES, "loss": LOSSES, "attention": ATTENTION_MODES,
                "mixed_precision": ("no", "bf16", "fp16")}
-    for f in dataclasses.fields(PretrainArgs):
-        if f.name in ("resume", "overwrite", "progress"):
-            continue
-        kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(str(f.type), str)
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),
-                            help=describe(f))
-    parser.add_argument("--resume", nargs="?", const="latest", dest="resume",
-                        help="continue the run in --output-dir from its last checkpoint, or from the given one")
-    parser.add_argument("--overwrite", action="store_true", dest="overwrite",
-                        help="replace a run already in --output-dir")
-    parser.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
+    add_option_arguments(parser, PretrainArgs, choices, unset="preset")
     return parser
 
 
@@ -194,13 +162,8 @@ def parse_args(argv: list[str] | None = None) -> PretrainArgs:
 def with_saved_options(options: dict) -> dict:
     """When resuming, the run's own saved options under the ones given (only those given change)."""
     options = {key.replace("-", "_"): value for key, value in options.items()}
-    saved = Path(default_output_dir(options)) / OPTIONS_FILE
-    if options.get("resume") and saved.is_file():
-        run_options = yaml.safe_load(saved.read_text())
-        for one_off in ("stop_at_step", "overwrite", "config_file"):  # belonged to that invocation only
-            run_options.pop(one_off, None)
-        return {**run_options, **options}
-    return options
+    saved = RunFolder.read_options(default_output_dir(options)) if options.get("resume") else None
+    return {**saved, **options} if saved else options
 
 
 def default_output_dir(options: dict) -> str:
@@ -269,8 +232,7 @@ def train(args: PretrainArgs | dict) -> Path:
     from accelerate.utils import set_seed
 
     from mdlm.data import packed_split
-    from mdlm.train.trainer import (RunLock, Trainer, TrainerConfig, atomic_write_text, make_accelerator,
-                                    objective_loss_fn, prepare_output_dir)
+    from mdlm.train.trainer import Trainer, make_accelerator, objective_loss_fn
 
     args = PretrainArgs.from_dict(with_saved_options(args)) if isinstance(args, dict) else args
     args = args.resolved()
@@ -278,13 +240,7 @@ def train(args: PretrainArgs | dict) -> Path:
         AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one Python process
     accelerator = make_accelerator(args.mixed_precision)
     output_dir = Path(args.output_dir)
-    with RunLock(output_dir, accelerator.is_main_process):
-        prepare_output_dir(output_dir, args.resume, args.overwrite, accelerator.is_main_process)
-        accelerator.wait_for_everyone()
-        saved = output_dir / OPTIONS_FILE
-        resuming = bool(args.resume) and saved.exists()
-        if resuming:  # every process checks, so that all of them stop on a mismatch
-            check_resume_options(yaml.safe_load(saved.read_text()), args.to_dict())
+    with RunFolder(output_dir, args.to_dict(), accelerator.is_main_process, accelerator.wait_for_everyone) as run:
         set_seed(args.seed)  # model initialisation: the same on every process
         accelerator.print("options:\n" + yaml.safe_dump(args.to_dict(), sort_keys=False))
 
@@ -298,32 +254,12 @@ def train(args: PretrainArgs | dict) -> Path:
                           f"{model.config.attention} attention; data: {len(train_data)} train and {len(eval_data)} "
                           f"validation blocks of {args.seq_len} tokens; {accelerator.num_processes} process(es) "
                           f"on {accelerator.device}")
-        if accelerator.is_main_process and not resuming:  # only once setup has succeeded
-            atomic_write_text(saved, yaml.safe_dump(args.to_dict(), sort_keys=False))
-        config = TrainerConfig(
-            output_dir=str(output_dir), max_steps=args.max_steps, batch_size=args.batch_size,
-            grad_accum=args.grad_accum, lr=args.lr, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
-            warmup_steps=args.warmup_steps, grad_clip=args.grad_clip, ema=args.ema,
-            mixed_precision=args.mixed_precision, eval_every=args.eval_every, eval_batches=args.eval_batches,
-            save_every=args.save_every, first_save=args.first_save, log_every=args.log_every, seed=args.seed,
-            resume=args.resume, overwrite=args.overwrite, stop_at_step=args.stop_at_step, progress=args.progress)
+        run.save_options()  # only once setup has succeeded
         trainer = Trainer(model, tokenizer, train_data, eval_data, objective_loss_fn(args.objective, args.loss),
-                          config, accelerator=accelerator, title=f"{args.objective} {args.config}")
+                          args, accelerator=accelerator, title=f"{args.objective} {args.config}")
         result = trainer.train()
         accelerator.wait_for_everyone()
     return result
-
-
-# Options that may change when a run is resumed; any other change would make it a different run.
-RESUMABLE_CHANGES = {"resume", "overwrite", "max_steps", "eval_every", "save_every", "first_save", "log_every",
-                     "progress", "stop_at_step", "config_file", "eval_batches", "output_dir"}  # a run folder may be moved
-
-
-def check_resume_options(saved: dict, now: dict) -> None:
-    changed = {k: (saved.get(k), v) for k, v in now.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
-    if changed:
-        raise ValueError(f"--resume with options that differ from the run's ({json.dumps(changed)}); "
-                         "resume with the same options, or start a new --output-dir")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,56 +36,43 @@ from pathlib import Path
 import torch
 import yaml
 
+from mdlm.train.trainer import RunFolder, TrainerConfig, add_option_arguments, option, options_from_dict, validate_options
+
 TASKS = ("signatures", "sudoku", "countdown")
 TASK_VOCAB = 260  # byte-level BPE with no merges: one token per character, digits never fused
 PAD_MULTIPLE = 8  # batch lengths are rounded up so that few distinct shapes occur
 
 
 @dataclass
-class SFTArgs:
-    """Every option of a finetuning run."""
+class SFTArgs(TrainerConfig):
+    """Every option of a finetuning run: the training loop's (`TrainerConfig`, some with finetuning
+    defaults here) and these."""
 
-    init_from: str | None = None  # the run to finetune (model + tokenizer folder); or --preset
-    preset: str | None = None  # from scratch: this model preset with a byte-level tokenizer of the task text
-    hidden_size: int | None = None  # with --preset: model width (default: the preset's)
-    num_hidden_layers: int | None = None  # with --preset: transformer blocks (default: the preset's)
-    data: str | None = None  # local .jsonl/.parquet file or a hub dataset name
-    task: str | None = None  # or a built-in task: signatures
-    prompt_column: str = "prompt"
-    response_column: str = "response"
-    max_examples: int | None = None  # use only the first N training examples
-    seq_len: int | None = None  # longest prompt + response + EOS (default: the model's context)
-    output_dir: str | None = None  # default runs/sft-<task or data name>
-    max_steps: int = 500
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    grad_clip: float = 1.0
-    ema: float = 0.99
-    loss: str = "t-dce"
-    mixed_precision: str = "no"
-    eval_every: int = 100
-    eval_batches: int | None = 8
-    save_every: int = 100
-    log_every: int = 10
-    seed: int = 0
-    resume: str | None = None
-    overwrite: bool = False
-    stop_at_step: int | None = None
-    progress: bool = True
+    init_from: str | None = option(None, "the run to finetune (model + tokenizer folder); or --preset")
+    preset: str | None = option(None, "from scratch: this model preset with a byte-level tokenizer of the task text")
+    hidden_size: int | None = option(None, "with --preset: model width (default: the preset's)")
+    num_hidden_layers: int | None = option(None, "with --preset: transformer blocks (default: the preset's)")
+    data: str | None = option(None, "local .jsonl/.parquet file or a hub dataset name")
+    task: str | None = option(None, f"or a built-in task: {' | '.join(TASKS)}")
+    prompt_column: str = option("prompt", "column of the prompts in --data")
+    response_column: str = option("response", "column of the responses in --data")
+    max_examples: int | None = option(None, "use only the first N training examples")
+    seq_len: int | None = option(None, "longest prompt + response + EOS (default: the model's context)")
+    loss: str = option("t-dce", "t-dce | lambda-dce | k-dce")
+    # the loop's options with finetuning defaults
+    output_dir: str | None = option(None, "default runs/sft-<task or data name>")
+    max_steps: int = option(500, "optimizer steps")
+    lr: float = option(1e-4, "peak AdamW learning rate")
+    warmup_steps: int = option(50, "linear warmup steps")
+    ema: float = option(0.99, "EMA decay; 0 disables it (the saved model is the EMA)")
+    eval_batches: int | None = option(8, "validation batches per evaluation (None: the whole validation set)")
+    save_every: int = option(100, "checkpoint every N steps")
 
     @classmethod
     def from_dict(cls, options: dict) -> "SFTArgs":
-        from mdlm.train.trainer import options_from_dict
-
         return options_from_dict(cls, options, "train/sft.py")
 
     def resolved(self) -> "SFTArgs":
-        from mdlm.train.trainer import validate_options
-
         validate_options(self, "train/sft.py")
         if self.preset is not None:
             from mdlm.config import PRESETS
@@ -270,9 +257,8 @@ def finetune(args: SFTArgs | dict) -> Path:
     from accelerate.utils import set_seed
 
     from mdlm.tokenizer import load_tokenizer
-    from mdlm.train.pretrain import check_resume_options, load_model
-    from mdlm.train.trainer import (OPTIONS_FILE, RunLock, Trainer, TrainerConfig, atomic_write_text,
-                                    make_accelerator, objective_loss_fn, prepare_output_dir)
+    from mdlm.train.pretrain import load_model
+    from mdlm.train.trainer import Trainer, make_accelerator, objective_loss_fn
 
     args = SFTArgs.from_dict(args) if isinstance(args, dict) else args
     args = args.resolved()
@@ -280,15 +266,10 @@ def finetune(args: SFTArgs | dict) -> Path:
         AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one Python process
     accelerator = make_accelerator(args.mixed_precision)
     output_dir = Path(args.output_dir)
-    with RunLock(output_dir, accelerator.is_main_process):
-        prepare_output_dir(output_dir, args.resume, args.overwrite, accelerator.is_main_process)
-        accelerator.wait_for_everyone()
-        saved = output_dir / OPTIONS_FILE
-        resuming = bool(args.resume) and saved.exists()
-        if resuming:
-            check_resume_options(yaml.safe_load(saved.read_text()), dataclasses.asdict(args))
+    options = dataclasses.asdict(args)
+    with RunFolder(output_dir, options, accelerator.is_main_process, accelerator.wait_for_everyone) as run:
         set_seed(args.seed)
-        accelerator.print("options:\n" + yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
+        accelerator.print("options:\n" + yaml.safe_dump(options, sort_keys=False))
         if args.preset:
             tokenizer, model = scratch_model(args)
         else:
@@ -307,11 +288,8 @@ def finetune(args: SFTArgs | dict) -> Path:
         accelerator.print(f"SFT of {source}: {len(train_data)} train and {len(eval_data)} validation pairs "
                           f"(at most {seq_len} tokens); {accelerator.num_processes} process(es) on "
                           f"{accelerator.device}")
-        if accelerator.is_main_process and not resuming:  # only once setup has succeeded
-            atomic_write_text(saved, yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
-        shared = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainerConfig) if hasattr(args, f.name)}
-        config = TrainerConfig(**{**shared, "output_dir": str(output_dir)})
-        trainer = Trainer(model, tokenizer, train_data, eval_data, objective_loss_fn("mdlm", args.loss), config,
+        run.save_options()  # only once setup has succeeded
+        trainer = Trainer(model, tokenizer, train_data, eval_data, objective_loss_fn("mdlm", args.loss), args,
                           accelerator=accelerator, title=f"sft {args.task or Path(args.data).name}")
         result = trainer.train()
         accelerator.wait_for_everyone()
@@ -341,17 +319,9 @@ def scratch_model(args: SFTArgs):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
-    choices = {"task": TASKS, "preset": ("tiny", "small", "gpt2"), "loss": ("t-dce", "lambda-dce", "k-dce"), "mixed_precision": ("no", "bf16", "fp16")}
-    for f in dataclasses.fields(SFTArgs):
-        if f.name in ("resume", "overwrite", "progress"):
-            continue
-        kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(str(f.type), str)
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),
-                            help=f"(default: {f.default})")
-    parser.add_argument("--resume", nargs="?", const="latest", dest="resume",
-                        help="continue the run in --output-dir from its last checkpoint, or from the given one")
-    parser.add_argument("--overwrite", action="store_true", dest="overwrite", help="replace a run in --output-dir")
-    parser.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bar")
+    choices = {"task": TASKS, "preset": ("tiny", "small", "gpt2"), "loss": ("t-dce", "lambda-dce", "k-dce"),
+               "mixed_precision": ("no", "bf16", "fp16")}
+    add_option_arguments(parser, SFTArgs, choices)
     return parser
 
 

@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,30 +69,51 @@ EXTRA_STATE = "extra_state.json"
 EMA_FILE = "ema.safetensors"
 
 
+# AdamW: beta2 = 0.98 below torch's 0.999, as RoBERTa's masked-LM pretraining set it for stability; every run
+# in results/ used these, so changing them changes the results.
+ADAMW_BETAS = (0.9, 0.98)
+ADAMW_EPS = 1e-8
+# Seeds derived from --seed. Epoch e of the data order uses seed * DATA_SEED_STRIDE + e (a prime stride, so
+# no two (seed, epoch) pairs below it share a permutation); process r's masking generator uses
+# seed * MASKING_SEED_STRIDE + r; validation masks use EVAL_MASKING_SEED + r whatever the seed, so every
+# evaluation of every run scores the same masks and the curves compare.
+DATA_SEED_STRIDE = 100_003
+MASKING_SEED_STRIDE = 1000
+EVAL_MASKING_SEED = 10_007
+
+
+def option(default, help: str):
+    """A dataclass field with its command-line help (the TRL / transformers `metadata={"help": ...}` way)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainerConfig:
-    output_dir: str
-    max_steps: int = 1000
-    batch_size: int = 16  # sequences per process and micro-batch
-    grad_accum: int = 1
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    grad_clip: float = 1.0  # 0 disables clipping
-    ema: float = 0.999  # 0 disables the EMA (the raw weights are saved)
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    eval_every: int = 100
-    eval_batches: int | None = 16  # per evaluation (None: the whole validation set)
-    save_every: int = 200
-    first_save: int | None = None  # also checkpoint at this early step, so a first resume point comes soon
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    resume: str | None = None  # "latest" or a checkpoint folder
-    overwrite: bool = False
-    stop_at_step: int | None = None  # stop after this step without finishing, as if killed (tests)
-    progress: bool = True
+    """The options of the training loop. Scripts subclass it and declare only their own fields, or new
+    defaults for these (`PretrainArgs(TrainerConfig)`, `SFTArgs(TrainerConfig)`)."""
+
+    output_dir: str = field(metadata={"help": "the run folder"})
+    max_steps: int = option(1000, "optimizer steps")
+    batch_size: int = option(16, "sequences per process per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(1e-3, "peak AdamW learning rate")
+    min_lr_ratio: float = option(0.1, "the cosine decays to lr * min_lr_ratio")
+    weight_decay: float = option(0.01, "AdamW weight decay (matrices only)")
+    warmup_steps: int = option(100, "linear warmup steps")
+    grad_clip: float = option(1.0, "gradient-norm clipping; 0 disables it")
+    ema: float = option(0.999, "EMA decay; 0 disables it (the saved model is the EMA)")
+    mixed_precision: str = option("no", "no | bf16 | fp16")
+    eval_every: int = option(100, "validate every N steps")
+    eval_batches: int | None = option(16, "validation batches per evaluation (None: the whole validation set)")
+    save_every: int = option(200, "checkpoint every N steps")
+    first_save: int | None = option(None, "also checkpoint at this early step, so a first resume point comes soon")
+    keep_checkpoints: int = option(2, "resume checkpoints kept (the last N)")
+    log_every: int = option(10, "log training loss and tokens/s every N steps")
+    seed: int = option(0, "seed of initialisation, data order and masking")
+    resume: str | None = option(None, '"latest" (bare --resume) or a checkpoint folder')
+    overwrite: bool = option(False, "replace a run already in --output-dir")
+    stop_at_step: int | None = option(None, "stop after this step without finishing, as if killed (for testing --resume)")
+    progress: bool = option(True, "show a progress bar")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -145,7 +166,7 @@ class ShuffledStream:
 
     @lru_cache(maxsize=4)
     def permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(self.seed * DATA_SEED_STRIDE + epoch)
         return torch.randperm(self.num_examples, generator=generator)
 
     def take(self, start: int, count: int) -> list[int]:
@@ -324,6 +345,35 @@ def validate_options(options, script: str) -> None:
                          "--mixed-precision bf16 or no")
 
 
+def describe(f: dataclasses.Field, unset: str = "None") -> str:
+    """The --help line of an option field: its help text and default (`unset` names what None means)."""
+    text = f.metadata.get("help", "")
+    if "default" not in text:
+        text += f" (default: {unset if f.default is None else f.default})"
+    return text
+
+
+def add_option_arguments(parser, cls, choices: dict | None = None, unset: str = "None") -> None:
+    """One typed --flag per field of the options dataclass `cls`, with the field's help; --resume (bare:
+    "latest"), --overwrite and --no-progress are flags. Pair with `argument_default=argparse.SUPPRESS` so
+    that only the options given override a YAML file or saved options."""
+    import argparse
+
+    choices = choices or {}
+    for f in dataclasses.fields(cls):
+        if f.name in ("resume", "overwrite", "progress"):
+            continue
+        kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(str(f.type), str)
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),
+                            help=describe(f, unset))
+    parser.add_argument("--resume", nargs="?", const="latest", dest="resume", default=argparse.SUPPRESS,
+                        help="continue the run in --output-dir from its last checkpoint, or from the given one")
+    parser.add_argument("--overwrite", action="store_true", dest="overwrite", default=argparse.SUPPRESS,
+                        help="replace a run already in --output-dir")
+    parser.add_argument("--no-progress", action="store_false", dest="progress", default=argparse.SUPPRESS,
+                        help="no progress bar")
+
+
 def is_checkpoint(folder: Path) -> bool:
     return (folder / STATE_FILE).is_file() and any(folder.glob("model*.safetensors"))
 
@@ -374,6 +424,79 @@ def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool, is
         output_dir.mkdir(parents=True, exist_ok=True)
 
 
+# Options that may change when a run is resumed; any other change would make it a different run.
+RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "max_steps", "eval_every", "save_every", "first_save",
+                               "log_every", "progress", "stop_at_step", "config_file", "eval_batches",
+                               "output_dir"})  # a run folder may be moved
+# Saved options that belonged to the invocation that saved them, not to the run.
+ONE_OFF_OPTIONS = ("stop_at_step", "overwrite", "config_file")
+
+
+class RunFolder:
+    """The folder of one run, held for the whole run: the lock, the refusal to mix two runs, the options
+    saved as `run_options.yaml`, and the check that a resumed run keeps them.
+
+        with RunFolder(output_dir, options, accelerator.is_main_process, accelerator.wait_for_everyone) as run:
+            ...set up the model and data...
+            run.save_options()     # a fresh run, once setup has succeeded
+
+    Entering takes the lock (main process), prepares the folder (`prepare_output_dir`) and, when resuming,
+    compares `options` with the saved ones on every process, so that all processes stop on a mismatch
+    rather than the others waiting for a main process that has left."""
+
+    def __init__(self, path, options: dict, is_main: bool = True, barrier: Callable[[], None] = lambda: None):
+        self.path, self.options, self.is_main, self.barrier = Path(path), options, is_main, barrier
+        self.lock = RunLock(self.path, is_main)
+        self.resuming = False
+
+    @staticmethod
+    def read_options(path) -> dict | None:
+        """The options a run saved in folder `path` (without the one-off ones), or None."""
+        import yaml
+
+        saved = Path(path) / OPTIONS_FILE
+        if not saved.is_file():
+            return None
+        options = yaml.safe_load(saved.read_text()) or {}
+        for one_off in ONE_OFF_OPTIONS:
+            options.pop(one_off, None)
+        return options
+
+    def __enter__(self) -> "RunFolder":
+        self.lock.__enter__()
+        try:
+            resume, overwrite = self.options.get("resume"), self.options.get("overwrite", False)
+            prepare_output_dir(self.path, resume, overwrite, self.is_main)
+            self.barrier()
+            saved = self.read_options(self.path) if resume else None
+            self.resuming = saved is not None
+            if self.resuming:
+                check_resume_options(saved, self.options)
+        except BaseException:
+            self.lock.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.__exit__(*exc)
+
+    def save_options(self) -> None:
+        """Write the options of a fresh run (main process; a resumed run keeps the ones it started with)."""
+        import yaml
+
+        if self.is_main and not self.resuming:
+            atomic_write_text(self.path / OPTIONS_FILE, yaml.safe_dump(self.options, sort_keys=False))
+
+
+def check_resume_options(saved: dict, now: dict) -> None:
+    """Refuse a resume whose options differ from the saved ones, except RESUMABLE_CHANGES. An option the
+    saved run does not list is newer than that run, which ran with its default: not a change."""
+    changed = {k: (saved[k], v) for k, v in now.items() if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v}
+    if changed:
+        raise ValueError(f"--resume with options that differ from the run's ({json.dumps(changed)}); "
+                         "resume with the same options, or start a new --output-dir")
+
+
 def plot_curves(records: list[dict], path: Path, title: str = "") -> None:
     import matplotlib
 
@@ -402,7 +525,11 @@ def plot_curves(records: list[dict], path: Path, title: str = "") -> None:
 # ----------------------------------------------------------------------------------------------------
 
 class Trainer:
-    def __init__(self, model, tokenizer, train_data, eval_data, loss_fn: LossFn, config: TrainerConfig,
+    """The loop of the module docstring. The objective is `compute_loss`: by default it calls `loss_fn`; a new
+    objective subclasses Trainer and overrides `compute_loss` (as TRL's trainers do) instead of copying
+    `train`, and passes `loss_fn=None`."""
+
+    def __init__(self, model, tokenizer, train_data, eval_data, loss_fn: LossFn | None, config: TrainerConfig,
                  accelerator=None, title: str = ""):
         self.config, self.loss_fn, self.tokenizer, self.title = config, loss_fn, tokenizer, title
         self.accelerator = accelerator or make_accelerator(config.mixed_precision)
@@ -415,7 +542,7 @@ class Trainer:
             (decay if param.dim() >= 2 else no_decay).append(param)
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=config.lr, betas=(0.9, 0.98), eps=1e-8)
+                                      lr=config.lr, betas=ADAMW_BETAS, eps=ADAMW_EPS)
         # The scheduler is stepped by hand once per optimizer step (accelerate's prepared scheduler would
         # step once per process), and checkpointed through register_for_checkpointing.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -424,9 +551,17 @@ class Trainer:
         if not hasattr(self.model, "config"):  # losses read model.config through the DDP wrapper too
             self.model.config = model.config
         self.ema = EMA(acc.unwrap_model(self.model), config.ema) if config.ema > 0 else None
-        self.generator = torch.Generator(device=acc.device).manual_seed(config.seed * 1000 + acc.process_index)
+        self.generator = torch.Generator(device=acc.device).manual_seed(config.seed * MASKING_SEED_STRIDE + acc.process_index)
         self.step, self.tokens_seen = 0, 0
         self.records: list[dict] = []
+
+    def compute_loss(self, model, batch: dict, generator: torch.Generator, step: int) -> LossOutput:
+        """The loss of one batch, for training (`model` is the prepared one) and validation (the EMA weights,
+        under no_grad). `generator` is the masking randomness: use it, not the global RNG, so resumes are exact."""
+        if self.loss_fn is None:
+            raise NotImplementedError(f"{type(self).__name__} was built with loss_fn=None; pass a loss function "
+                                      "or override Trainer.compute_loss")
+        return self.loss_fn(model, batch, generator, step)
 
     # -- data ------------------------------------------------------------------------------------
     def _collate(self, rows: dict) -> dict:
@@ -460,7 +595,7 @@ class Trainer:
     def evaluate(self) -> dict:
         """Validation negative ELBO (MDLM) or NLL (AR) in nats/token, with the same masks every time."""
         acc = self.accelerator
-        generator = torch.Generator(device=acc.device).manual_seed(10_007 + acc.process_index)
+        generator = torch.Generator(device=acc.device).manual_seed(EVAL_MASKING_SEED + acc.process_index)
         total = torch.zeros((), dtype=torch.float64, device=acc.device)
         count = torch.zeros((), dtype=torch.float64, device=acc.device)
         with self.weights_for_use() as model:
@@ -468,7 +603,7 @@ class Trainer:
             model.eval()
             for batch in self.eval_batches():
                 with acc.autocast():
-                    out = self.loss_fn(model, batch, generator, self.step)
+                    out = self.compute_loss(model, batch, generator, self.step)
                 total += out.sum_nll.double()
                 count += out.num_tokens.double()
             model.train(was_training)
@@ -628,7 +763,7 @@ class Trainer:
                 batch, indices = self.train_batch(self.step, micro)
                 sync = micro == c.grad_accum - 1
                 with (nullcontext() if sync else acc.no_sync(self.model)), acc.autocast():
-                    out = self.loss_fn(self.model, batch, self.generator, self.step)
+                    out = self.compute_loss(self.model, batch, self.generator, self.step)
                 acc.backward(out.loss / c.grad_accum)
                 step_loss += out.loss.item() / c.grad_accum
                 mask = batch.get("attention_mask")

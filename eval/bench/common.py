@@ -106,6 +106,13 @@ def write_json(path: Path, results: dict) -> dict:
     return results
 
 
+def add_output_dir_argument(parser) -> None:
+    """The one output flag of every benchmark: `--output-dir`, the folder of NAME.json and NAME.png."""
+    parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "results",
+                        help="folder of the results JSON and plot (default: results/, which the README tables "
+                             "are generated from)")
+
+
 def write_results(results_dir: Path, name: str, results: dict, plot, markdown_table) -> dict:
     """Write `results_dir/NAME.json` (repository paths relative) and `NAME.png` (with the benchmark's
     `plot`) and print its table."""

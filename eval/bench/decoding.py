@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from mdlm.decode import DecodeConfig, decode
-from mdlm.eval.bench.common import write_results
+from mdlm.eval.bench.common import add_output_dir_argument, write_results
 from mdlm.eval.bench.speculative import generative_perplexity, unigram_entropy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -352,12 +352,12 @@ def main(argv=None) -> int:
     parser.add_argument("--radd-seeds", type=int, default=1)
     parser.add_argument("--quality-tolerance", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=str(ROOT / "results"))
+    add_output_dir_argument(parser)
     args = parser.parse_args(argv)
     began = time.perf_counter()
     results = run(args)
     results["settings"]["total_minutes"] = round((time.perf_counter() - began) / 60, 1)
-    write_results(Path(args.output), NAME, results, plot, markdown_table)
+    write_results(args.output_dir, NAME, results, plot, markdown_table)
     return 0
 
 

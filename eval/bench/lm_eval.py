@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mdlm.eval.bench.common import write_results
+from mdlm.eval.bench.common import add_output_dir_argument, write_results
 
 NAME = "lm_eval"
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,11 +185,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--spread-requests", type=int, default=2)
     parser.add_argument("--spread-repeats", type=int, default=12)
     parser.add_argument("--quick", action="store_true", help="tiny limits: a smoke run")
-    parser.add_argument("--out", type=Path, default=ROOT / "results")
+    add_output_dir_argument(parser)
     args = parser.parse_args(argv)
     from mdlm.eval.bench.common import quick_results_dir
 
-    args.out = quick_results_dir(args.out, args.quick)
+    args.output_dir = quick_results_dir(args.output_dir, args.quick)
     if args.quick:
         args.limit_ppl, args.limit_next_line, args.limit_infill = 1, 4, 4
         args.spread_requests, args.spread_repeats = 1, 4
@@ -224,7 +224,7 @@ def main(argv=None) -> dict:
     lms["mdlm"].infill_suffix = True
     requests = spread_requests(lms["mdlm"].tokenizer, args.spread_requests, 48, (8, 10))
     results["estimator"] = estimator_spread(lms["mdlm"].model, requests, args.spread_repeats)
-    return write_results(args.out, NAME, results, plot, markdown_table)
+    return write_results(args.output_dir, NAME, results, plot, markdown_table)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from mdlm.eval.bench.common import REPO_ROOT, bench_options, ensure_run, runs_dir, write_results
+from mdlm.eval.bench.common import add_output_dir_argument, REPO_ROOT, bench_options, ensure_run, runs_dir, write_results
 
 QUICK_TRAINING = dict(config="tiny", seq_len=64, batch_size=8, max_steps=60, warmup_steps=6, lr=3e-3,
                       eval_every=20, save_every=60, max_documents=30)
@@ -181,7 +181,7 @@ def markdown_table(results: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    add_output_dir_argument(parser)
     parser.add_argument("--quick", action="store_true", help="tiny runs in runs/bench/quick-* (a smoke test)")
     parser.add_argument("--validation-blocks", type=int, default=128)
     parser.add_argument("--elbo-repeats", type=int, default=8)
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
     options = {k: v for k, v in bench_options("mdlm-small", **overrides).items() if k != "output_dir"}
     results = {"options": options, "runs_dir": str(runs_dir())}
     name = "pretrain-quick" if args.quick else "pretrain"
-    previous = args.results_dir / f"{name}.json"
+    previous = args.output_dir / f"{name}.json"
     previous = json.loads(previous.read_text()) if args.reuse_validation and previous.exists() else {}
     for objective, run in runs.items():
         summary = run_summary(run)
@@ -218,7 +218,7 @@ def main(argv=None) -> dict:
     results["perplexity_ratio"] = mdlm["perplexity"] / ar["perplexity"]
     results["literature"] = {"mdlm_perplexity_bound": 23.0, "ar_perplexity": 17.5,
                              "setting": "GPT-2 small scale, OpenWebText (MDLM / SEDD papers)"}
-    return write_results(args.results_dir, name, results, plot, markdown_table)
+    return write_results(args.output_dir, name, results, plot, markdown_table)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mdlm.eval.bench.common import is_finished, quick_results_dir, runs_dir, write_json
+from mdlm.eval.bench.common import add_output_dir_argument, is_finished, quick_results_dir, runs_dir, write_results
 
 NAME = "sampling"
 ROOT = Path(__file__).resolve().parents[2]
@@ -339,18 +339,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-entropy", action="store_true", help="keep the entropy part of an existing results file")
     p.add_argument("--quick", action="store_true", help="a tiny grid and 16 samples (a smoke test)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results-dir", type=Path, default=ROOT / "results")
+    add_output_dir_argument(p)
     return p
 
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    args.results_dir = quick_results_dir(args.results_dir, args.quick)
+    args.output_dir = quick_results_dir(args.output_dir, args.quick)
     given_run = args.run != build_parser().get_default("run")  # the default one is reported as skipped if absent
     if given_run and not args.skip_entropy and not (args.run / "config.json").is_file():
         raise ValueError(f"--run {args.run}: not a run folder (no config.json); train it (python train/pretrain.py) "
                          "or pass a finished run")
-    path = args.results_dir / f"{NAME}.json"
+    path = args.output_dir / f"{NAME}.json"
     if args.skip_grid and path.exists():
         results = json.loads(path.read_text())
     else:
@@ -372,10 +372,7 @@ def main(argv=None) -> dict:
     else:
         samples = 16 if args.quick else args.entropy_samples
         results["entropy"] = entropy_experiment(args.run, samples, args.entropy_length, args.entropy_steps, args.seed)
-    results = write_json(path, results)
-    plot(results, args.results_dir / f"{NAME}.png")
-    print(markdown_table(results))
-    return results
+    return write_results(args.output_dir, NAME, results, plot, markdown_table)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from mdlm.decode.config import DecodeConfig
 from mdlm.train.tasks.signatures import FIELDS, PROMPT_CUE, SIGNATURE_SCHEMA, build_examples, field_matches
-from mdlm.eval.bench.common import write_results
+from mdlm.eval.bench.common import add_output_dir_argument, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "schema"
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens-per-step", type=int, nargs="+", default=[1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--slot-tokens", type=int, default=8, help="B_f: the initial string slot length")
-    p.add_argument("--results-dir", type=Path, default=ROOT / "results")
+    add_output_dir_argument(p)
     return p
 
 
@@ -250,7 +250,7 @@ def main(argv=None) -> dict:
     for tokens_per_step in args.tokens_per_step:
         results["budgets"][str(tokens_per_step)] = evaluate(model, tokenizer, examples, args.methods,
                                                             tokens_per_step, args.slot_tokens)
-    return write_results(args.results_dir, NAME, results, plot, markdown_table)
+    return write_results(args.output_dir, NAME, results, plot, markdown_table)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from mdlm.decode.config import ASSD_ORDERS, DecodeConfig
-from mdlm.eval.bench.common import runs_dir, write_results
+from mdlm.eval.bench.common import add_output_dir_argument, runs_dir, write_results
 from mdlm.decode.speculative import assd_decode, parallel_decode, sequential_decode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--order", default="left-to-right", choices=ASSD_ORDERS)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results-dir", type=Path, default=ROOT / "results")
+    add_output_dir_argument(p)
     return p
 
 
@@ -293,7 +293,7 @@ def main(argv=None) -> dict:
     for name, (canvas, reference, first_scored) in settings(tokenizer, model.config.mask_token_id, args).items():
         print(f"{name}: {canvas.shape[0]} rows x {canvas.shape[1]} tokens")
         results["settings"][name] = measure(model, judge, canvas, reference, first_scored, args)
-    return write_results(args.results_dir, NAME, results, plot, markdown_table)
+    return write_results(args.output_dir, NAME, results, plot, markdown_table)
 
 
 if __name__ == "__main__":
