@@ -74,7 +74,7 @@ import jsonschema
 import torch
 
 from mdlm.decode.config import DecodeConfig
-from mdlm.decode.denoiser import NetworkCounter
+from mdlm.decode.denoiser import as_denoiser
 from mdlm.decode.registry import decode
 from mdlm.decode.schema_constraints import SlotConstraints, constrained, number_automaton
 
@@ -780,7 +780,7 @@ def _choose_by_score(model, scaffold: Scaffold, prompt_ids, states, choices, cho
     canvas = torch.tensor([prompt_ids + ids], dtype=torch.long, device=device)
     valid = torch.ones_like(canvas, dtype=torch.bool)
     positions = torch.arange(canvas.shape[1], device=device)[None]
-    logprobs = torch.log_softmax(NetworkCounter(model).logits(canvas, valid, positions)[0].double(), -1)
+    logprobs = torch.log_softmax(as_denoiser(model).logits(canvas, valid, positions)[0].double(), -1)
     readings = {}
     for slot in choice_slots:
         if slot not in spans:
