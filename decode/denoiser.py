@@ -44,6 +44,7 @@ class CountedDenoiser:
 
     def __init__(self, module, mask_token_id, context):
         self.model, self.mask_token_id, self.context = module, mask_token_id, context
+        self.vocab_size = getattr(getattr(module, "config", None), "vocab_size", None)  # None: from the logits
         self.nfe = 0
         self.row_evaluations = 0
 
@@ -117,8 +118,9 @@ class MDLMDenoiser(CountedDenoiser):
         self.config = config  # mdlm.as_arm's two-stream forward reads the mask id from it
 
     def _logits(self, ids, valid, positions, cache, use_cache):
-        # An all-True padding mask is dropped so that the fast unmasked attention path runs.
-        attention_mask = None if valid is None or bool(valid.all()) else valid
+        # An all-True padding mask is dropped so that the fast unmasked attention path runs; with a cache
+        # it is kept, since it also extends the cache's key validity to this call's keys.
+        attention_mask = None if valid is None or (cache is None and bool(valid.all())) else valid
         out = self.model(ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
                          use_cache=use_cache)
         return (out.logits, out.cache) if use_cache else out.logits
