@@ -24,6 +24,12 @@ def draw_probs(logits: torch.Tensor, config) -> torch.Tensor:
     return categorical_probs(logits, config.temperature, config.top_k, config.top_p)
 
 
+def sample_from_probs(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """One exact float64 draw per row of `probs` (..., V) (speculative residual and acceptance draws)."""
+    logits = torch.where(probs > 0, probs.log(), torch.full_like(probs, float("-inf")))  # log 0 = -inf exactly
+    return sample_categorical(logits, temperature=1.0, generator=generator).tokens
+
+
 def tempered_logprob(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
     """log softmax(logits / temperature)[token] per row in float64 (0 at temperature 0: the argmax is
     drawn with probability 1). Rows are (N, V) logits with their (N,) drawn tokens."""

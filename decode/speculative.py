@@ -34,8 +34,8 @@ Adaptive draft size (`adaptive_draft`): after each round the acceptance rate alp
 re-estimated (Laplace-smoothed) and the next round drafts until the chance of reaching the last draft
 falls below 10%: k = 1 + ceil(log 0.1 / log alpha), between 2 and 4 * draft_size.
 
-Every categorical draw (drafts, acceptance coins, residual and bonus tokens) goes through
-`mdlm.kernels.sample_categorical` (float64 Gumbel-max). Temperature / top-k / top-p change the target
+Every categorical draw (drafts, acceptance coins, residual and bonus tokens) goes through the one draw
+step, `mdlm.decode.draw` (float64 Gumbel-max in `mdlm.kernels`). Temperature / top-k / top-p change the target
 distribution: drafts and verifies use the same tempered, filtered distribution.
 """
 
@@ -50,10 +50,9 @@ from mdlm.as_arm import UNDECIDED, check_two_stream_model, initial_rank, keep_in
 from mdlm.decode.canvas import Canvas
 from mdlm.decode.config import DecodeConfig, DecodeResult
 from mdlm.decode.denoiser import as_denoiser
-from mdlm.decode.draw import draw, draw_probs, model_logprob
+from mdlm.decode.draw import draw, draw_probs, model_logprob, sample_from_probs
 from mdlm.decode.registry import make_generator
 from mdlm.decode.trace import TraceRecorder
-from mdlm.kernels import sample_categorical
 
 ACCEPT, REJECT = 0, 1
 # Adaptive draft size: draft until the chance of reaching the last draft falls below this, within
@@ -66,15 +65,6 @@ MAX_DRAFT_FACTOR = 4
 # ----------------------------------------------------------------------------------------------------
 # The draws
 # ----------------------------------------------------------------------------------------------------
-
-def _log(probs: torch.Tensor) -> torch.Tensor:
-    return torch.where(probs > 0, probs.log(), torch.full_like(probs, float("-inf")))
-
-
-def sample_from_probs(probs: torch.Tensor, generator=None) -> torch.Tensor:
-    """One exact float64 draw per row of `probs` (..., V)."""
-    return sample_categorical(_log(probs), temperature=1.0, generator=generator).tokens
-
 
 def sample_residual(p: torch.Tensor, q: torch.Tensor, generator=None) -> torch.Tensor:
     """The rejection step of speculative sampling: z ~ normalize(max(p - q, 0)) per row of (..., V).

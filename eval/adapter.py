@@ -46,6 +46,8 @@ from mdlm.eval.tasks.utils import INFILL_HOLE
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# lm-eval's batch_size="auto" probes GPU memory; here it is this fixed size (the default batch size).
+AUTO_BATCH_SIZE = 32
 # DecodeConfig fields that are not user choices here: the adapter sets them.
 _DECODE_FIELDS_SET_HERE = {"trace", "step_callback", "seed", "eos_token_id"}
 
@@ -132,7 +134,7 @@ class MDLMEvalModel(LM):
     """
 
     def __init__(self, pretrained=None, tokenizer=None, mc_num: int = 128, rolling_mc_num: int | None = None,
-                 mc_batch_size: int = 32, batch_size: int | str = 32, max_batch_size: int | None = None,
+                 mc_batch_size: int = 32, batch_size: int | str = AUTO_BATCH_SIZE, max_batch_size: int | None = None,
                  is_greedy: bool = False, device: str | None = None, dtype: str = "float32",
                  max_length: int | None = None, rolling_context: int | None = None, max_gen_toks: int = 128,
                  seed: int = 1234, infill_suffix: bool = True, **decode_args):
@@ -213,8 +215,9 @@ class MDLMEvalModel(LM):
     def _parse_batch_size(batch_size) -> int:
         if isinstance(batch_size, str):
             if batch_size.startswith("auto"):
-                logger.warning("batch_size=%s: automatic batch sizes are not supported; using 32", batch_size)
-                return 32
+                logger.warning("batch_size=%s: automatic batch sizes are not supported; using %d", batch_size,
+                               AUTO_BATCH_SIZE)
+                return AUTO_BATCH_SIZE
             batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

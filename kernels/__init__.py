@@ -24,8 +24,8 @@ from mdlm.kernels.attention_reference import cached_attention_reference
 from mdlm.kernels.sampling_reference import (CategoricalSample, categorical_probs, filter_logits,
                                              sample_categorical_reference)
 
-__all__ = ["CategoricalSample", "sample_categorical", "sample_categorical_reference", "filter_logits", "categorical_probs",
-           "cached_attention", "cached_attention_reference", "triton_available"]
+__all__ = ["CategoricalSample", "sample_categorical", "sample_categorical_reference", "filter_logits",
+           "categorical_probs", "cached_attention", "cached_attention_reference", "triton_available"]
 
 BACKENDS = ("auto", "torch", "triton")
 
