@@ -10,15 +10,14 @@ speculative decoding). Each lives in its own module; `registry.SAMPLER_REGISTRY`
 Structured output: `generate_json(model, tokenizer, prompt, schema)` (schema scaffolding, `mdlm.decode.schema`).
 """
 
+from mdlm.decode.canvas import Canvas
 from mdlm.decode.config import DecodeConfig, DecodeResult
-from mdlm.decode.denoiser import Denoiser, HFMaskedLMDenoiser, as_denoiser
+from mdlm.decode.denoiser import Denoiser, HFMaskedLMDenoiser, MDLMDenoiser, as_denoiser
 from mdlm.decode.generate import build_canvas, generate, generate_with_result
 from mdlm.decode.registry import SAMPLER_REGISTRY, decode, register_sampler
 from mdlm.decode.schema import SchemaFitError, UnsupportedSchemaError, generate_json
 from mdlm.decode.trace import TraceStep
 
-registry = SAMPLER_REGISTRY
-
-__all__ = ["DecodeConfig", "DecodeResult", "TraceStep", "Denoiser", "HFMaskedLMDenoiser", "as_denoiser", "decode",
-           "generate", "generate_with_result", "build_canvas", "register_sampler", "SAMPLER_REGISTRY", "registry",
-           "generate_json", "SchemaFitError", "UnsupportedSchemaError"]
+__all__ = ["DecodeConfig", "DecodeResult", "TraceStep", "Denoiser", "HFMaskedLMDenoiser", "MDLMDenoiser",
+           "as_denoiser", "Canvas", "decode", "generate", "generate_with_result", "build_canvas", "register_sampler",
+           "SAMPLER_REGISTRY", "generate_json", "SchemaFitError", "UnsupportedSchemaError"]

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from mdlm.decode.config import DecodeConfig, DecodeResult
-from mdlm.decode.denoiser import NetworkCounter, RowOutputCache, check_canvas, mask_token_id_of
-from mdlm.decode.trace import TraceRecorder, reveal_tokens
+from mdlm.decode.config import DecodeConfig, DecodeResult, refuse_block_length
+from mdlm.decode.canvas import Canvas
+from mdlm.decode.denoiser import RowOutputCache, as_denoiser
+from mdlm.decode.draw import reveal_tokens
+from mdlm.decode.trace import TraceRecorder
 from mdlm.schedules import get_schedule
 
 DEFAULT_STEPS = 1000
@@ -41,18 +43,17 @@ def ancestral_decode(model, canvas, config: DecodeConfig, valid=None, position_i
     """Tau-leaping over `config.steps` (default 1000) steps of `config.masking_schedule` -> DecodeResult.
 
     stats: "row_evaluations" (rows through the network) and "steps"."""
-    canvas, valid, position_ids = check_canvas(model, canvas, valid, position_ids)
-    if config.block_length is not None:
-        raise ValueError("block_length applies to the confidence sampler; for block-wise random-order decoding use "
-                         "sampler='confidence' with remasking='random' (one token per step is exact within a block)")
-    mask_id = mask_token_id_of(model)
+    denoiser = as_denoiser(model)
+    canvas = Canvas.of(denoiser, canvas, valid, position_ids)
+    refuse_block_length(config)
+    valid, mask_id = canvas.valid, canvas.mask_token_id
     steps = config.steps or DEFAULT_STEPS
-    network = NetworkCounter(model)
-    outputs = RowOutputCache(network, valid, position_ids, enabled=config.use_cache)
+    meter = denoiser.meter()
+    outputs = RowOutputCache(denoiser, valid, canvas.positions, enabled=config.use_cache)
     recorder = TraceRecorder(config.trace, config.step_callback)
-    x = canvas.clone()
+    x = canvas.tokens.clone()
     for p in reveal_probabilities(config.masking_schedule, steps).tolist():
-        masked = (x == mask_id) & valid
+        masked = (x == mask_id) & valid  # (B, L)
         if not masked.any():
             break
         uniforms = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(x.device)
@@ -62,9 +63,9 @@ def ancestral_decode(model, canvas, config: DecodeConfig, valid=None, position_i
         needed = reveal.any(-1) if config.use_cache else masked.any(-1)
         if not needed.any():
             continue
-        logits = outputs.logits(x, needed)
+        logits = outputs.logits(x, needed)  # (B, L, V)
         if not reveal.any():
             continue
         x = reveal_tokens(x, reveal, logits, config, generator, recorder)
-    return DecodeResult(tokens=x, nfe=network.nfe, trace=recorder.result(),
-                        stats={"steps": steps, "row_evaluations": network.row_evaluations})
+    return DecodeResult(tokens=x, nfe=meter.nfe, trace=recorder.result(),
+                        stats={"steps": steps, "row_evaluations": meter.row_evaluations})

@@ -176,12 +176,13 @@ def load_run(path: str, device: str | None):
                        "weights are damaged: retrain it or copy the run folder again") from None
     if tokenizer.mask_token_id is None:
         raise CLIError(f"the tokenizer in {run} has no mask token; this is not a masked diffusion run")
-    if getattr(model.config, "attention", None) == "causal":
-        raise CLIError(f"{run} is an autoregressive run (causal attention): it cannot fill masks; mdlm-generate "
-                       "decodes masked diffusion runs (evaluate AR runs with mdlm-eval)")
     from mdlm.decode.denoiser import denoiser_for_run
 
-    return denoiser_for_run(model.to(device).eval(), tokenizer), tokenizer
+    denoiser = denoiser_for_run(model.to(device).eval(), tokenizer)
+    if denoiser.attention == "causal":
+        raise CLIError(f"{run} is an autoregressive run (causal attention): it cannot fill masks; mdlm-generate "
+                       "decodes masked diffusion runs (evaluate AR runs with mdlm-eval)")
+    return denoiser, tokenizer
 
 
 def config_from_args(args, tokenizer) -> DecodeConfig:
@@ -250,8 +251,7 @@ def generate_rows(model, tokenizer, rows, args, config, console):
     from mdlm.decode.generate import build_canvas, completion_ids
     from mdlm.decode.registry import decode
 
-    context = model.config.max_position_embeddings
-    device = next(model.parameters()).device
+    context, device = model.context, model.device
     batch_size = args.batch_size
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
@@ -371,7 +371,7 @@ def _main(args) -> int:
     check_args(args)
     prompts = read_prompts(args)
     model, tokenizer = load_run(args.model, args.device)
-    args.model_config = model.config
+    args.model_config = model.model.config  # the run's training objective (ASSD needs an as-arm run)
     config = config_from_args(args, tokenizer)
     rows = [pair for pair in prompts for _ in range(args.num_samples)]
     console = Console(stderr=True)

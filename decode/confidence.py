@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import torch
 
 from mdlm.decode.config import DecodeConfig, DecodeResult
-from mdlm.decode.denoiser import (NetworkCounter, attention_pattern, check_canvas, mask_token_id_of,
-                                  supports_kv_cache)
+from mdlm.decode.canvas import Canvas
+from mdlm.decode.denoiser import CountedDenoiser, as_denoiser
+from mdlm.decode.draw import draw, tempered_logprob
 from mdlm.decode.remasking import position_scores, select_above_threshold, select_top
 from mdlm.decode.schedules import ascending_blocks, ascending_num_steps, eoser_gamma, step_counts
-from mdlm.decode.trace import TraceRecorder, tempered_logprob
-from mdlm.kernels import sample_categorical
+from mdlm.decode.trace import TraceRecorder
 from mdlm.model import KVCache
 
 
@@ -153,14 +153,14 @@ def truncate_cache(cache: KVCache, length: int) -> KVCache:
 class FullCanvasCalls:
     """Every call runs the whole canvas (exact for any model)."""
 
-    def __init__(self, network: NetworkCounter, valid, position_ids):
-        self.network, self.valid, self.position_ids = network, valid, position_ids
+    def __init__(self, denoiser: CountedDenoiser, valid, position_ids):
+        self.denoiser, self.valid, self.position_ids = denoiser, valid, position_ids
 
     def start_block(self, block: Block) -> None:
         pass
 
     def logits(self, x, first_step: bool):
-        return self.network.logits(x, self.valid, self.position_ids), 0, x.shape[1]
+        return self.denoiser.logits(x, self.valid, self.position_ids), 0, x.shape[1]
 
 
 class BlockCausalCachedCalls:
@@ -170,8 +170,8 @@ class BlockCausalCachedCalls:
     The first call of block j runs the not-yet-cached columns [c, end_j) against the cache of [0, c) and
     keeps the keys/values of [0, start_j); later calls of block j run only [start_j, end_j)."""
 
-    def __init__(self, network: NetworkCounter, valid, position_ids):
-        self.network, self.valid, self.position_ids = network, valid, position_ids
+    def __init__(self, denoiser: CountedDenoiser, valid, position_ids):
+        self.denoiser, self.valid, self.position_ids = denoiser, valid, position_ids
         self.cache, self.cached_until, self.block = None, 0, None
 
     def start_block(self, block: Block) -> None:
@@ -181,13 +181,13 @@ class BlockCausalCachedCalls:
         start, end = self.block
         if first_step:
             lo = self.cached_until
-            logits, cache = self.network.logits(x[:, lo:end], self.valid[:, lo:end], self.position_ids[:, lo:end],
-                                                cache=self.cache, use_cache=True)
+            logits, cache = self.denoiser.logits(x[:, lo:end], self.valid[:, lo:end], self.position_ids[:, lo:end],
+                                                 cache=self.cache, use_cache=True)
             self.cache = truncate_cache(cache, start)
             self.cached_until = start
             return logits, lo, end
-        logits = self.network.logits(x[:, start:end], self.valid[:, start:end], self.position_ids[:, start:end],
-                                     cache=self.cache)
+        logits = self.denoiser.logits(x[:, start:end], self.valid[:, start:end], self.position_ids[:, start:end],
+                                      cache=self.cache)
         return logits, start, end
 
 
@@ -196,8 +196,8 @@ class ApproximatePrefixCachedCalls:
     computed while the current block was still masked). The first call of a block runs the whole canvas
     and caches the columns before the block; later calls run the block and everything after it."""
 
-    def __init__(self, network: NetworkCounter, valid, position_ids):
-        self.network, self.valid, self.position_ids = network, valid, position_ids
+    def __init__(self, denoiser: CountedDenoiser, valid, position_ids):
+        self.denoiser, self.valid, self.position_ids = denoiser, valid, position_ids
         self.cache, self.prefix = None, 0
 
     def start_block(self, block: Block) -> None:
@@ -206,16 +206,16 @@ class ApproximatePrefixCachedCalls:
 
     def logits(self, x, first_step: bool):
         if first_step:
-            logits, cache = self.network.logits(x, self.valid, self.position_ids, use_cache=True)
+            logits, cache = self.denoiser.logits(x, self.valid, self.position_ids, use_cache=True)
             self.cache = truncate_cache(cache, self.prefix)
             return logits, 0, x.shape[1]
         p = self.prefix
-        logits = self.network.logits(x[:, p:], self.valid[:, p:], self.position_ids[:, p:], cache=self.cache)
+        logits = self.denoiser.logits(x[:, p:], self.valid[:, p:], self.position_ids[:, p:], cache=self.cache)
         return logits, p, x.shape[1]
 
 
-def _block_length_for_block_causal(model, config: DecodeConfig) -> int:
-    model_block = int(model.config.block_size)
+def _block_length_for_block_causal(denoiser: CountedDenoiser, config: DecodeConfig) -> int:
+    model_block = denoiser.block_size
     block_length = config.block_length or model_block
     if block_length % model_block:
         raise ValueError(f"block_length={block_length} must be a multiple of the model's attention block size "
@@ -223,28 +223,26 @@ def _block_length_for_block_causal(model, config: DecodeConfig) -> int:
     return block_length
 
 
-def decode_blocks(model, x, valid, position_ids, config: DecodeConfig, generator, column_blocks: int | None,
-                  recorder: TraceRecorder):
-    """The LLaDA loop over blocks and steps; returns (tokens, network counter, steps)."""
-    mask_id = mask_token_id_of(model)
+def decode_blocks(denoiser: CountedDenoiser, x, valid, position_ids, config: DecodeConfig, generator,
+                  column_blocks: int | None, recorder: TraceRecorder):
+    """The LLaDA loop over blocks and steps; returns (tokens, steps)."""
+    mask_id = denoiser.require_mask_id()
     x = x.clone()
     to_generate = (x == mask_id) & valid
     if column_blocks:
         blocks = plan_column_blocks(to_generate, config, column_blocks)
     else:
         blocks = plan_rank_blocks(to_generate, config)
-    network = NetworkCounter(model)
-    if column_blocks and config.use_cache and supports_kv_cache(model):
-        calls = BlockCausalCachedCalls(network, valid, position_ids)
-    elif config.approximate_prefix_cache and supports_kv_cache(model):
-        calls = ApproximatePrefixCachedCalls(network, valid, position_ids)
+    if column_blocks and config.use_cache and denoiser.supports_cache:
+        calls = BlockCausalCachedCalls(denoiser, valid, position_ids)
+    elif config.approximate_prefix_cache and denoiser.supports_cache:
+        calls = ApproximatePrefixCachedCalls(denoiser, valid, position_ids)
     else:
-        calls = FullCanvasCalls(network, valid, position_ids)
+        calls = FullCanvasCalls(denoiser, valid, position_ids)
     total_steps = sum(b.counts.shape[1] for b in blocks)
     if config.schedule == "ascending":
         total_steps = ascending_num_steps(int(to_generate.sum(-1).max()))
-    eos_id = config.eos_token_id if config.eos_token_id is not None else getattr(
-        getattr(model, "config", None), "eos_token_id", None)
+    eos_id = config.eos_token_id if config.eos_token_id is not None else denoiser.eos_token_id
     global_step = 0
     for block in blocks:
         calls.start_block(block)
@@ -259,22 +257,21 @@ def decode_blocks(model, x, valid, position_ids, config: DecodeConfig, generator
             if count is not None and not bool(count.any()):
                 step, global_step = step + 1, global_step + 1
                 continue
-            logits, lo, hi = calls.logits(x, first_step)
+            logits, lo, hi = calls.logits(x, first_step)  # (B, hi - lo, V): the columns [lo, hi)
             first_step = False
-            masked = (x == mask_id) & block.members
+            masked = (x == mask_id) & block.members  # (B, L)
             window_masked = masked[:, lo:hi]
-            draw = sample_categorical(logits[window_masked], config.temperature, config.top_k, config.top_p,
-                                      generator=generator)
+            sample = draw(logits[window_masked], config, generator)  # (N,) for the N masked block positions
             x0 = x.clone()
-            x0[:, lo:hi][window_masked] = draw.tokens
-            score = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=x.device)
-            score[:, lo:hi][window_masked] = position_scores(config.remasking, draw, generator)
+            x0[:, lo:hi][window_masked] = sample.tokens
+            score = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=x.device)  # (B, L)
+            score[:, lo:hi][window_masked] = position_scores(config.remasking, sample, generator)
             logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-            logprob[:, lo:hi][window_masked] = draw.logprob
+            logprob[:, lo:hi][window_masked] = sample.logprob
             policy_logprob = None
             if recorder.active:  # RL's action log-probs: at the rollout temperature, not the confidence's T=1
                 policy_logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-                policy_logprob[:, lo:hi][window_masked] = tempered_logprob(logits[window_masked], draw.tokens,
+                policy_logprob[:, lo:hi][window_masked] = tempered_logprob(logits[window_masked], sample.tokens,
                                                                            config.temperature)
             if config.eoser and eos_id is not None:
                 gamma = eoser_gamma(global_step, total_steps, config.schedule, config.eoser_gamma_min)
@@ -290,7 +287,7 @@ def decode_blocks(model, x, valid, position_ids, config: DecodeConfig, generator
                 recorder.record(x, chosen, logprob, x0=x0, confidence=score, policy_logprob=policy_logprob)
                 x = torch.where(chosen, x0, x)
             step, global_step = step + 1, global_step + 1
-    return x, network, global_step
+    return x, global_step
 
 
 def _running_confidence_step(x, x0, masked, score, running_confidence, block: Block, step: int, mask_id: int):
@@ -309,26 +306,29 @@ def _running_confidence_step(x, x0, masked, score, running_confidence, block: Bl
 
 def confidence_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=None, generator=None):
     """LLaDA-style confidence decoding of `canvas` -> DecodeResult (see the module docstring)."""
-    canvas, valid, position_ids = check_canvas(model, canvas, valid, position_ids)
-    if attention_pattern(model) == "block-causal":
-        block_length = _block_length_for_block_causal(model, config)
+    denoiser = as_denoiser(model)
+    canvas = Canvas.of(denoiser, canvas, valid, position_ids)
+    canvas, valid, position_ids = canvas.tokens, canvas.valid, canvas.positions
+    meter = denoiser.meter()
+    if denoiser.attention == "block-causal":
+        block_length = _block_length_for_block_causal(denoiser, config)
         layout = PositionLayout(canvas, valid, position_ids)
         callback = config.step_callback
         recorder = TraceRecorder(config.trace, callback and (lambda step: callback(layout.restore_step(step, canvas))))
-        tokens, network, steps = decode_blocks(model, layout.aligned, layout.aligned_valid, layout.aligned_positions,
-                                               config, generator, block_length, recorder)
+        tokens, steps = decode_blocks(denoiser, layout.aligned, layout.aligned_valid, layout.aligned_positions,
+                                      config, generator, block_length, recorder)
         tokens = layout.restore(tokens, canvas)
         trace = recorder.result()
         if trace is not None:
             trace = [layout.restore_step(step, canvas) for step in trace]
     else:
-        if config.approximate_prefix_cache and not supports_kv_cache(model):
+        if config.approximate_prefix_cache and not denoiser.supports_cache:
             raise ValueError("approximate_prefix_cache needs a model with a KV cache (MDLMForMaskedLM)")
         recorder = TraceRecorder(config.trace, config.step_callback)
-        tokens, network, steps = decode_blocks(model, canvas, valid, position_ids, config, generator, None, recorder)
+        tokens, steps = decode_blocks(denoiser, canvas, valid, position_ids, config, generator, None, recorder)
         trace = recorder.result()
-    return DecodeResult(tokens=tokens, nfe=network.nfe, trace=trace,
-                        stats={"steps": steps, "row_evaluations": network.row_evaluations})
+    return DecodeResult(tokens=tokens, nfe=meter.nfe, trace=trace,
+                        stats={"steps": steps, "row_evaluations": meter.row_evaluations})
 
 
 class PositionLayout:

@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
+from mdlm.decode.registry import SAMPLER_REGISTRY
 from mdlm.decode.trace import TraceStep
 
-SAMPLERS = ("ancestral", "first-hitting", "confidence", "assd")
 UNMASKING_SCHEDULES = ("uniform", "cosine", "ascending")
 REMASKING_POLICIES = ("random", "low-confidence", "margin", "entropy", "threshold", "rcr")
 ASSD_ORDERS = ("left-to-right", "random", "right-to-left", "confidence")
@@ -77,12 +77,11 @@ class DecodeConfig:
     step_callback: Callable[[TraceStep], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        from mdlm.decode.registry import SAMPLER_REGISTRY
-
         _choose("sampler", self.sampler, tuple(SAMPLER_REGISTRY))
         _choose("schedule", self.schedule, UNMASKING_SCHEDULES)
         _choose("remasking", self.remasking, REMASKING_POLICIES)
         _choose("masking_schedule", self.masking_schedule, MASKING_SCHEDULES)
+        _choose("order", self.order, ASSD_ORDERS)
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.block_length is not None and self.block_length < 1:
@@ -109,3 +108,10 @@ class DecodeResult:
     nfe: int
     trace: list[TraceStep] | None = None
     stats: dict = field(default_factory=dict)
+
+
+def refuse_block_length(config) -> None:
+    """The one-token samplers have no blocks: say where blocks are."""
+    if config.block_length is not None:
+        raise ValueError("block_length applies to the confidence sampler; for block-wise random-order decoding use "
+                         "sampler='confidence' with remasking='random' (one token per step is exact within a block)")

@@ -1,12 +1,11 @@
-"""The `Denoiser` protocol and the canvas conventions every sampler shares.
+"""The `Denoiser` protocol: the one face every model shows the decoders.
 
 A denoiser maps token ids, some of them the mask id, to logits (B, L, V) of p(x0_i | unmasked tokens)
-(RADD: the network needs no time input). `MDLMForMaskedLM` is one (it also offers a KV cache);
-`as_denoiser` adapts any Hugging Face masked LM that has a mask token.
-
-Canvas: (B, L) long. Mask ids are to be generated, every other token is fixed. Rows of different
-lengths are left-padded and `valid` (B, L) is False at padding; position ids then count from 0 at each
-row's first valid token.
+(RADD, Ou et al. 2024: the network needs no time input). It carries the facts decoders need about the
+model (mask id, attention pattern, block size, context, whether it has a KV cache), so that no decoder
+reads `model.config` or branches on a model's class. `as_denoiser` wraps any model once (ours, a
+Hugging Face masked LM, a plain callable) and every network call goes through `logits`, which counts
+it: NFE is counted here and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,60 +14,187 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from mdlm.decode.canvas import default_position_ids  # noqa: F401  (train/rl imports it from here)
+
+ATTENTION_PATTERNS = ("bidirectional", "causal", "block-causal")
+
 
 @runtime_checkable
 class Denoiser(Protocol):
-    mask_token_id: int
+    mask_token_id: int | None
+    attention: str  # one of ATTENTION_PATTERNS
+    block_size: int | None  # attention block of a block-causal model
+    context: int | None  # most positions the model takes
+    supports_cache: bool  # logits(..., cache=, use_cache=True) work
+    nfe: int  # batched network calls so far
+    row_evaluations: int  # rows pushed through the network so far
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, L, V) with the mask token's logit at -inf."""
+    def logits(self, ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, cache=None,
+               use_cache: bool = False):
+        """Logits (B, L, V) with the mask token's logit at -inf, or (logits, new cache) when use_cache."""
 
 
-class HFMaskedLMDenoiser:
+class CountedDenoiser:
+    """What every wrapper shares: the counters, the device and the eval/train switch of its module."""
+
+    attention = "bidirectional"
+    block_size = None
+    supports_cache = False
+    eos_token_id = None  # the model's own end of text, when a decode config names none
+
+    def __init__(self, module, mask_token_id, context):
+        self.model, self.mask_token_id, self.context = module, mask_token_id, context
+        self.vocab_size = getattr(getattr(module, "config", None), "vocab_size", None)  # None: from the logits
+        self.nfe = 0
+        self.row_evaluations = 0
+
+    def logits(self, ids, valid, positions, cache=None, use_cache=False):
+        if (cache is not None or use_cache) and not self.supports_cache:
+            raise ValueError("this denoiser has no KV cache; decode with use_cache=False")
+        self.nfe += 1
+        self.row_evaluations += ids.shape[0]
+        with torch.no_grad():
+            return self._logits(ids, valid, positions, cache, use_cache)
+
+    def _logits(self, ids, valid, positions, cache, use_cache):
+        raise NotImplementedError
+
+    def meter(self) -> "Meter":
+        return Meter(self)
+
+    @property
+    def device(self) -> torch.device:
+        return device_of(self.model)
+
+    @property
+    def training(self) -> bool:
+        return bool(getattr(self.model, "training", False))
+
+    def train(self, mode: bool = True):
+        if isinstance(self.model, torch.nn.Module):
+            self.model.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def require_mask_id(self) -> int:
+        if self.mask_token_id is None:
+            raise ValueError("the model has no mask token id; set config.mask_token_id (the tokenizer's "
+                             "mask token id) or pass mask_token_id= to as_denoiser")
+        return int(self.mask_token_id)
+
+
+class Meter:
+    """The network calls of one decoding run: the denoiser's counters since the meter was made."""
+
+    def __init__(self, denoiser: CountedDenoiser):
+        self.denoiser = denoiser
+        self.start = (denoiser.nfe, denoiser.row_evaluations)
+
+    @property
+    def nfe(self) -> int:
+        return self.denoiser.nfe - self.start[0]
+
+    @property
+    def row_evaluations(self) -> int:
+        return self.denoiser.row_evaluations - self.start[1]
+
+
+class MDLMDenoiser(CountedDenoiser):
+    """`MDLMForMaskedLM` as a denoiser: custom attention masks, explicit positions and a KV cache."""
+
+    supports_cache = True
+
+    def __init__(self, model, mask_token_id: int | None = None):
+        config = model.config
+        super().__init__(model, mask_token_id if mask_token_id is not None else config.mask_token_id,
+                         config.max_position_embeddings)
+        self.attention, self.eos_token_id = config.attention, config.eos_token_id
+        self.block_size = int(config.block_size) if config.attention == "block-causal" else None
+        self.config = config  # mdlm.as_arm's two-stream forward reads the mask id from it
+
+    def _logits(self, ids, valid, positions, cache, use_cache):
+        # An all-True padding mask is dropped so that the fast unmasked attention path runs; with a cache
+        # it is kept, since it also extends the cache's key validity to this call's keys.
+        attention_mask = None if valid is None or (cache is None and bool(valid.all())) else valid
+        out = self.model(ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
+                         use_cache=use_cache)
+        return (out.logits, out.cache) if use_cache else out.logits
+
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=False):
+        """A counted raw forward with a caller-built attention mask of any shape (the two-stream
+        forward of `mdlm.as_arm` builds its own (B, 1, Lq, Lk) mask) -> the model's output."""
+        self.nfe += 1
+        self.row_evaluations += input_ids.shape[0]
+        with torch.no_grad():
+            return self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                              use_cache=use_cache)
+
+
+class HFMaskedLMDenoiser(CountedDenoiser):
     """A Hugging Face masked LM (BERT, RoBERTa, ModernBERT, ...) as a `Denoiser`.
 
     Only the mask token's logit is set to -inf (SUBS); special tokens the model never generates are the
     caller's business (pass `banned_token_ids`)."""
 
     def __init__(self, model, mask_token_id: int | None = None, banned_token_ids=(), pass_position_ids=False):
-        self.model = model
         config = getattr(model, "config", None)
-        self.mask_token_id = mask_token_id if mask_token_id is not None else getattr(config, "mask_token_id", None)
-        if self.mask_token_id is None:
+        mask_token_id = mask_token_id if mask_token_id is not None else getattr(config, "mask_token_id", None)
+        if mask_token_id is None:
             raise ValueError("this model has no mask token id; pass mask_token_id= (e.g. tokenizer.mask_token_id)")
-        self.banned_token_ids = sorted({int(self.mask_token_id), *map(int, banned_token_ids)})
+        super().__init__(model, int(mask_token_id), getattr(config, "max_position_embeddings", None))
+        self.banned_token_ids = sorted({int(mask_token_id), *map(int, banned_token_ids)})
         self.pass_position_ids = pass_position_ids
-        self.config = config
 
-    def parameters(self):
-        return self.model.parameters()
-
-    def __call__(self, input_ids, attention_mask=None, position_ids=None):
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        kwargs = {"attention_mask": attention_mask.long()}
-        if self.pass_position_ids and position_ids is not None:
-            kwargs["position_ids"] = position_ids
-        with torch.no_grad():
-            logits = self.model(input_ids=input_ids, **kwargs).logits.float()
+    def _logits(self, ids, valid, positions, cache, use_cache):
+        kwargs = {"attention_mask": (torch.ones_like(ids) if valid is None else valid).long()}
+        if self.pass_position_ids and positions is not None:
+            kwargs["position_ids"] = positions
+        logits = self.model(input_ids=ids, **kwargs).logits.float()
         logits[..., self.banned_token_ids] = float("-inf")
         return logits
 
 
-def as_denoiser(model, mask_token_id: int | None = None, **kwargs):
-    """Our model is already a denoiser; any other masked LM gets the thin adapter."""
+class CallableDenoiser(CountedDenoiser):
+    """Any callable `f(input_ids, attention_mask=, position_ids=)` -> logits (or an output with
+    `.logits`) that names its `mask_token_id`: a fixed test distribution, a user's own network."""
+
+    def __init__(self, function, mask_token_id: int | None = None):
+        mask_token_id = mask_token_id if mask_token_id is not None else getattr(function, "mask_token_id", None)
+        if mask_token_id is None:
+            raise ValueError(f"{type(function).__name__} has no mask_token_id; give it one or pass mask_token_id=")
+        super().__init__(function, int(mask_token_id), getattr(function, "context", None))
+
+    def _logits(self, ids, valid, positions, cache, use_cache):
+        attention_mask = None if valid is None or bool(valid.all()) else valid
+        out = self.model(ids, attention_mask=attention_mask, position_ids=positions)
+        return out.logits if hasattr(out, "logits") else out
+
+
+def as_denoiser(model, mask_token_id: int | None = None, **kwargs) -> CountedDenoiser:
+    """Wrap `model` once as a `Denoiser` (a denoiser comes back as it is, so wrapping twice is free)."""
     from mdlm.model import MDLMForMaskedLM
 
-    if isinstance(model, (MDLMForMaskedLM, HFMaskedLMDenoiser)):
+    if isinstance(model, CountedDenoiser):
         return model
-    return HFMaskedLMDenoiser(model, mask_token_id, **kwargs)
+    if isinstance(model, MDLMForMaskedLM):
+        return MDLMDenoiser(model, mask_token_id)
+    if isinstance(model, torch.nn.Module) and hasattr(getattr(model, "config", None), "vocab_size"):
+        return HFMaskedLMDenoiser(model, mask_token_id, **kwargs)
+    if callable(model):
+        return CallableDenoiser(model, mask_token_id)
+    raise TypeError(f"cannot decode with a {type(model).__name__}: pass an MDLMForMaskedLM, a Hugging Face "
+                    "masked LM or a callable ids -> logits with a mask_token_id")
 
 
-def denoiser_for_run(model, tokenizer):
-    """The denoiser of a loaded run folder (model + its tokenizer). Ours is used as it is; any other
-    masked LM (a BERT-style folder, whose config usually has no mask_token_id) gets the adapter with the
-    tokenizer's mask id and the tokenizer's special tokens banned except EOS, which ends a completion."""
+def denoiser_for_run(model, tokenizer) -> CountedDenoiser:
+    """The denoiser of a loaded run folder (model + its tokenizer). The mask id comes from the model's
+    config, else the tokenizer; a foreign masked LM (a BERT-style folder) gets the tokenizer's special
+    tokens banned except EOS, which ends a completion."""
     from mdlm.model import MDLMForMaskedLM
 
     config_mask_id = getattr(getattr(model, "config", None), "mask_token_id", None)
@@ -77,86 +203,19 @@ def denoiser_for_run(model, tokenizer):
         raise ValueError("neither the model's config nor its tokenizer has a mask token id; this is not a masked LM")
     if isinstance(model, MDLMForMaskedLM):
         model.config.mask_token_id = int(mask_id)
-        return model
+        return MDLMDenoiser(model)
     banned = [i for i in tokenizer.all_special_ids if i not in (mask_id, tokenizer.eos_token_id)]
     return HFMaskedLMDenoiser(model, int(mask_id), banned_token_ids=banned)
 
 
-def mask_token_id_of(model) -> int:
-    mask_id = getattr(model, "mask_token_id", None)
-    if mask_id is None:
-        mask_id = getattr(getattr(model, "config", None), "mask_token_id", None)
-    if mask_id is None:
-        raise ValueError("the model's config has no mask_token_id; set it (the tokenizer's mask token id)")
-    return int(mask_id)
-
-
-def supports_kv_cache(model) -> bool:
-    from mdlm.model import MDLMForMaskedLM
-
-    return isinstance(model, MDLMForMaskedLM)
-
-
-def attention_pattern(model) -> str:
-    return getattr(getattr(model, "config", None), "attention", "bidirectional")
-
-
-def default_position_ids(valid: torch.Tensor) -> torch.Tensor:
-    """Positions counting from 0 at each row's first valid token (left padding gets 0)."""
-    return (valid.long().cumsum(-1) - 1).clamp_min(0)
-
-
-def check_canvas(model, canvas: torch.Tensor, valid: torch.Tensor | None, position_ids: torch.Tensor | None):
-    """Validate and complete (valid, position_ids); raise clear errors for malformed input."""
-    if canvas.dim() != 2:
-        raise ValueError(f"the canvas must be (batch, length) token ids, got shape {tuple(canvas.shape)}")
-    if canvas.dtype != torch.long:
-        canvas = canvas.long()
-    if valid is None:
-        valid = torch.ones_like(canvas, dtype=torch.bool)
-    valid = valid.to(device=canvas.device, dtype=torch.bool)
-    if valid.shape != canvas.shape:
-        raise ValueError(f"valid has shape {tuple(valid.shape)} but the canvas {tuple(canvas.shape)}")
-    if position_ids is None:
-        position_ids = default_position_ids(valid)
-    elif position_ids.shape != canvas.shape:
-        raise ValueError(f"position_ids has shape {tuple(position_ids.shape)} but the canvas {tuple(canvas.shape)}")
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if context is not None and (int(position_ids[valid].max()) if valid.any() else 0) >= context:
-        longest = int(valid.sum(-1).max())
-        raise ValueError(
-            f"a canvas row holds {longest} tokens (prompt + tokens to generate) but the model's context is "
-            f"{context}; shorten the prompt or generate fewer tokens (--max-new-tokens)"
-        )
-    return canvas, valid, position_ids
-
-
-class NetworkCounter:
-    """Calls the denoiser with the canvas conventions and counts network function evaluations (NFE).
-
-    `nfe` counts batched forward passes; `row_evaluations` counts rows pushed through the network
-    (they differ when a cache skips some rows of a batch)."""
-
-    def __init__(self, model):
-        self.model = model
-        self.nfe = 0
-        self.row_evaluations = 0
-
-    def logits(self, input_ids, valid, position_ids, cache=None, use_cache=False):
-        """Logits (B, L, V), or (logits, new_cache) when use_cache."""
-        self.nfe += 1
-        self.row_evaluations += input_ids.shape[0]
-        attention_mask = None if bool(valid.all()) else valid
-        if supports_kv_cache(self.model):
-            with torch.no_grad():
-                out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                 cache=cache, use_cache=use_cache)
-            return (out.logits, out.cache) if use_cache else out.logits
-        if cache is not None or use_cache:
-            raise ValueError("this denoiser has no KV cache; decode with use_cache=False")
-        with torch.no_grad():
-            out = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        return out.logits if hasattr(out, "logits") else out
+def device_of(model) -> torch.device:
+    """The device of a model's (or a wrapper's inner model's) first parameter; CPU for none."""
+    for candidate in (model, getattr(model, "model", None)):
+        try:
+            return next(candidate.parameters()).device
+        except (AttributeError, StopIteration, TypeError):
+            continue
+    return torch.device("cpu")
 
 
 class RowOutputCache:
@@ -166,18 +225,18 @@ class RowOutputCache:
     current tokens; only rows whose tokens changed since their last evaluation go through the network
     (one batched call). With `enabled=False` every needed row is recomputed (the standard sampler)."""
 
-    def __init__(self, network: NetworkCounter, valid, position_ids, enabled: bool = True):
-        self.network, self.valid, self.position_ids, self.enabled = network, valid, position_ids, enabled
+    def __init__(self, denoiser: CountedDenoiser, valid, position_ids, enabled: bool = True):
+        self.denoiser, self.valid, self.position_ids, self.enabled = denoiser, valid, position_ids, enabled
         self.buffer = None
         self.evaluated_tokens = None
 
     def logits(self, x: torch.Tensor, needed: torch.Tensor) -> torch.Tensor:
-        stale = needed.clone()
+        stale = needed.clone()  # (B,)
         if self.enabled and self.evaluated_tokens is not None:
             stale &= (x != self.evaluated_tokens).any(-1)
         if stale.any():
             rows = stale.nonzero()[:, 0]
-            out = self.network.logits(x[rows], self.valid[rows], self.position_ids[rows])
+            out = self.denoiser.logits(x[rows], self.valid[rows], self.position_ids[rows])  # (R, L, V)
             if self.buffer is None:
                 self.buffer = out.new_zeros((x.shape[0], *out.shape[1:]))
                 self.evaluated_tokens = torch.full_like(x, -1)

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from mdlm.decode.config import DecodeConfig, DecodeResult
-from mdlm.decode.denoiser import NetworkCounter, RowOutputCache, check_canvas, mask_token_id_of
-from mdlm.decode.trace import TraceRecorder, reveal_tokens
+from mdlm.decode.config import DecodeConfig, DecodeResult, refuse_block_length
+from mdlm.decode.canvas import Canvas
+from mdlm.decode.denoiser import RowOutputCache, as_denoiser
+from mdlm.decode.draw import reveal_tokens
+from mdlm.decode.trace import TraceRecorder
 from mdlm.schedules import get_schedule
 
 
@@ -30,16 +32,15 @@ def first_hitting_decode(model, canvas, config: DecodeConfig, valid=None, positi
     """Reveal one uniformly chosen masked position per row per network call -> DecodeResult.
 
     stats["times"]: (B, steps) float64 first-hitting times (NaN once a row is done)."""
-    canvas, valid, position_ids = check_canvas(model, canvas, valid, position_ids)
-    if config.block_length is not None:
-        raise ValueError("block_length applies to the confidence sampler; for block-wise random-order decoding use "
-                         "sampler='confidence' with remasking='random' (one token per step is exact within a block)")
-    mask_id = mask_token_id_of(model)
+    denoiser = as_denoiser(model)
+    canvas = Canvas.of(denoiser, canvas, valid, position_ids)
+    refuse_block_length(config)
+    valid, mask_id = canvas.valid, canvas.mask_token_id
     schedule = get_schedule(config.masking_schedule)
-    network = NetworkCounter(model)
-    outputs = RowOutputCache(network, valid, position_ids, enabled=config.use_cache)
+    meter = denoiser.meter()
+    outputs = RowOutputCache(denoiser, valid, canvas.positions, enabled=config.use_cache)
     recorder = TraceRecorder(config.trace, config.step_callback)
-    x = canvas.clone()
+    x = canvas.tokens.clone()
     B = x.shape[0]
     t = torch.ones(B, dtype=torch.float64)
     times = []
@@ -61,6 +62,6 @@ def first_hitting_decode(model, canvas, config: DecodeConfig, valid=None, positi
         reveal[active, position[active]] = True
         logits = outputs.logits(x, active)
         x = reveal_tokens(x, reveal, logits, config, generator, recorder)
-    return DecodeResult(tokens=x, nfe=network.nfe, trace=recorder.result(),
+    return DecodeResult(tokens=x, nfe=meter.nfe, trace=recorder.result(),
                         stats={"times": torch.stack(times, 1) if times else torch.empty(B, 0, dtype=torch.float64),
-                               "row_evaluations": network.row_evaluations})
+                               "row_evaluations": meter.row_evaluations})

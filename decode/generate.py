@@ -6,8 +6,9 @@ from dataclasses import replace
 
 import torch
 
+from mdlm.decode.canvas import pad_rows
 from mdlm.decode.config import DecodeConfig, DecodeResult
-from mdlm.decode.denoiser import mask_token_id_of
+from mdlm.decode.denoiser import as_denoiser
 from mdlm.decode.registry import decode
 
 
@@ -45,16 +46,11 @@ def build_canvas(tokenizer, prompts: list[str], max_new_tokens: int, mask_token_
                 f"{context_length}; {fix}"
             )
         rows.append((head, tail))
-    length = max(len(h) + max_new_tokens + len(t) for h, t in rows)
-    canvas = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    valid = torch.zeros_like(canvas, dtype=torch.bool)
-    generated = torch.zeros_like(valid)
+    canvas, valid = pad_rows([h + [mask_token_id] * max_new_tokens + t for h, t in rows], pad_id, "left")
+    generated = torch.zeros_like(valid)  # (B, L)
     for b, (head, tail) in enumerate(rows):
-        row = head + [mask_token_id] * max_new_tokens + tail
-        start = length - len(row)
-        canvas[b, start:] = torch.tensor(row, dtype=torch.long)
-        valid[b, start:] = True
-        generated[b, start + len(head): start + len(head) + max_new_tokens] = True
+        end = canvas.shape[1] - len(tail)  # left padding: every row ends at the last column
+        generated[b, end - max_new_tokens: end] = True
     return canvas, valid, generated
 
 
@@ -72,13 +68,15 @@ def completion_ids(tokens: torch.Tensor, generated: torch.Tensor, eos_token_id: 
 def generate_with_result(model, tokenizer, prompts, max_new_tokens, config: DecodeConfig, suffixes=None,
                          add_bos: bool = False, generator=None) -> tuple[list[str], DecodeResult, torch.Tensor]:
     """`generate`, also returning the DecodeResult and the generated-position mask (for NFE, traces)."""
-    mask_id = mask_token_id_of(model) if getattr(model, "config", None) is not None else tokenizer.mask_token_id
+    # A bare callable names no mask id of its own: the tokenizer's is the one.
+    denoiser = as_denoiser(model, None if hasattr(model, "config") else tokenizer.mask_token_id)
+    mask_id = denoiser.require_mask_id()
     if config.eos_token_id is None and tokenizer.eos_token_id is not None:
         config = replace(config, eos_token_id=tokenizer.eos_token_id)
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    canvas, valid, generated = build_canvas(tokenizer, list(prompts), max_new_tokens, mask_id, suffixes, context, add_bos)
-    device = _device_of(model)
-    result = decode(model, canvas.to(device), config, valid=valid.to(device), generator=generator)
+    canvas, valid, generated = build_canvas(tokenizer, list(prompts), max_new_tokens, mask_id, suffixes,
+                                            denoiser.context, add_bos)
+    device = denoiser.device
+    result = decode(denoiser, canvas.to(device), config, valid=valid.to(device), generator=generator)
     ids = completion_ids(result.tokens.cpu(), generated, config.eos_token_id)
     texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
     return texts, result, generated
@@ -91,10 +89,3 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, config: 
         prompts = [prompts]
     return generate_with_result(model, tokenizer, prompts, max_new_tokens, config or DecodeConfig(), suffixes)[0]
 
-
-def _device_of(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (AttributeError, StopIteration, TypeError):
-        inner = getattr(model, "model", None)
-        return _device_of(inner) if inner is not None else torch.device("cpu")

@@ -2,7 +2,8 @@
 
 Samplers are named "module:function" so that a sampler's module (and its dependencies) is imported only
 when it is used, and other parts of the project can add samplers (`register_sampler`). Each function has
-the signature `fn(model, canvas, config, valid=None, position_ids=None, generator=None) -> DecodeResult`.
+the signature `fn(denoiser, canvas, config, valid=None, position_ids=None, generator=None) -> DecodeResult`.
+This module imports nothing of `mdlm.decode`, so `DecodeConfig` can check sampler names against it.
 """
 
 from __future__ import annotations
@@ -47,14 +48,19 @@ def make_generator(seed: int | None, generator: torch.Generator | None = None) -
 
 
 def decode(model, canvas, config, valid=None, position_ids=None, generator=None):
-    """Fill every mask-id position of `canvas` (B, L) with the sampler of `config` -> DecodeResult."""
+    """Fill every mask-id position of `canvas` (B, L) with the sampler of `config` -> DecodeResult.
+
+    `model` is wrapped once here (`as_denoiser`); every network call of the sampler goes through it."""
+    from mdlm.decode.denoiser import as_denoiser
+
     sampler = resolve_sampler(config.sampler)
-    model_was_training = getattr(model, "training", False)
-    if model_was_training:
-        model.eval()
+    denoiser = as_denoiser(model)
+    was_training = denoiser.training
+    if was_training:
+        denoiser.eval()
     try:
-        return sampler(model, canvas, config, valid=valid, position_ids=position_ids,
+        return sampler(denoiser, canvas, config, valid=valid, position_ids=position_ids,
                        generator=make_generator(config.seed, generator))
     finally:
-        if model_was_training:
-            model.train()
+        if was_training:
+            denoiser.train()

@@ -34,8 +34,8 @@ Adaptive draft size (`adaptive_draft`): after each round the acceptance rate alp
 re-estimated (Laplace-smoothed) and the next round drafts until the chance of reaching the last draft
 falls below 10%: k = 1 + ceil(log 0.1 / log alpha), between 2 and 4 * draft_size.
 
-Every categorical draw (drafts, acceptance coins, residual and bonus tokens) goes through
-`mdlm.kernels.sample_categorical` (float64 Gumbel-max). Temperature / top-k / top-p change the target
+Every categorical draw (drafts, acceptance coins, residual and bonus tokens) goes through the one draw
+step, `mdlm.decode.draw` (float64 Gumbel-max in `mdlm.kernels`). Temperature / top-k / top-p change the target
 distribution: drafts and verifies use the same tempered, filtered distribution.
 """
 
@@ -47,38 +47,24 @@ import torch
 from tqdm.auto import tqdm
 
 from mdlm.as_arm import UNDECIDED, check_two_stream_model, initial_rank, keep_in_cache, left_align, two_stream_forward
-from mdlm.decode.config import ASSD_ORDERS, DecodeConfig, DecodeResult
-from mdlm.decode.denoiser import check_canvas
+from mdlm.decode.canvas import Canvas
+from mdlm.decode.config import DecodeConfig, DecodeResult
+from mdlm.decode.denoiser import as_denoiser
+from mdlm.decode.draw import draw, draw_probs, model_logprob, sample_from_probs
 from mdlm.decode.registry import make_generator
 from mdlm.decode.trace import TraceRecorder
-from mdlm.kernels import sample_categorical
-from mdlm.kernels.sampling_reference import filter_logits
 
-ORDERS = ASSD_ORDERS
 ACCEPT, REJECT = 0, 1
+# Adaptive draft size: draft until the chance of reaching the last draft falls below this, within
+# [MIN_ADAPTIVE_DRAFT, MAX_DRAFT_FACTOR * draft_size].
+LAST_DRAFT_CHANCE = 0.1
+MIN_ADAPTIVE_DRAFT = 2
+MAX_DRAFT_FACTOR = 4
 
 
 # ----------------------------------------------------------------------------------------------------
 # The draws
 # ----------------------------------------------------------------------------------------------------
-
-def categorical_probs(logits: torch.Tensor, temperature: float = 1.0, top_k=None, top_p=None) -> torch.Tensor:
-    """float64 probabilities of the distribution `sample_categorical` draws from with these settings
-    (temperature first, then top-k and the top-p nucleus of the tempered distribution)."""
-    scores = filter_logits(logits, top_k, top_p, temperature).double()
-    if temperature == 0:
-        return torch.nn.functional.one_hot(scores.argmax(-1), logits.shape[-1]).double()
-    return torch.softmax(scores / temperature, dim=-1)
-
-
-def _log(probs: torch.Tensor) -> torch.Tensor:
-    return torch.where(probs > 0, probs.log(), torch.full_like(probs, float("-inf")))
-
-
-def sample_from_probs(probs: torch.Tensor, generator=None) -> torch.Tensor:
-    """One exact float64 draw per row of `probs` (..., V)."""
-    return sample_categorical(_log(probs), temperature=1.0, generator=generator).tokens
-
 
 def sample_residual(p: torch.Tensor, q: torch.Tensor, generator=None) -> torch.Tensor:
     """The rejection step of speculative sampling: z ~ normalize(max(p - q, 0)) per row of (..., V).
@@ -99,9 +85,10 @@ def accept_coins(p_of_draft: torch.Tensor, q_of_draft: torch.Tensor, generator=N
 
 def next_draft_size(accepted: int, drafted: int, draft_size: int) -> int:
     """Draft until the chance of reaching the last draft is below 10% (see the module docstring)."""
-    alpha = (accepted + 1) / (drafted + 2)
-    extra = math.ceil(math.log(0.1) / math.log(alpha)) if alpha < 1 else 4 * draft_size
-    return max(2, min(4 * draft_size, 1 + extra))
+    alpha = (accepted + 1) / (drafted + 2)  # Laplace-smoothed acceptance rate
+    most = MAX_DRAFT_FACTOR * draft_size
+    extra = math.ceil(math.log(LAST_DRAFT_CHANCE) / math.log(alpha)) if alpha < 1 else most
+    return max(MIN_ADAPTIVE_DRAFT, min(most, 1 + extra))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -116,20 +103,20 @@ class TwoStreamCanvas:
     committed positions whose content has not been computed yet and joins the next call. Without the
     cache every call recomputes the content of all decoded tokens."""
 
-    def __init__(self, model, canvas, valid, position_ids, use_cache: bool):
-        self.model = model
-        self.mask_id = model.config.mask_token_id
-        self.tokens = canvas.clone()
-        self.valid = valid
-        self.position_ids = position_ids
-        self.rank = initial_rank(canvas, self.mask_id, valid)
-        self.next_rank = torch.ones(canvas.shape[0], dtype=torch.long, device=canvas.device)
+    def __init__(self, denoiser, canvas: Canvas, use_cache: bool):
+        self.denoiser = denoiser
+        self.mask_id = canvas.mask_token_id
+        self.tokens = canvas.tokens.clone()  # (B, L)
+        self.valid = canvas.valid
+        self.position_ids = canvas.positions
+        self.rank = initial_rank(canvas.tokens, self.mask_id, canvas.valid)  # (B, L)
+        self.next_rank = torch.ones(canvas.tokens.shape[0], dtype=torch.long, device=canvas.tokens.device)
         self.pending = self.rank == 0
         self.use_cache = use_cache
         self.cache = None
         self._unsettled = None  # the last call's cache, until we know which drafts were accepted
-        self.nfe = 0
-        self.calls_per_row = torch.zeros(canvas.shape[0], dtype=torch.long, device=canvas.device)
+        self.meter = denoiser.meter()
+        self.calls_per_row = torch.zeros(canvas.tokens.shape[0], dtype=torch.long, device=canvas.tokens.device)
 
     @property
     def undecided(self) -> torch.Tensor:
@@ -151,10 +138,10 @@ class TwoStreamCanvas:
             positions = torch.cat([positions, self.position_ids.gather(1, draft_positions)], 1)
             rank = torch.cat([rank, self.next_rank[:, None] + slots], 1)
             content_valid = torch.cat([content_valid, draft_valid], 1)
+        # The denoiser's raw counted forward: the two-stream mask is built by mdlm.as_arm.
         logits, new_cache = two_stream_forward(
-            self.model, ids, positions, rank, content_valid, self.position_ids.gather(1, query_positions),
-            query_rank, query_valid, cache=self.cache, use_cache=self.use_cache)
-        self.nfe += 1
+            self.denoiser, ids, positions, rank, content_valid, self.position_ids.gather(1, query_positions),
+            query_rank, query_valid, cache=self.cache, use_cache=self.use_cache)  # (B, K, V)
         self.calls_per_row += query_valid.any(1).long()
         if self.use_cache:
             # Committed content is final once computed: keep it; drafts wait for their verdict.
@@ -235,21 +222,13 @@ def draft_targets(state: TwoStreamCanvas, num_draft: torch.Tensor, num_extra: to
 
 
 def _prepare(model, canvas, config: DecodeConfig, valid, position_ids, generator):
-    check_two_stream_model(model)
-    if config.order not in ORDERS:
-        raise ValueError(f"order={config.order!r} is not an ASSD order; choose one of {', '.join(ORDERS)}")
-    canvas, valid, position_ids = check_canvas(model, canvas, valid, position_ids)
+    denoiser = as_denoiser(model)
+    check_two_stream_model(denoiser.model)
+    canvas = Canvas.of(denoiser, canvas, valid, position_ids)
+    # sequential_decode / parallel_decode are called directly, not through registry.decode.
     generator = make_generator(config.seed, generator)
-    state = TwoStreamCanvas(model, canvas, valid, position_ids, use_cache=config.use_cache)
+    state = TwoStreamCanvas(denoiser, canvas, use_cache=config.use_cache)
     return state, _priority(state, config.order, generator), generator
-
-
-def _draw(logits, config: DecodeConfig, generator):
-    return sample_categorical(logits, config.temperature, config.top_k, config.top_p, generator=generator).tokens
-
-
-def _model_logprob(logits, tokens):
-    return torch.log_softmax(logits.double(), -1).gather(-1, tokens[..., None])[..., 0]
 
 
 def _pad_columns(tensor, width: int, fill):
@@ -283,8 +262,7 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
     generated (tokens, whole batch), generated_per_row, calls_per_row (calls in which the row had a
     query), tokens_per_call (generated tokens per row-call), draft_sizes (k of each round)."""
     state, priority, generator = _prepare(model, canvas, config, valid, position_ids, generator)
-    trace = TraceRecorder(config.trace, getattr(config, "step_callback", None))
-    recording = bool(config.trace or getattr(config, "step_callback", None))
+    trace = TraceRecorder(config.trace, config.step_callback)
     total = state.undecided.sum(1)
     drafted = accepted = rounds = 0
     draft_size, draft_sizes = config.draft_size, []
@@ -297,7 +275,7 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
         D = q_logits.shape[1]
         slot = torch.arange(D, device=remaining.device)[None]
         draft_valid = slot < num_draft[:, None]
-        drafts = _draw(q_logits, config, generator)
+        drafts = draw(q_logits, config, generator).tokens  # (B, D)
         targets, target_valid = _pad_columns(targets, D + 1, 0), _pad_columns(target_valid, D + 1, False)
 
         # Verify: the query of slot j (1..D) sees the drafts of slots < j; slot 0 reuses the draft.
@@ -310,8 +288,8 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
         else:
             p_logits = torch.cat([p_logits, q_logits.new_zeros(q_logits.shape[0], D, q_logits.shape[-1])], 1)
 
-        p = categorical_probs(p_logits, config.temperature, config.top_k, config.top_p)
-        q = categorical_probs(q_logits, config.temperature, config.top_k, config.top_p)
+        p = draw_probs(p_logits, config)  # (B, D + 1, V)
+        q = draw_probs(q_logits, config)  # (B, D, V)
         p_of_draft = p[:, :D].gather(-1, drafts[..., None])[..., 0]
         q_of_draft = q.gather(-1, drafts[..., None])[..., 0]
         coins = accept_coins(p_of_draft, q_of_draft, generator) | (slot == 0)
@@ -327,9 +305,9 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
         commit_tokens = torch.cat([drafts, drafts[:, :1]], 1).scatter(1, num_accepted[:, None], extra[:, None])
         commit_valid = torch.arange(D + 1, device=slot.device)[None] < (num_accepted + has_extra.long())[:, None]
 
-        if recording:
+        if trace.active:
             revealed = _scatter_rows(state.tokens.shape, targets, torch.ones_like(commit_valid), commit_valid, False)
-            logprob = _model_logprob(p_logits, commit_tokens)
+            logprob = model_logprob(p_logits, commit_tokens)
             logprob = _scatter_rows(state.tokens.shape, targets, logprob, commit_valid, 0.0)
             trace.record(state.tokens, revealed, logprob)
         state.commit(targets, commit_tokens, commit_valid, accepted_drafts=slot < num_accepted[:, None])
@@ -345,7 +323,7 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
     progress.close()
     stats = dict(drafted=drafted, accepted=accepted, acceptance_rate=accepted / max(drafted, 1), rounds=rounds,
                  draft_sizes=draft_sizes, **_call_stats(state, total))
-    return DecodeResult(tokens=state.tokens, nfe=state.nfe, trace=trace.result(), stats=stats)
+    return DecodeResult(tokens=state.tokens, nfe=state.meter.nfe, trace=trace.result(), stats=stats)
 
 
 @torch.no_grad()
@@ -363,8 +341,7 @@ def parallel_decode(model, canvas, config: DecodeConfig, valid=None, position_id
     conditionally independent given the decoded tokens. `config.steps` calls (counts spread evenly),
     or `tokens_per_call` per call."""
     state, priority, generator = _prepare(model, canvas, config, valid, position_ids, generator)
-    trace = TraceRecorder(config.trace, getattr(config, "step_callback", None))
-    recording = bool(config.trace or getattr(config, "step_callback", None))
+    trace = TraceRecorder(config.trace, config.step_callback)
     total = state.undecided.sum(1)
     steps = config.steps if tokens_per_call is None else None
     if steps is None and tokens_per_call is None:
@@ -379,16 +356,17 @@ def parallel_decode(model, canvas, config: DecodeConfig, valid=None, position_id
         else:
             count = remaining.clamp(max=tokens_per_call)
         targets, target_valid, logits = draft_targets(state, count, torch.zeros_like(count), priority)
-        tokens = _draw(logits, config, generator)
+        tokens = draw(logits, config, generator).tokens  # (B, K)
         width = logits.shape[1]
-        if recording:
+        if trace.active:
             revealed = _scatter_rows(state.tokens.shape, targets[:, :width], torch.ones_like(target_valid[:, :width]),
                                      target_valid[:, :width], False)
-            logprob = _scatter_rows(state.tokens.shape, targets[:, :width], _model_logprob(logits, tokens),
+            logprob = _scatter_rows(state.tokens.shape, targets[:, :width], model_logprob(logits, tokens),
                                     target_valid[:, :width], 0.0)
             trace.record(state.tokens, revealed, logprob)
         state.commit(targets[:, :width], tokens, target_valid[:, :width])
         progress.update(int(target_valid.sum()))
         call += 1
     progress.close()
-    return DecodeResult(tokens=state.tokens, nfe=state.nfe, trace=trace.result(), stats=_call_stats(state, total))
+    return DecodeResult(tokens=state.tokens, nfe=state.meter.nfe, trace=trace.result(),
+                        stats=_call_stats(state, total))

@@ -76,15 +76,6 @@ class TraceRecorder:
         return self.steps if self.enabled else None
 
 
-def tempered_logprob(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / temperature)[token] per row in float64 (0 at temperature 0: the argmax is
-    drawn with probability 1). Rows are (N, V) logits with their (N,) drawn tokens."""
-    if temperature == 0:
-        return torch.zeros(tokens.shape, dtype=torch.float64, device=tokens.device)
-    scaled = logits.double() / temperature
-    return scaled.gather(-1, tokens[:, None])[:, 0] - torch.logsumexp(scaled, -1)
-
-
 @dataclass
 class Trajectory:
     """One batched rollout as RL trains on it: S steps of a batch of B canvases of length L.
@@ -130,17 +121,3 @@ class Trajectory:
     def to(self, device) -> "Trajectory":
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return Trajectory(**moved)
-
-
-def reveal_tokens(x, reveal, logits, config, generator, recorder: TraceRecorder):
-    """Draw the tokens at the `reveal` positions of x from their logits (float64 Gumbel-max with the
-    config's temperature/top-k/top-p), record the step and return the new canvas."""
-    from mdlm.kernels import sample_categorical
-
-    draw = sample_categorical(logits[reveal], config.temperature, config.top_k, config.top_p, generator=generator)
-    logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-    logprob[reveal] = draw.logprob
-    recorder.record(x, reveal, logprob)
-    x = x.clone()
-    x[reveal] = draw.tokens
-    return x

@@ -37,12 +37,17 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
+from mdlm.decode.canvas import default_position_ids, pad_rows
+from mdlm.decode.denoiser import as_denoiser
+from mdlm.decode.draw import draw
 from mdlm.eval.likelihood import autoregressive_nll, diffusion_nll
 from mdlm.eval.tasks.utils import INFILL_HOLE
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# lm-eval's batch_size="auto" probes GPU memory; here it is this fixed size (the default batch size).
+AUTO_BATCH_SIZE = 32
 # DecodeConfig fields that are not user choices here: the adapter sets them.
 _DECODE_FIELDS_SET_HERE = {"trace", "step_callback", "seed", "eos_token_id"}
 
@@ -129,7 +134,7 @@ class MDLMEvalModel(LM):
     """
 
     def __init__(self, pretrained=None, tokenizer=None, mc_num: int = 128, rolling_mc_num: int | None = None,
-                 mc_batch_size: int = 32, batch_size: int | str = 32, max_batch_size: int | None = None,
+                 mc_batch_size: int = 32, batch_size: int | str = AUTO_BATCH_SIZE, max_batch_size: int | None = None,
                  is_greedy: bool = False, device: str | None = None, dtype: str = "float32",
                  max_length: int | None = None, rolling_context: int | None = None, max_gen_toks: int = 128,
                  seed: int = 1234, infill_suffix: bool = True, **decode_args):
@@ -154,6 +159,7 @@ class MDLMEvalModel(LM):
         if self.tokenizer is None:
             raise ValueError("a model object needs its tokenizer: MDLMEvalModel(pretrained=model, tokenizer=tok)")
         self.model = model.to(self._device, DTYPES[dtype]).eval()
+        self.denoiser = as_denoiser(self.model)  # every network call of generation goes through it
         self.config = self.model.config
         if self.config.mask_token_id is None and not self.is_autoregressive:
             raise ValueError("the model config has no mask_token_id; a masked diffusion model needs one")
@@ -209,8 +215,9 @@ class MDLMEvalModel(LM):
     def _parse_batch_size(batch_size) -> int:
         if isinstance(batch_size, str):
             if batch_size.startswith("auto"):
-                logger.warning("batch_size=%s: automatic batch sizes are not supported; using 32", batch_size)
-                return 32
+                logger.warning("batch_size=%s: automatic batch sizes are not supported; using %d", batch_size,
+                               AUTO_BATCH_SIZE)
+                return AUTO_BATCH_SIZE
             batch_size = int(batch_size)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -318,8 +325,8 @@ class MDLMEvalModel(LM):
         out = []
         for start in tqdm(range(0, len(pairs), self.batch_size), desc="is_greedy", leave=False):
             chunk = pairs[start : start + self.batch_size]
-            rows = [c + [self.config.mask_token_id] * len(x) for c, x in chunk]
-            canvas, valid = self._left_pad(rows)
+            rows = [c + [self.denoiser.mask_token_id] * len(x) for c, x in chunk]
+            canvas, valid = pad_rows(rows, self._pad_id, "left", self._device)
             tokens = self._decode(canvas, valid, config, generator=None)
             for row, (_, continuation) in zip(tokens.tolist(), chunk):
                 out.append(row[len(row) - len(continuation):] == continuation)
@@ -409,8 +416,8 @@ class MDLMEvalModel(LM):
         if self.is_autoregressive:
             return self._autoregressive_generate([p for p, _ in prompts], max_gen_toks, config, list(until),
                                                  generator)
-        rows = [p + [self.config.mask_token_id] * max_gen_toks + s for p, s in prompts]
-        canvas, valid = self._left_pad(rows)
+        rows = [p + [self.denoiser.mask_token_id] * max_gen_toks + s for p, s in prompts]
+        canvas, valid = pad_rows(rows, self._pad_id, "left", self._device)
         tokens = self._decode(canvas, valid, config, generator).tolist()
         return [row[len(row) - len(s) - max_gen_toks: len(row) - len(s)] for row, (_, s) in zip(tokens, prompts)]
 
@@ -423,38 +430,28 @@ class MDLMEvalModel(LM):
                 text = text.split(stop, 1)[0]
         return text
 
-    def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        pad = self.config.pad_token_id if self.config.pad_token_id is not None else self.eos_token_id
-        width = max(len(r) for r in rows)
-        canvas = torch.full((len(rows), width), pad, dtype=torch.long)
-        valid = torch.zeros(len(rows), width, dtype=torch.bool)
-        for i, row in enumerate(rows):
-            canvas[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            valid[i, width - len(row):] = True
-        return canvas.to(self._device), valid.to(self._device)
+    @property
+    def _pad_id(self) -> int:
+        return self.config.pad_token_id if self.config.pad_token_id is not None else self.eos_token_id
 
     def _decode(self, canvas, valid, config, generator) -> torch.Tensor:
         from mdlm.decode import decode
 
-        return decode(self.model, canvas, config, valid=valid, generator=generator).tokens
+        return decode(self.denoiser, canvas, config, valid=valid, generator=generator).tokens
 
     @torch.no_grad()
     def _autoregressive_generate(self, prompts: list[list[int]], max_new: int, config, until: list[str],
                                  generator) -> list[list[int]]:
         """Left-to-right next-token sampling with a KV cache, rows left-padded; a row stops at EOS or
         when its text contains a stop string."""
-        from mdlm.kernels import sample_categorical
-
-        canvas, valid = self._left_pad(prompts)
-        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
-        output = self.model(canvas, attention_mask=valid, position_ids=positions, use_cache=True)
+        canvas, valid = pad_rows(prompts, self._pad_id, "left", self._device)
+        positions = default_position_ids(valid)
+        logits, cache = self.denoiser.logits(canvas, valid, positions, use_cache=True)  # (B, L, V)
         next_position = positions[:, -1:] + 1
         generated = [[] for _ in prompts]
         done = [False] * len(prompts)
         for _ in range(max_new):
-            draw = sample_categorical(output.logits[:, -1].float(), temperature=config.temperature,
-                                      top_k=config.top_k, top_p=config.top_p, generator=generator)
-            tokens = draw.tokens.view(-1, 1).to(self._device)
+            tokens = draw(logits[:, -1].float(), config, generator).tokens.view(-1, 1).to(self._device)  # (B, 1)
             for i, token in enumerate(tokens.flatten().tolist()):
                 if done[i]:
                     continue
@@ -464,7 +461,7 @@ class MDLMEvalModel(LM):
                     done[i] = True
             if all(done):
                 break
-            output = self.model(tokens, attention_mask=torch.ones_like(tokens, dtype=torch.bool),
-                                position_ids=next_position, cache=output.cache, use_cache=True)
+            logits, cache = self.denoiser.logits(tokens, torch.ones_like(tokens, dtype=torch.bool), next_position,
+                                                 cache=cache, use_cache=True)
             next_position = next_position + 1
         return generated

@@ -48,6 +48,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mdlm.decode.canvas import pad_rows
+from mdlm.decode.denoiser import as_denoiser
+
 Request = tuple[list[int], list[int]]  # (context token ids, continuation token ids)
 
 
@@ -111,20 +114,6 @@ class _Row:
     weight: float  # contribution = weight * sum of CE over the masked tokens
 
 
-def _pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    valid = torch.zeros(len(sequences), width, dtype=torch.bool)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        valid[i, : len(s)] = True
-    return ids, valid
-
-
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _pad_id(model) -> int:
     pad = model.config.pad_token_id
     return pad if pad is not None else model.config.mask_token_id
@@ -134,18 +123,19 @@ def _pad_id(model) -> int:
 def _score_rows(model, requests: list[Request], rows: list[_Row], batch_size: int, progress: bool,
                 desc: str) -> list[float]:
     """Sum over rows of weight * (sum of -log p at the row's masked continuation tokens)."""
-    device, mask_id, pad_id = _model_device(model), model.config.mask_token_id, _pad_id(model)
+    denoiser = as_denoiser(model)
+    device, mask_id, pad_id = denoiser.device, denoiser.require_mask_id(), _pad_id(model)
     totals = [0.0] * len(requests)
     for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=not progress, leave=False):
         chunk = rows[start : start + batch_size]
-        clean, valid = _pad_right([requests[r.request][0] + requests[r.request][1] for r in chunk], pad_id)
+        clean, valid = pad_rows([requests[r.request][0] + requests[r.request][1] for r in chunk], pad_id, "right")
         masked = torch.zeros_like(valid)
         for i, r in enumerate(chunk):
             context_len = len(requests[r.request][0])
             masked[i, context_len : context_len + len(r.mask)] = r.mask
         clean, valid, masked = clean.to(device), valid.to(device), masked.to(device)
-        noisy = torch.where(masked, torch.full_like(clean, mask_id), clean)
-        logits = model(noisy, attention_mask=None if bool(valid.all()) else valid).logits
+        noisy = torch.where(masked, torch.full_like(clean, mask_id), clean)  # (B, L)
+        logits = denoiser.logits(noisy, valid, None)  # (B, L, V); None: the model's own positions
         nll = torch.zeros(masked.shape, dtype=torch.float64, device=device)
         nll[masked] = F.cross_entropy(logits[masked].float(), clean[masked], reduction="none").double()
         per_row = nll.sum(1).cpu()
@@ -238,13 +228,13 @@ def autoregressive_nll(model, requests: list[Request], batch_size: int = 32,
     """Exact -log p(continuation | context) of a causal model, and whether greedy decoding would
     produce the continuation (every token the argmax of its next-token distribution)."""
     _check_requests(model, requests)
-    device, pad_id = _model_device(model), _pad_id(model)
+    denoiser = as_denoiser(model)
+    device, pad_id = denoiser.device, _pad_id(model)
     out: list[tuple[float, bool]] = []
     for start in tqdm(range(0, len(requests), batch_size), desc="AR log-lik", disable=not progress, leave=False):
         chunk = requests[start : start + batch_size]
-        inputs, valid = _pad_right([(c + x)[:-1] for c, x in chunk], pad_id)
-        inputs, valid = inputs.to(device), valid.to(device)
-        logits = model(inputs, attention_mask=None if bool(valid.all()) else valid).logits
+        inputs, valid = pad_rows([(c + x)[:-1] for c, x in chunk], pad_id, "right", device)
+        logits = denoiser.logits(inputs, valid, None)  # (B, L, V)
         logprobs = logits.double().log_softmax(-1)
         for i, (context, continuation) in enumerate(chunk):
             if not continuation:

@@ -5,6 +5,8 @@ function.
   logits). Triton kernel (`sampling_triton.py`) for CUDA tensors when triton imports, the chunked torch
   reference (`sampling_reference.py`) elsewhere; MDLM_SAMPLER_BACKEND (`torch` or `triton`) or the
   `backend=` argument forces either. Both draw the same tokens for the same seed.
+- `filter_logits` / `categorical_probs`: the top-k / top-p filter and the float64 probabilities of the
+  very distribution `sample_categorical` draws from (speculative decoding's acceptance test needs them).
 - `cached_attention`: queries of the active positions against cached + new keys/values under a boolean
   mask. Triton kernel (`attention_triton.py`) on CUDA, SDPA (`attention_reference.py`) elsewhere;
   MDLM_ATTENTION_BACKEND or `backend=` forces either.
@@ -19,10 +21,11 @@ import os
 import torch
 
 from mdlm.kernels.attention_reference import cached_attention_reference
-from mdlm.kernels.sampling_reference import CategoricalSample, filter_logits, sample_categorical_reference
+from mdlm.kernels.sampling_reference import (CategoricalSample, categorical_probs, filter_logits,
+                                             sample_categorical_reference)
 
 __all__ = ["CategoricalSample", "sample_categorical", "sample_categorical_reference", "filter_logits",
-           "cached_attention", "cached_attention_reference", "triton_available"]
+           "categorical_probs", "cached_attention", "cached_attention_reference", "triton_available"]
 
 BACKENDS = ("auto", "torch", "triton")
 

@@ -150,6 +150,17 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None,
     return logits.masked_fill(logits < threshold.view(*logits.shape[:-1], 1).to(logits.dtype), float("-inf"))
 
 
+def categorical_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                      top_p: float | None = None) -> torch.Tensor:
+    """(..., V) float64 probabilities of the distribution `sample_categorical` draws from with these
+    settings (temperature first, then top-k and the top-p nucleus of the tempered distribution); the
+    one-hot argmax at temperature 0. Speculative acceptance compares these."""
+    scores = filter_logits(logits, top_k, top_p, temperature).double()  # (..., V)
+    if temperature == 0:
+        return torch.nn.functional.one_hot(scores.argmax(-1), logits.shape[-1]).double()
+    return torch.softmax(scores / temperature, dim=-1)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Argument checks shared with the Triton path.
 

@@ -146,9 +146,13 @@ def initial_rank(canvas: torch.Tensor, mask_token_id: int, valid: torch.Tensor |
 
 
 def _canvas_defaults(tokens, rank, valid, position_ids):
+    # Position ids of a canvas are computed in one place, the decoders' canvas (imported here, at call
+    # time, because mdlm.decode imports this module).
+    from mdlm.decode.canvas import default_position_ids
+
     valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid.bool()
     if position_ids is None:
-        position_ids = (valid.long().cumsum(-1) - 1).clamp_min(0)
+        position_ids = default_position_ids(valid)
     return valid & (rank < UNDECIDED), position_ids
 
 

@@ -160,7 +160,7 @@ def test_generate_text_in_text_out(stdlib_tokenizer, tiny_model):
 
 
 def test_block_causal_cached_trace_is_in_the_callers_layout_with_the_models_log_probs():
-    from mdlm.decode.denoiser import default_position_ids
+    from mdlm.decode.canvas import default_position_ids
 
     model = small_model("block-causal")
     canvas, valid = padded_batch(PROMPTS, 9)

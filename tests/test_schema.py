@@ -15,7 +15,7 @@ from mdlm import MDLMForMaskedLM
 from mdlm.decode import DecodeConfig
 from mdlm.decode.schema import (ABSENT, Scaffold, SchemaFitError, UnsupportedSchemaError, assemble,
                                 generate_json, read_slot)
-from mdlm.decode.schema_constraints import SlotConstraints
+from mdlm.decode.schema.constraints import SlotConstraints
 from mdlm.train.tasks.signatures import SIGNATURE_SCHEMA
 from tests.conftest import tiny_config
 
@@ -457,7 +457,7 @@ def test_number_automaton_accepts_exactly_json_numbers_brute_force():
     import itertools
     import re
 
-    from mdlm.decode.schema_constraints import NUMBER_ACCEPTING, START, _number_step
+    from mdlm.decode.schema.constraints import NUMBER_ACCEPTING, START, _number_step
 
     grammar = {"integer": re.compile(r" ?-?(0|[1-9]\d*)"), "number": re.compile(r" ?-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?")}
     alphabet = "01.eE+- 9"
@@ -473,7 +473,7 @@ def test_number_automaton_accepts_exactly_json_numbers_brute_force():
 def test_number_automaton_constrains_positions_given_both_neighbours(stdlib_tokenizer):
     """Out-of-order reveal: with a '0' fixed at the slot's second position the first may be a space, '-' or a
     non-zero digit (10 is fine, 00 is not), and with a '-' fixed at the end nothing can complete."""
-    from mdlm.decode.schema_constraints import number_automaton
+    from mdlm.decode.schema.constraints import number_automaton
 
     tok = stdlib_tokenizer
     mask, eos = tok.mask_token_id, tok.eos_token_id

@@ -14,8 +14,8 @@ from mdlm import MDLMConfig, MDLMForMaskedLM
 from mdlm.as_arm import UNDECIDED, draft_logits, initial_rank, verify_logits
 from mdlm.decode import DecodeConfig, decode
 from mdlm.decode import speculative
-from mdlm.decode.speculative import (accept_coins, assd_decode, categorical_probs, parallel_decode,
-                                     sample_residual, sequential_decode)
+from mdlm.decode.speculative import accept_coins, assd_decode, parallel_decode, sample_residual, sequential_decode
+from mdlm.kernels import categorical_probs
 
 MASK = 4  # tokens 0..3, mask id 4
 WEIGHT_SCALE = 5.0  # makes the conditionals depend strongly on context (TV(joint, product of marginals) ~ 0.3)
