@@ -1,16 +1,21 @@
 """Countdown, generated offline: reach a target with + - * / using each given number exactly once.
 
-An instance is 3 numbers from 1-20 (4 with `num_numbers=4`) and a target in 1-100 that some expression
-over all of them reaches (exact rational arithmetic, so 7/2*2 is 7). Every reachable target of a number
-multiset is enumerated by brute force; the train and held-out splits are split by the multiset (a
-seeded permutation of all multisets), so no held-out set of numbers is ever seen in training.
+An instance is 3 numbers from 1-20 (4 with `num_numbers=4`) and a target in 1-100: the value of a random
+expression over the numbers in the order they are listed (random bracketing, operators drawn from
+`operations`, exact rational arithmetic, so 7/2*2 is 7; redrawn until the value is an integer in range).
+The reference answer is that expression with only the parentheses it needs: a canonical form (numbers
+in prompt order, left to right), so SFT learns to copy the numbers and choose the operators, instead of
+matching an arbitrary one of many solutions. Any other expression that hits the target scores the same.
+The train and held-out splits are split by the number multiset (a seeded permutation of all
+multisets), so no held-out set of numbers is ever seen in training.
 
-    prompt   "countdown 3 7 12 -> 23\nexpression "
-    answer   "(12-7)*3+8"-style reference: one expression that reaches the target
+    prompt   "countdown 12 7 3 -> 15\nexpression "
+    answer   "(12-7)*3"
 
 Reward (TRL signature): 1 for a valid expression that uses each number exactly once and equals the
 target, 0.1 for a well-formed expression that does not, 0 for anything that does not parse. The parser
 is a small recursive-descent one over integers, + - * / and parentheses (never `eval`).
+`reachable_targets` enumerates every target of a multiset (any order) by brute force.
 """
 
 from __future__ import annotations
