@@ -102,3 +102,61 @@ def test_two_processes_train_one_model(sudoku_run, tmp_path):
     assert [r["step"] for r in records] == [1, 2]
     assert records[0]["rollouts"] == 4  # each process decoded 2, the advantages saw the group of 4
     assert load_file(out / "model.safetensors").keys() == load_file(sudoku_run / "model.safetensors").keys()
+
+
+@pytest.fixture(scope="module")
+def digit_run(tmp_path_factory) -> Path:
+    """A few SFT steps from scratch: the model writes digits, so rollouts earn rewards that differ within a
+    group and the updates move the weights (an untrained model's rollouts all score 0)."""
+    from mdlm.train.sft import finetune
+
+    folder = tmp_path_factory.mktemp("sft") / "run"
+    return finetune({"task": "sudoku", "preset": "tiny", "max_examples": 512, "max_steps": 25, "batch_size": 16,
+                     "lr": 3e-3, "warmup_steps": 0, "eval_every": 1000, "save_every": 1000, "progress": False,
+                     "output_dir": str(folder)})
+
+
+def _rl(sudoku_run, out, *extra):
+    main(["--task", "sudoku", "--model", str(sudoku_run), "--output-dir", str(out), "--no-eval-before", *FAST, *extra])
+
+
+@pytest.mark.slow
+def test_resume_is_bit_identical_to_a_run_never_stopped(digit_run, tmp_path):
+    """The rollout RNG travels in the checkpoint: 2 steps then --resume to 4 equals 4 straight (constant
+    learning rate, so the schedule does not depend on --max-steps)."""
+    from safetensors.torch import load_file
+
+    config = tmp_path / "rl.yaml"
+    config.write_text("lr_scheduler_type: constant\nlearning_rate: 0.001\n")
+    _rl(digit_run, tmp_path / "straight", "--config-file", str(config), "--max-steps", "4", "--save-steps", "2")
+    _rl(digit_run, tmp_path / "broken", "--config-file", str(config), "--max-steps", "2", "--save-steps", "2")
+    main(["--output-dir", str(tmp_path / "broken"), "--resume", "--max-steps", "4", "--task", "sudoku", "--model",
+          str(digit_run), "--no-progress"])
+    logs = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+            for run in ("straight", "broken")]
+    assert [r["step"] for r in logs[1]] == [1, 2, 3, 4]
+    assert [r["reward"] for r in logs[0]] == [r["reward"] for r in logs[1]]
+    straight, resumed = (load_file(tmp_path / run / "model.safetensors") for run in ("straight", "broken"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert len({r["reward"] for r in logs[0]}) > 1 and max(r["reward_std"] for r in logs[0]) > 0
+    assert not torch.equal(straight["lm_head.weight"], load_file(digit_run / "model.safetensors")["lm_head.weight"])
+
+
+def test_resume_never_picks_a_checkpoint_whose_save_was_killed(sudoku_run, tmp_path, capsys):
+    out = tmp_path / "rl"
+    _rl(sudoku_run, out, "--max-steps", "2", "--save-steps", "1")
+    half = out / "checkpoint-2"
+    # The rollout RNG is saved, advanced past its seed (the slow test above checks that resume restores it).
+    saved = torch.load(half / "rollout_rng_0.pt", weights_only=True)
+    assert not torch.equal(saved, torch.Generator().manual_seed(42).get_state())
+    # What a kill during TRL's save leaves: the weights written, not the optimizer, RNG or trainer state.
+    for path in half.iterdir():
+        if path.name not in ("model.safetensors", "config.json"):
+            path.unlink()
+    main(["--output-dir", str(out), "--resume", "--max-steps", "3", "--task", "sudoku", "--model", str(sudoku_run),
+          "--no-progress"])
+    assert "removed checkpoint-2" in capsys.readouterr().err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert json.loads((out / "eval.json").read_text())["steps"] == 3
+    assert (half / "trainer_state.json").is_file() and (half / "optimizer.pt").is_file()

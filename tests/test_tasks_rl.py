@@ -4,6 +4,7 @@ disjoint as specified, and the countdown parser is exact and never evaluates Pyt
 from __future__ import annotations
 
 import itertools
+import random
 from fractions import Fraction
 
 import pytest
@@ -127,3 +128,28 @@ def test_sft_from_scratch_on_a_task(tmp_path):
         SFTArgs(task="signatures", preset="tiny").resolved()
     with pytest.raises(ValueError, match="not both"):
         SFTArgs(task="sudoku", preset="tiny", init_from=str(out)).resolved()
+
+
+def test_countdown_instances_are_random_expressions_in_the_listed_order():
+    # Brute force: every bracketing and operator pair over (a, b, c) in that order.
+    ops = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y,
+           "/": lambda x, y: x / y if y else None}
+    a, b, c = map(Fraction, (6, 3, 2))
+    in_order = set()
+    for f, g in itertools.product(ops.values(), repeat=2):
+        for v in (g(f(a, b), c) if f(a, b) is not None else None, f(a, g(b, c)) if g(b, c) is not None else None):
+            if v is not None:
+                in_order.add(v)
+    rng, drawn = random.Random(0), set()
+    for _ in range(2000):
+        value, text = countdown.random_expression((6, 3, 2), "+-*/", rng)
+        assert countdown.evaluate(text) == (value, [6, 3, 2])  # minimal parentheses read back the same
+        drawn.add(value)
+    assert drawn == in_order
+    data = countdown.build_dataset("test", 200, max_number=9, operations="+-")
+    for prompt, answer, numbers, target in zip(data["prompt"], data["answer"], data["numbers"], data["target"]):
+        assert prompt == countdown.prompt_of(numbers.split(), target) and set(answer) <= set("0123456789+-()")
+        assert countdown.score(answer, numbers, target) == 1.0 and 1 <= target <= countdown.MAX_TARGET
+        assert max(map(int, numbers.split())) <= 9
+    with pytest.raises(ValueError, match="operators out of"):
+        countdown.build_dataset("test", 4, operations="+^")

@@ -29,6 +29,8 @@ METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "reward_curve.png"
 OPTIONS_FILE = "run_options.yaml"
 EVAL_FILE = "eval.json"
+CHECKPOINT_DONE = "checkpoint_complete"  # written last into a checkpoint folder
+ROLLOUT_RNG_FILE = "rollout_rng_{}.pt"  # per process
 
 # Options of this script (not of the trainer's config), with their defaults.
 SCRIPT_OPTIONS = {"algorithm": "diffu-grpo", "task": None, "model": None, "output_dir": None, "resume": False,
@@ -190,9 +192,60 @@ def progress_callback(log: RunLog, title: str, show: bool):
     return Progress()
 
 
+def _checkpoints(folder: Path) -> list[Path]:
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
-    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
+    """The newest complete checkpoint: one whose save finished (a kill mid-save leaves no marker)."""
+    complete = [p for p in _checkpoints(folder) if (p / CHECKPOINT_DONE).is_file()]
+    return complete[-1] if complete else None
+
+
+def drop_incomplete_checkpoints(folder: Path) -> list[Path]:
+    """On resume: remove the checkpoints newer than the last complete one (a killed save's leftovers,
+    which TRL would otherwise write into, mixing two saves)."""
+    latest = latest_checkpoint(folder)
+    newest_ok = int(latest.name.split("-", 1)[1]) if latest is not None else -1
+    dropped = [p for p in _checkpoints(folder) if int(p.name.split("-", 1)[1]) > newest_ok]
+    import shutil
+
+    for path in dropped:
+        shutil.rmtree(path)
+    return dropped
+
+
+def resumable(trainer_cls: type) -> type:
+    """`trainer_cls` whose checkpoints also hold the rollout RNG (each process's), so that a resumed run
+    draws the same rollouts as one that was never stopped, and end with a marker file written last, so
+    `--resume` never picks a half-written checkpoint."""
+
+    class Resumable(trainer_cls):
+        def _save_checkpoint(self, model, trial):
+            import torch
+
+            super()._save_checkpoint(model, trial)
+            checkpoint = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            rng = checkpoint / ROLLOUT_RNG_FILE.format(self.accelerator.process_index)
+            torch.save(self.rollout_generator.get_state(), rng)
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                (checkpoint / CHECKPOINT_DONE).write_text(f"step {self.state.global_step}\n")
+
+        def load_rollout_rng(self, checkpoint: Path) -> None:
+            import torch
+
+            rng = checkpoint / ROLLOUT_RNG_FILE.format(self.accelerator.process_index)
+            if not rng.is_file():
+                saved = len(list(checkpoint.glob(ROLLOUT_RNG_FILE.format("*"))))
+                raise FileNotFoundError(f"{checkpoint} has no {rng.name}: the run was saved by {saved} process(es), "
+                                        f"this is {self.accelerator.num_processes}; resume with {saved}")
+            self.rollout_generator.set_state(torch.load(rng, weights_only=True))
+
+    Resumable.__name__ = Resumable.__qualname__ = trainer_cls.__name__
+    return Resumable
 
 
 def run(given: dict) -> Path:
@@ -238,6 +291,9 @@ def run(given: dict) -> Path:
         (folder / OPTIONS_FILE).write_text(yaml.safe_dump({"script": script, "config": options}, sort_keys=False))
     log = RunLog(folder, is_main)
     checkpoint = latest_checkpoint(folder) if script["resume"] else None
+    if script["resume"] and is_main:
+        for path in drop_incomplete_checkpoints(folder):
+            print(f"--resume: removed {path.name}, a checkpoint whose save did not finish", file=sys.stderr)
     if checkpoint is not None:
         log.keep_until(int(checkpoint.name.split("-")[1]))
     results = json.loads((folder / EVAL_FILE).read_text()) if (folder / EVAL_FILE).exists() else {}
@@ -246,8 +302,10 @@ def run(given: dict) -> Path:
         _write_json(folder / EVAL_FILE, results)
         print(f"held-out accuracy before RL: {results['before']['accuracy']:.3f}", flush=True)
     title = f"{script['algorithm']} on {script['task']}"
-    trainer = trainer_cls(model, task.reward, config, train, tokenizer, accuracy_fn=task.accuracy,
-                          callbacks=[progress_callback(log, title, script["progress"])])
+    trainer = resumable(trainer_cls)(model, task.reward, config, train, tokenizer, accuracy_fn=task.accuracy,
+                                     callbacks=[progress_callback(log, title, script["progress"])])
+    if checkpoint is not None:
+        trainer.load_rollout_rng(checkpoint)
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     except KeyboardInterrupt:

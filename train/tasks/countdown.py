@@ -1,16 +1,21 @@
 """Countdown, generated offline: reach a target with + - * / using each given number exactly once.
 
-An instance is 3 numbers from 1-20 (4 with `num_numbers=4`) and a target in 1-100 that some expression
-over all of them reaches (exact rational arithmetic, so 7/2*2 is 7). Every reachable target of a number
-multiset is enumerated by brute force; the train and held-out splits are split by the multiset (a
-seeded permutation of all multisets), so no held-out set of numbers is ever seen in training.
+An instance is 3 numbers from 1-20 (4 with `num_numbers=4`) and a target in 1-100: the value of a random
+expression over the numbers in the order they are listed (random bracketing, operators drawn from
+`operations`, exact rational arithmetic, so 7/2*2 is 7; redrawn until the value is an integer in range).
+The reference answer is that expression with only the parentheses it needs: a canonical form (numbers
+in prompt order, left to right), so SFT learns to copy the numbers and choose the operators, instead of
+matching an arbitrary one of many solutions. Any other expression that hits the target scores the same.
+The train and held-out splits are split by the number multiset (a seeded permutation of all
+multisets), so no held-out set of numbers is ever seen in training.
 
-    prompt   "countdown 3 7 12 -> 23\nexpression "
-    answer   "(12-7)*3+8"-style reference: one expression that reaches the target
+    prompt   "countdown 12 7 3 -> 15\nexpression "
+    answer   "(12-7)*3"
 
 Reward (TRL signature): 1 for a valid expression that uses each number exactly once and equals the
 target, 0.1 for a well-formed expression that does not, 0 for anything that does not parse. The parser
 is a small recursive-descent one over integers, + - * / and parentheses (never `eval`).
+`reachable_targets` enumerates every target of a multiset (any order) by brute force.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from fractions import Fraction
 from functools import lru_cache
 
 MAX_NUMBER = 20
+OPERATIONS = "+-*/"
 MAX_TARGET = 100
 HELD_OUT_FRACTION = 0.15
 WELL_FORMED_REWARD = 0.1
@@ -112,17 +118,30 @@ def evaluate(text: str) -> tuple[Fraction, list[int]]:
 # Instances
 # ----------------------------------------------------------------------------------------------------
 
-def _combine(a: tuple[Fraction, str, bool], b: tuple[Fraction, str, bool]):
-    """Every (value, text, is_sum) of a op b; `is_sum` marks a top-level + or - (needs parentheses under
-    * and /, and on the right of -)."""
+def _join(op: str, a: tuple[Fraction, str, bool], b: tuple[Fraction, str, bool]):
+    """(value, text, is_sum) of `a op b`, or None for a division by zero. `is_sum` marks a top-level + or -:
+    such a side needs parentheses under * and /, and on the right of - (so the text has no more
+    parentheses than it needs and reads back to the same value)."""
     (va, ta, sa), (vb, tb, sb) = a, b
     wrap = lambda t, s: f"({t})" if s else t  # noqa: E731
-    yield va + vb, f"{ta}+{tb}", True
-    yield va - vb, f"{ta}-{wrap(tb, sb)}", True
-    yield va * vb, f"{wrap(ta, sa)}*{wrap(tb, sb)}", False
-    if vb != 0:
-        # a product on the right of / needs parentheses too: a/(b*c)
-        yield va / vb, f"{wrap(ta, sa)}/{'(' + tb + ')' if sb or '*' in tb or '/' in tb else tb}", False
+    if op == "+":
+        return va + vb, f"{ta}+{tb}", True
+    if op == "-":
+        return va - vb, f"{ta}-{wrap(tb, sb)}", True
+    if op == "*":
+        return va * vb, f"{wrap(ta, sa)}*{wrap(tb, sb)}", False
+    if vb == 0:
+        return None
+    # a product on the right of / needs parentheses too: a/(b*c)
+    return va / vb, f"{wrap(ta, sa)}/{'(' + tb + ')' if sb or '*' in tb or '/' in tb else tb}", False
+
+
+def _combine(a: tuple[Fraction, str, bool], b: tuple[Fraction, str, bool]):
+    """Every (value, text, is_sum) of a op b."""
+    for op in "+-*/":
+        joined = _join(op, a, b)
+        if joined is not None:
+            yield joined
 
 
 @lru_cache(maxsize=None)
@@ -160,43 +179,71 @@ def reachable_targets(numbers: tuple[int, ...]) -> dict[int, str]:
             if v.denominator == 1 and 1 <= v <= MAX_TARGET}
 
 
-def split_multisets(split: str, num_numbers: int = 3, seed: int = 0) -> list[tuple[int, ...]]:
+def split_multisets(split: str, num_numbers: int = 3, seed: int = 0,
+                    max_number: int = MAX_NUMBER) -> list[tuple[int, ...]]:
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; choose 'train' or 'test' (held-out number sets)")
     if num_numbers not in (3, 4):
         raise ValueError(f"num_numbers={num_numbers}: countdown here uses 3 or 4 numbers")
-    sets = list(itertools.combinations_with_replacement(range(1, MAX_NUMBER + 1), num_numbers))
+    if max_number < 4:
+        raise ValueError(f"max_number={max_number}: too few number sets to hold some out; use 4 or more")
+    sets = list(itertools.combinations_with_replacement(range(1, max_number + 1), num_numbers))
     random.Random(f"countdown-sets-{num_numbers}-{seed}").shuffle(sets)
     held = int(len(sets) * HELD_OUT_FRACTION)
     return sets[held:] if split == "train" else sets[:held]
+
+
+def random_expression(numbers, operations: str, rng: random.Random) -> tuple[Fraction, str] | None:
+    """A random expression over `numbers` in their order (random bracketing and operators), as
+    (value, text with only the parentheses it needs); None for a division by zero."""
+    def build(part):
+        if len(part) == 1:
+            return Fraction(part[0]), str(part[0]), False
+        k = rng.randint(1, len(part) - 1)
+        left, right = build(part[:k]), build(part[k:])
+        if left is None or right is None:
+            return None
+        return _join(rng.choice(operations), left, right)
+
+    built = build(list(numbers))
+    return None if built is None else built[:2]
 
 
 def prompt_of(numbers, target: int) -> str:
     return f"countdown {' '.join(map(str, numbers))} -> {target}\nexpression "
 
 
-def build_dataset(split: str, num_examples: int | None = None, seed: int = 0, num_numbers: int = 3):
+def build_dataset(split: str, num_examples: int | None = None, seed: int = 0, num_numbers: int = 3,
+                  max_number: int = MAX_NUMBER, operations: str = OPERATIONS):
     """A `datasets.Dataset` with columns prompt, answer (a reference expression), numbers (text), target.
 
-    Train: `num_examples` (default 20000) instances drawn with `seed` from the train multisets; test: by
+    An instance is a number multiset of the split, shuffled, and the value of a random expression over
+    the numbers in that order (redrawn until it is an integer in 1..MAX_TARGET); the reference answer
+    is that expression. Train: `num_examples` (default 20000) instances drawn with `seed`; test: by
     default 256 instances from the held-out multisets, the same for every seed of a model run."""
     import datasets
 
-    sets = split_multisets(split, num_numbers)
+    if not operations or set(operations) - set("+-*/") or len(set(operations)) != len(operations):
+        raise ValueError(f"operations={operations!r}: give distinct operators out of '+-*/', e.g. '+-*'")
+    sets = split_multisets(split, num_numbers, max_number=max_number)
     count = num_examples or (20000 if split == "train" else 256)
     rng = random.Random(f"countdown-{split}-{num_numbers}-{seed if split == 'train' else 0}")
     rows = {"prompt": [], "answer": [], "numbers": [], "target": []}
     while len(rows["prompt"]) < count:
         numbers = list(rng.choice(sets))
-        targets = reachable_targets(tuple(numbers))
-        if not targets:
-            continue
-        target = rng.choice(sorted(targets))
         rng.shuffle(numbers)
-        rows["prompt"].append(prompt_of(numbers, target))
-        rows["answer"].append(targets[target])
+        # Some draws miss the target range (or divide by zero); with '+' available one in a few hits.
+        for _ in range(100):
+            drawn = random_expression(numbers, operations, rng)
+            if drawn is not None and drawn[0].denominator == 1 and 1 <= drawn[0] <= MAX_TARGET:
+                break
+        else:
+            continue
+        value, text = drawn
+        rows["prompt"].append(prompt_of(numbers, int(value)))
+        rows["answer"].append(text)
         rows["numbers"].append(" ".join(map(str, numbers)))
-        rows["target"].append(target)
+        rows["target"].append(int(value))
     return datasets.Dataset.from_dict(rows)
 
 
