@@ -525,3 +525,16 @@ def test_a_random_model_yields_schema_valid_json_on_twelve_schemas(model, stdlib
         value = json.loads(out.text)
         jsonschema.validate(value, schema)
         assert value == out.value
+
+
+def test_a_self_referencing_schema_and_a_zero_step_budget_get_clear_errors(tiny_model, stdlib_tokenizer):
+    from mdlm.decode import UnsupportedSchemaError, generate_json
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    schema["properties"]["child"] = schema  # a Python dict that contains itself (RecursionError before)
+    with pytest.raises(UnsupportedSchemaError, match="refers to itself at /properties/child"):
+        generate_json(tiny_model, stdlib_tokenizer, "x", schema)
+    flat = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    for bad in (0, -1, 1.5):  # 0 was a ZeroDivisionError
+        with pytest.raises(ValueError, match="tokens_per_step must be a positive integer"):
+            generate_json(tiny_model, stdlib_tokenizer, "x", flat, tokens_per_step=bad)

@@ -87,6 +87,10 @@ def generate_json(model, tokenizer, prompt: str, schema: dict, config: DecodeCon
     slots by scoring their options, 6. re-mask the slots that do not fit (within their retries).
     """
     started = time.perf_counter()
+    if tokens_per_step is not None and (isinstance(tokens_per_step, bool) or not isinstance(tokens_per_step, int)
+                                        or tokens_per_step < 1):
+        raise ValueError(f"tokens_per_step must be a positive integer (tokens revealed per network call) or None, "
+                         f"got {tokens_per_step!r}")
     config = config or DecodeConfig(sampler="confidence", remasking="low-confidence", temperature=0.0)
     if config.eos_token_id is None:
         config = replace(config, eos_token_id=tokenizer.eos_token_id)

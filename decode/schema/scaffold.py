@@ -24,12 +24,25 @@ class SlotState:
     attempts: int = 0
 
 
+def _refuse_cycles(value, path: str = "", open_ids: frozenset = frozenset()) -> None:
+    """A schema dict that contains itself (built in Python; JSON text cannot) would recurse without end in
+    the validator and the tree builder: refuse it with the place where it loops back."""
+    if isinstance(value, (dict, list)):
+        if id(value) in open_ids:
+            raise UnsupportedSchemaError(f"the schema refers to itself at {path or '/'} (a Python object that "
+                                         "contains itself); recursive schemas cannot be scaffolded")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            _refuse_cycles(item, f"{path}/{key}", open_ids | {id(value)})
+
+
 class Scaffold:
     """A compiled schema bound to a tokenizer: renders canvases and reads slots back."""
 
     def __init__(self, schema: dict, tokenizer, slot_tokens: int = DEFAULT_SLOT_TOKENS):
         if not isinstance(schema, dict):
             raise UnsupportedSchemaError(f"the schema must be a JSON object, got {type(schema).__name__}")
+        _refuse_cycles(schema)
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as error:
