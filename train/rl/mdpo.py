@@ -99,19 +99,19 @@ class MDPOTrainer(DiffusionGRPOTrainer):
     record_trajectories = True
     keep_x0 = True
 
-    def step_rewards(self, trajectory, completion_length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def step_rewards(self, trajectory, completion_length: int, prompts: list[str],
+                     columns: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, S) task reward of each step's x0-hat (reward weights applied) and (B, S) its correctness
         under the task's accuracy metric (None without one)."""
-        ctx = self.rollout_context
         weights = self.reward_weights.float()
         rewards, correct = [], []
         for s in range(trajectory.num_steps):
             lists, texts = self.texts_of(trajectory.x0[s][:, -completion_length:])
-            per_func = score_rewards(self.user_reward_funcs, ctx["prompts"], texts, lists, ctx["columns"])
+            per_func = score_rewards(self.user_reward_funcs, prompts, texts, lists, columns)
             rewards.append((per_func * weights.cpu()).sum(1))
             if self.accuracy_fn is not None:
-                columns = {k: v for k, v in ctx["columns"].items() if k in _params(self.accuracy_fn)}
-                correct.append(torch.tensor(self.accuracy_fn(texts, **columns), dtype=torch.float32) > 0.5)
+                used = {k: v for k, v in columns.items() if k in _params(self.accuracy_fn)}
+                correct.append(torch.tensor(self.accuracy_fn(texts, **used), dtype=torch.float32) > 0.5)
         return torch.stack(rewards, 1), torch.stack(correct, 1) if correct else None
 
     def policy_statistics(self, batch: dict) -> dict:
@@ -119,12 +119,13 @@ class MDPOTrainer(DiffusionGRPOTrainer):
 
         trajectory, T = batch["trajectory"], batch["completion_ids"].shape[1]
         device = self.accelerator.device
-        rewards, correct = self.step_rewards(trajectory, T)
+        ctx = self.rollout_context
+        rewards, correct = self.step_rewards(trajectory, T, ctx["prompts"], ctx["columns"])
         all_rewards = gather(rewards.to(device))
         advantages = mdpo_advantages(all_rewards, self.num_generations)
         steps = select_steps(advantages, self.num_generations, self.args.sample_train_steps)
         weight = torch.ones(all_rewards.shape[0], device=device)
-        mode = self.rollout_context["mode"]
+        mode = ctx["mode"]
         if correct is not None:
             all_over = gather(over_denoised(correct).to(device))
             self._metrics[mode]["over_denoising_rate"].append(all_over.float().mean().item())
