@@ -213,3 +213,26 @@ def test_two_optimizer_steps_through_train_rl_py(sudoku_run, tmp_path, algorithm
     assert {"reward", "reward_std", "kl", "entropy", "accuracy", "loss"} <= set(records[0])
     assert json.loads((out / "eval.json").read_text())["steps"] == 2
     assert isinstance(AutoModelForMaskedLM.from_pretrained(out), MDLMForMaskedLM)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["mdpo", "cj-grpo"])
+def test_two_processes_train_one_model(sudoku_run, tmp_path, algorithm):
+    """torchrun with 2 processes (gloo on CPU): a group of G = 4 split 2 + 2, its advantages (MDPO: the
+    per-step ones and the chosen steps) computed over the whole group."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "train" / "rl.py"
+    out = tmp_path / "rl"
+    extra = ["--diffusion-steps", "4", "--sample-train-steps", "2"] if algorithm == "mdpo" else []
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+               "--algorithm", algorithm, "--task", "sudoku", "--model", str(sudoku_run), "--output-dir", str(out),
+               "--max-steps", "2", "--num-generations", "4", "--per-device-train-batch-size", "2",
+               "--num-iterations", "1", "--train-examples", "8", "--eval-examples", "4", "--no-progress",
+               "--save-steps", "2", *extra]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and records[0]["rollouts"] == 4
