@@ -287,6 +287,12 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_partial(folder: Path, results: dict, method: str, seeds: list) -> None:
+    """What has been measured so far, beside the runs (a killed benchmark keeps its numbers)."""
+    partial = {**results, "methods": {**results["methods"], method: {"seeds": seeds}}}
+    (folder / "partial.json").write_text(json.dumps(partial, indent=1, default=str))
+
+
 def main(argv=None) -> dict:
     from mdlm.train.rl.cli import load_policy
     from mdlm.train.tasks import get_task
@@ -300,13 +306,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--rollouts", type=int, help="override R, the rollouts per run")
     parser.add_argument("--eval-examples", type=int, help="override the held-out prompts")
     parser.add_argument("--lrs", type=float, nargs="+", help="one learning-rate sweep for every method")
+    parser.add_argument("--curve-every", dest="curve_every", type=int, help="checkpoint (curve point) every N updates")
+    parser.add_argument("--pass-k", dest="pass_k", type=int, help="k of pass@k")
+    parser.add_argument("--best-of-n", dest="best_of_n", type=int, help="n of the SFT best-of-n (default R)")
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     args = parser.parse_args(argv)
     if not (args.sft / "config.json").is_file():
         raise SystemExit(f"--sft {args.sft}: no SFT run there; train one with the README's recipe "
                          "(python train/sft.py --task sudoku ... --output-dir runs/sft-sudoku)")
     sizes = dict(QUICK if args.quick else FULL)
-    for key in ("seeds", "rollouts", "eval_examples"):
+    for key in ("seeds", "rollouts", "eval_examples", "curve_every", "pass_k", "best_of_n"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
     if args.lrs:
@@ -339,6 +348,7 @@ def main(argv=None) -> dict:
         lr = best[0]
         seeds = []
         options = METHOD_OPTIONS[method]
+        steps = sizes["rollouts"] * options["num_iterations"] // sizes["batch"]
         for seed in sizes["seeds"]:
             if seed == sizes["seeds"][0]:
                 out, seconds = best[1], best[2]
@@ -350,9 +360,13 @@ def main(argv=None) -> dict:
                                                                                sizes["pass_k"], seed),
                       "training": training_metrics(out),
                       "curve": curve(out, tok, task, held, length, sizes["batch"] / options["num_iterations"])}
+            final = {"updates": steps, "rollouts": sizes["rollouts"],
+                     "accuracy": record["eval"]["decoders"]["one-per-step"]["accuracy"]}
+            if not record["curve"] or record["curve"][-1]["updates"] != steps:
+                record["curve"].append(final)
             seeds.append(record)
+            _write_partial(folder, results, method, seeds)
             print(json.dumps({"method": method, "seed": seed, "eval": record["eval"]}), flush=True)
-        steps = sizes["rollouts"] * options["num_iterations"] // sizes["batch"]
         results["methods"][method] = {"best_lr": lr, "sweep": {str(k): v for k, v in sweep.items()}, "steps": steps,
                                       "seeds": seeds}
     results["seconds"] = time.time() - start
