@@ -283,8 +283,23 @@ def markdown_table(results: dict) -> str:
         for m, block in results["methods"].items()), "",
         "Targets: " + "; ".join(f"{name}: {'met' if v['met'] else 'not met'}" for name, v in
                                 results["summary"]["targets"].items()),
-        "", f"Wall time {results['seconds'] / 60:.1f} min."]
+        ""]
+    if results.get("seconds"):
+        lines.append(f"Wall time {results['seconds'] / 60:.1f} min.")
     return "\n".join(lines) + "\n"
+
+
+def assemble(folders: list[Path], results_dir: Path) -> dict:
+    """One results file from benchmark processes that each ran some methods (one of them the baselines):
+    finished methods only; the wall time is the longest process's."""
+    parts = [json.loads((Path(f) / "partial.json").read_text()) for f in folders]
+    base = next(p for p in parts if "sft" in p)
+    results = {**base, "methods": {}, "assembled_from": [str(f) for f in folders]}
+    for part in parts:
+        results["methods"].update({m: b for m, b in part["methods"].items() if "best_lr" in b})
+    results["seconds"] = max(p.get("seconds", 0.0) for p in parts)
+    results["summary"] = summarise(results)
+    return write_results(results_dir, NAME, results, plot, markdown_table)
 
 
 def _write_partial(folder: Path, results: dict, method: str, seeds: list) -> None:
@@ -309,8 +324,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--curve-every", dest="curve_every", type=int, help="checkpoint (curve point) every N updates")
     parser.add_argument("--pass-k", dest="pass_k", type=int, help="k of pass@k")
     parser.add_argument("--best-of-n", dest="best_of_n", type=int, help="n of the SFT best-of-n (default R)")
+    parser.add_argument("--skip-baselines", action="store_true", help="only the RL runs (for a benchmark split "
+                        "over processes; put together with --assemble)")
+    parser.add_argument("--assemble", type=Path, nargs="+", metavar="RUNS",
+                        help="write the results from the partial.json of these benchmark run folders instead")
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     args = parser.parse_args(argv)
+    if args.assemble:
+        return assemble(args.assemble, quick_results_dir(args.results_dir, args.quick))
     if not (args.sft / "config.json").is_file():
         raise SystemExit(f"--sft {args.sft}: no SFT run there; train one with the README's recipe "
                          "(python train/sft.py --task sudoku ... --output-dir runs/sft-sudoku)")
@@ -329,11 +350,12 @@ def main(argv=None) -> dict:
     model, tok = load_policy(str(args.sft))
     results = {"task": args.task, "sft_run": str(args.sft), "sizes": sizes, "eval_examples": len(held),
                "completion_length": length, "method_options": METHOD_OPTIONS, "methods": {}}
-    results["sft"] = evaluate_model(model, tok, task, held, length, sizes["pass_k"], seed=0)
-    n = sizes["best_of_n"] or sizes["rollouts"]
-    rewards, correct = sample_many(model, tok, task, held, length, n, seed=1)
-    results["best_of_n"] = {"n": n, "accuracy": best_of_n(rewards, correct)}
-    print(json.dumps({"sft": results["sft"], "best_of_n": results["best_of_n"]}), flush=True)
+    if not args.skip_baselines:
+        results["sft"] = evaluate_model(model, tok, task, held, length, sizes["pass_k"], seed=0)
+        n = sizes["best_of_n"] or sizes["rollouts"]
+        rewards, correct = sample_many(model, tok, task, held, length, n, seed=1)
+        results["best_of_n"] = {"n": n, "accuracy": best_of_n(rewards, correct)}
+        print(json.dumps({"sft": results["sft"], "best_of_n": results["best_of_n"]}), flush=True)
     from mdlm import MDLMForMaskedLM
 
     for method in args.methods:
@@ -369,7 +391,11 @@ def main(argv=None) -> dict:
             print(json.dumps({"method": method, "seed": seed, "eval": record["eval"]}), flush=True)
         results["methods"][method] = {"best_lr": lr, "sweep": {str(k): v for k, v in sweep.items()}, "steps": steps,
                                       "seeds": seeds}
+        (folder / "partial.json").write_text(json.dumps(results, indent=1, default=str))
     results["seconds"] = time.time() - start
+    if args.skip_baselines:
+        print(f"RL runs only: put the results together with --assemble {folder} ...", flush=True)
+        return results
     results["summary"] = summarise(results)
     return write_results(results_dir, NAME, results, plot, markdown_table)
 
