@@ -57,6 +57,6 @@ def test_summary_targets_table_and_plot(tmp_path):
     reach = targets["mdpo: reaches diffu-GRPO's final accuracy in <= 1/3 of its updates"]
     assert reach["mdpo_updates_per_seed"] == [2, 2] and not reach["met"]
     table = markdown_table(results)
-    assert "| mdpo | 65.0% ± 5.0 |" in table and "best-of-4" in table
+    assert "| mdpo (2 seeds) | 65.0% ± 5.0 |" in table and "best-of-4" in table
     plot(results, tmp_path / "rl.png")
     assert (tmp_path / "rl.png").stat().st_size > 0

@@ -262,7 +262,7 @@ def markdown_table(results: dict) -> str:
     names = list(results["sft"]["decoders"])
     k = sizes["pass_k"]
     lines = [f"Held-out {results['task']} accuracy ({results['eval_examples']} puzzles; mean ± s.e. over "
-             f"{len(sizes['seeds'])} seeds; R = {sizes['rollouts']} rollouts per run, G = {sizes['num_generations']}, "
+             f"seeds; R = {sizes['rollouts']} rollouts per run, G = {sizes['num_generations']}, "
              f"batch {sizes['batch']}; SFT start `{results['sft_run']}`):", "",
              "| model | " + " | ".join(f"{n} (NFE {results['sft']['decoders'][n]['nfe']})" for n in names) +
              f" | pass@{k} | over-denoising | KL | entropy | zero-spread groups | s / update | lr |",
@@ -274,7 +274,7 @@ def markdown_table(results: dict) -> str:
     lines.append(f"| SFT best-of-{bon['n']} (reward-selected) | {100 * bon['accuracy']:.1f}% |" + " |" * (len(names) + 6))
     for method, stat in summary.items():
         lr = results["methods"][method]["best_lr"]
-        lines.append(f"| {method} | " + " | ".join(_pm(stat[n]) for n in names) +
+        lines.append(f"| {method} ({stat[names[0]]['n']} seeds) | " + " | ".join(_pm(stat[n]) for n in names) +
                      f" | {_pm(stat['pass@k'])} | {_pm(stat['over_denoising_rate'])} | {stat['kl_final']['mean']:.4f} | "
                      f"{stat['entropy_mean']['mean']:.2f} | {100 * stat['frac_reward_zero_std']['mean']:.0f}% | "
                      f"{stat['seconds_per_update']['mean']:.1f} | {lr:g} |")
@@ -296,7 +296,16 @@ def assemble(folders: list[Path], results_dir: Path) -> dict:
     base = next(p for p in parts if "sft" in p)
     results = {**base, "methods": {}, "assembled_from": [str(f) for f in folders]}
     for part in parts:
-        results["methods"].update({m: b for m, b in part["methods"].items() if "best_lr" in b})
+        for method, block in part["methods"].items():
+            if "best_lr" not in block and len(part["sizes"]["lrs"][method]) == 1 and block["seeds"]:
+                # a process stopped after the method's last evaluated seed: one lr, no sweep to choose from
+                lr = part["sizes"]["lrs"][method][0]
+                block = {"best_lr": lr, "sweep": {str(lr): block["seeds"][0]["eval"]["decoders"]["one-per-step"]
+                                                  ["accuracy"]},
+                         "steps": part["sizes"]["rollouts"] * METHOD_OPTIONS[method]["num_iterations"] //
+                         part["sizes"]["batch"], "seeds": block["seeds"]}
+            if "best_lr" in block:
+                results["methods"][method] = block
     results["seconds"] = max(p.get("seconds", 0.0) for p in parts)
     results["summary"] = summarise(results)
     return write_results(results_dir, NAME, results, plot, markdown_table)
