@@ -1,4 +1,5 @@
-"""RL finetuning of masked diffusion LMs: TRL trainers over one shared base (`base.py`).
+"""RL finetuning of masked diffusion LMs: TRL trainers over one shared base (`base.py`): diffu-GRPO (d1),
+MDPO (`mdpo.py`) and CJ-GRPO (`cj_grpo.py`).
 
     from mdlm.train.rl import ALGORITHMS
     config_cls, trainer_cls = ALGORITHMS["diffu-grpo"]()
@@ -13,7 +14,19 @@ def _diffu_grpo():
     return DiffuGRPOConfig, DiffuGRPOTrainer
 
 
-ALGORITHMS = {"diffu-grpo": _diffu_grpo}
+def _mdpo():
+    from mdlm.train.rl.mdpo import MDPOConfig, MDPOTrainer
+
+    return MDPOConfig, MDPOTrainer
+
+
+def _cj_grpo():
+    from mdlm.train.rl.cj_grpo import CJGRPOConfig, CJGRPOTrainer
+
+    return CJGRPOConfig, CJGRPOTrainer
+
+
+ALGORITHMS = {"diffu-grpo": _diffu_grpo, "mdpo": _mdpo, "cj-grpo": _cj_grpo}
 
 
 def get_algorithm(name: str):

@@ -1,4 +1,4 @@
-"""What every RL trainer of a masked diffusion LM shares (diffu-GRPO here; MDPO and CJ-GRPO next).
+"""What every RL trainer of a masked diffusion LM shares (diffu-GRPO, MDPO, CJ-GRPO).
 
 A TRL `GRPOTrainer` samples autoregressively and scores tokens with a causal LM head; neither applies to
 a diffusion LM. `DiffusionGRPOTrainer` keeps TRL's loop (data, repeat sampler, grouping across
@@ -16,7 +16,8 @@ LM is assumed:
 Subclasses define `policy_statistics(batch)` (what to compute at rollout time: old and reference
 log-probs under the algorithm's estimator) and the per-token log-prob of the loss
 (`_get_per_token_logps_and_entropies`). `completion_logps` below is the shared masked forward: the
-log-probabilities of completion tokens on a canvas where some positions are masked.
+log-probabilities of completion tokens on a canvas where some positions are masked;
+`step_logps` applies it to recorded trajectory steps (MDPO and CJ-GRPO score the step the rollout took).
 """
 
 from __future__ import annotations
@@ -117,6 +118,40 @@ def completion_logps(model, input_ids: torch.Tensor, valid: torch.Tensor, masked
     return logps, entropy
 
 
+def step_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, canvases: torch.Tensor,
+               targets: torch.Tensor, mask_token_id: int, temperature: float, compute_entropy: bool = False):
+    """(B, K, T) log p(targets | canvas) at the completion positions of K recorded steps per row, in one
+    batched forward: canvases are the completion part of each step's input (mask id where still masked),
+    targets what the step put there (x0-hat for MDPO, the next canvas for CJ-GRPO). The prompt is never
+    masked and every completion position is attended, as in the rollout. Entropies (B, K, T) on request."""
+    B, K, T = canvases.shape
+    prompt = prompt_ids[:, None].expand(B, K, -1).reshape(B * K, -1)
+    valid = torch.cat([prompt_mask.bool()[:, None].expand(B, K, -1).reshape(B * K, -1),
+                       torch.ones((B * K, T), dtype=torch.bool, device=canvases.device)], 1)
+    input_ids = torch.cat([prompt, targets.reshape(B * K, T)], 1)
+    masked = torch.cat([torch.zeros_like(prompt, dtype=torch.bool), canvases.reshape(B * K, T) == mask_token_id], 1)
+    logps, entropy = completion_logps(model, input_ids, valid, masked, T, mask_token_id, temperature, compute_entropy)
+    return logps.view(B, K, T), None if entropy is None else entropy.view(B, K, T)
+
+
+def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, eps_low: float,
+                      eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's per-token min(ratio A, clip(ratio) A) (to maximise) and whether the clip was active; masked-out
+    tokens must be handled by the caller. The log-ratio is clamped before exp so that a -inf old log-prob
+    (a token the old policy could not draw) gives a clipped ratio, never NaN."""
+    ratio = torch.exp((logps - old_logps).clamp(-20.0, 20.0))
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    surrogate = torch.minimum(ratio * advantages, clipped * advantages)
+    return surrogate, (ratio * advantages) > (clipped * advantages)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=-1) -> torch.Tensor:
+    """Mean of x over mask along dim; 0 (never NaN) where the mask is empty."""
+    mask = mask.to(x.dtype)
+    return (torch.where(mask > 0, x, torch.zeros((), dtype=x.dtype, device=x.device)) * mask).sum(dim) / \
+        mask.sum(dim).clamp(min=1.0)
+
+
 def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group") -> torch.Tensor:
     """GRPO advantages of rewards laid out as consecutive groups of `num_generations` (TRL's layout):
     r - group mean, divided by (group std + 1e-4) with "group", by (batch std + 1e-4) with "batch", not
@@ -205,6 +240,11 @@ class DiffusionGRPOConfig(GRPOConfig):
         if self.top_k not in (None, 0, -1) or self.top_p not in (None, 1.0):
             raise ValueError("top_k / top_p change the rollout distribution away from the policy; RL rollouts "
                              "here sample the tempered model (leave them unset)")
+        if self.block_length is not None and (self.block_length <= 0 or
+                                              self.max_completion_length % self.block_length):
+            raise ValueError(f"block_length={self.block_length} does not divide max_completion_length="
+                             f"{self.max_completion_length}; pick a divisor of {self.max_completion_length} (or "
+                             "leave block_length unset for one block)")
 
     def decode_config(self) -> DecodeConfig:
         steps = self.diffusion_steps or max(1, self.max_completion_length // 2)
@@ -264,11 +304,37 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         return ids.to(device), mask.to(device)
 
+    def texts_of(self, completion_ids: torch.Tensor) -> tuple[list[list[int]], list[str]]:
+        """The token lists (up to and including the first EOS) and texts (EOS dropped) the rewards see."""
+        mask = completion_mask_of(completion_ids, self.eos_token_id)
+        lists = [row[: int(m.sum())] for row, m in zip(completion_ids.tolist(), mask)]
+        texts = self.processing_class.batch_decode([[t for t in row if t != self.eos_token_id] for row in lists],
+                                                   skip_special_tokens=True)
+        return lists, texts
+
     def iteration_index(self) -> int:
         """Which of the num_iterations passes over the current generation this micro-step belongs to
         (TRL regenerates every steps_per_generation * num_iterations micro-steps; `_step` counts them)."""
         generate_every = self.args.steps_per_generation * self.num_iterations
         return (self._step % generate_every) // self.args.steps_per_generation
+
+    def log_loss_metrics(self, mask: torch.Tensor, kl: torch.Tensor | None = None,
+                         entropy: torch.Tensor | None = None, clipped: torch.Tensor | None = None) -> None:
+        """TRL's kl / entropy / clip_ratio metrics, as token means over `mask` across processes."""
+        mode = "train" if self.model.training else "eval"
+
+        def global_mean(x):
+            m = mask.float()
+            local = torch.stack([torch.where(m > 0, x.float(), torch.zeros((), device=x.device)).sum(), m.sum()])
+            totals = self.accelerator.reduce(local, reduction="sum")
+            return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+        if kl is not None:
+            self._metrics[mode]["kl"].append(global_mean(kl.detach()))
+        if entropy is not None:
+            self._metrics[mode]["entropy"].append(global_mean(entropy.detach()))
+        if clipped is not None:
+            self._metrics[mode]["clip_ratio/region_mean"].append(global_mean(clipped.float()))
 
     def policy_statistics(self, batch: dict) -> dict:
         """Algorithm-specific tensors computed at rollout time (old / reference log-probs), added to
@@ -291,9 +357,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                          self.eos_token_id, self.rollout_generator, record=self.record_trajectories,
                          keep_x0=self.keep_x0)
         completion_ids, completion_mask = result.completion_ids, result.completion_mask
-        completion_lists = [row[: int(m.sum())] for row, m in zip(completion_ids.tolist(), completion_mask)]
-        completions = self.processing_class.batch_decode(
-            [[t for t in row if t != self.eos_token_id] for row in completion_lists], skip_special_tokens=True)
+        completion_lists, completions = self.texts_of(completion_ids)
         columns = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion",
                                                                               "completion_ids")}
         local_rewards = score_rewards(self.user_reward_funcs, prompts, completions, completion_lists, columns)
@@ -331,9 +395,15 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                  "completion_mask": completion_mask, "advantages": advantages,
                  "num_items_in_batch": self.accelerator.gather(completion_mask.sum()).sum()}
         if result.trajectory is not None:
-            batch["trajectory"] = result.trajectory
-        with torch.no_grad():
-            batch.update(self.policy_statistics(batch))
+            batch["trajectory"] = result.trajectory.to(self.accelerator.device)
+        # What an algorithm that scores intermediate steps (MDPO) needs besides the batch tensors.
+        self.rollout_context = {"prompts": prompts, "columns": columns, "rewards": rewards, "mode": mode,
+                                "nfe": result.nfe}
+        try:
+            with torch.no_grad():
+                batch.update(self.policy_statistics(batch))
+        finally:
+            self.rollout_context = None
         batch.pop("trajectory", None)
         return batch
 

@@ -2,6 +2,8 @@
 
     accelerate launch train/rl.py --algorithm diffu-grpo --task sudoku --model runs/sft-sudoku \
         --output-dir runs/rl-sudoku
+    mdlm-rl --algorithm mdpo --task sudoku --model runs/sft-sudoku --sample-train-steps 4
+    mdlm-rl --algorithm cj-grpo --task sudoku --model runs/sft-sudoku     # ascending schedule + EOSER
     mdlm-rl --algorithm diffu-grpo --task countdown --model runs/sft-countdown --config-file rl.yaml
     torchrun --nproc_per_node 2 train/rl.py ...          # two processes train one model (gloo on CPU)
 
@@ -41,13 +43,13 @@ CONFIG_FLAGS = {"num_generations": int, "per_device_train_batch_size": int, "gra
                 "max_steps": int, "learning_rate": float, "beta": float, "epsilon": float, "num_iterations": int,
                 "max_completion_length": int, "temperature": float, "diffusion_steps": int, "block_length": int,
                 "remasking": str, "unmasking_schedule": str, "logging_steps": int, "save_steps": int,
-                "seed": int, "report_to": str, "prompt_mask_prob": float}
+                "seed": int, "report_to": str, "prompt_mask_prob": float, "sample_train_steps": int}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
-    parser.add_argument("--algorithm", help="diffu-grpo (default)")
+    parser.add_argument("--algorithm", help="diffu-grpo (default) | mdpo | cj-grpo")
     parser.add_argument("--task", help="sudoku | countdown | signatures")
     parser.add_argument("--model", help="the run folder to finetune (model + tokenizer), e.g. runs/sft-sudoku")
     parser.add_argument("--output-dir", dest="output_dir", help="default runs/rl-<task>")

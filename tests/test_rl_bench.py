@@ -1,0 +1,62 @@
+"""The RL benchmark's arithmetic: pass@k, reward-selected best-of-n, mean and standard error."""
+
+from __future__ import annotations
+
+import math
+
+from mdlm.eval.bench.rl import best_of_n, mean_se, pass_at_k
+
+
+def test_pass_at_k_and_best_of_n_on_hand_made_samples():
+    # 3 samples (rows) of 4 prompts (columns)
+    correct = [[1, 0, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]]
+    rewards = [[1.0, 0.2, 0.5, 0.1], [0.5, 0.9, 1.0, 0.1], [1.0, 0.1, 0.9, 0.1]]
+    assert pass_at_k(correct) == 0.5  # prompts 0 and 2 solved by some sample
+    # best reward: prompt 0 sample 0 (tie with 2: the first), prompt 1 sample 1 (wrong), prompt 2 sample 1, prompt 3 sample 0
+    assert best_of_n(rewards, correct) == 0.5
+
+
+def test_mean_and_standard_error():
+    stat = mean_se([0.4, 0.5, 0.6])
+    assert math.isclose(stat["mean"], 0.5) and math.isclose(stat["se"], 0.1 / math.sqrt(3))
+    assert math.isnan(mean_se([0.3])["se"])
+
+
+def _fake_results():
+    """A results dict shaped as main() builds it (2 seeds, hand-picked numbers)."""
+    def evaluation(acc):
+        return {"decoders": {name: {"accuracy": acc, "reward": acc, "nfe": nfe} for name, nfe in
+                             (("one-per-step", 24), ("half-steps", 12), ("ass-eoser", 4), ("rcr", 12))},
+                "pass@2": acc, "over_denoising_rate": 0.0}
+
+    def seed(acc, s):
+        return {"seed": s, "seconds": 1.0, "eval": evaluation(acc),
+                "training": {"kl_final": 0.01, "entropy_mean": 0.3, "frac_reward_zero_std": 0.5,
+                             "nfe_per_rollout": 12, "seconds_per_update": 2.0},
+                "curve": [{"updates": 2, "rollouts": 8, "accuracy": acc - 0.1}, {"updates": 4, "rollouts": 16,
+                                                                                  "accuracy": acc}]}
+
+    methods = {m: {"best_lr": 3e-5, "sweep": {"3e-05": a}, "steps": 4, "seeds": [seed(a, 0), seed(a + 0.1, 1)]}
+               for m, a in (("diffu-grpo", 0.4), ("mdpo", 0.6), ("cj-grpo", 0.45))}
+    return {"task": "sudoku", "sft_run": "runs/sft", "sizes": {"seeds": [0, 1], "rollouts": 16, "batch": 4,
+                                                                "num_generations": 2, "pass_k": 2},
+            "eval_examples": 16, "sft": evaluation(0.4), "best_of_n": {"n": 4, "accuracy": 0.5},
+            "methods": methods, "seconds": 60.0}
+
+
+def test_summary_targets_table_and_plot(tmp_path):
+    from mdlm.eval.bench.rl import markdown_table, plot, summarise
+
+    results = _fake_results()
+    results["summary"] = summarise(results)
+    per_method, targets = results["summary"]["per_method"], results["summary"]["targets"]
+    assert math.isclose(per_method["mdpo"]["one-per-step"]["mean"], 0.65)
+    assert math.isclose(targets["mdpo: +10 points over SFT"]["gain_points"], 25.0)
+    assert targets["mdpo: +10 points over SFT"]["met"] and not targets["cj-grpo: +10 points over SFT"]["met"]
+    # diffu-GRPO's final mean is 0.45; both MDPO seeds pass it at update 2 of diffu-GRPO's 4: not <= 4/3
+    reach = targets["mdpo: reaches diffu-GRPO's final accuracy in <= 1/3 of its updates"]
+    assert reach["mdpo_updates_per_seed"] == [2, 2] and not reach["met"]
+    table = markdown_table(results)
+    assert "| mdpo (2 seeds) | 65.0% ± 5.0 |" in table and "best-of-4" in table
+    plot(results, tmp_path / "rl.png")
+    assert (tmp_path / "rl.png").stat().st_size > 0
