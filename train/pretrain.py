@@ -22,7 +22,7 @@ import yaml
 
 from mdlm.config import ATTENTION_MODES, PRESETS
 from mdlm.train.trainer import (RunFolder, TrainerConfig, add_option_arguments, option, options_from_dict,
-                                validate_options)
+                                read_config_file, validate_options)
 
 OBJECTIVES = ("mdlm", "ar", "as-arm")
 LOSSES = ("t-dce", "lambda-dce", "k-dce")
@@ -149,12 +149,7 @@ def parse_args(argv: list[str] | None = None) -> PretrainArgs:
     given = vars(build_parser().parse_args(argv))
     options = {}
     if given.get("config_file"):
-        path = Path(given["config_file"])
-        if not path.is_file():
-            raise FileNotFoundError(f"--config-file {path} does not exist")
-        options = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(options, dict):
-            raise ValueError(f"--config-file {path} must hold a mapping of option names to values")
+        options = read_config_file(given["config_file"])
     options.update(given)
     return PretrainArgs.from_dict(with_saved_options(options))
 

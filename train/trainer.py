@@ -811,6 +811,19 @@ class Trainer:
         return self.output_dir
 
 
+def read_config_file(path) -> dict:
+    """The options of a `--config-file` YAML (keys are option names), checked to be a mapping."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config-file {path} does not exist")
+    options = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"--config-file {path} must hold a mapping of option names to values")
+    return options
+
+
 def options_from_dict(cls, options: dict, script: str):
     """Build the options dataclass `cls` from a dict whose keys may use dashes (YAML / CLI spelling)."""
     names = {f.name for f in dataclasses.fields(cls)}

@@ -70,14 +70,11 @@ def resolve_options(given: dict) -> tuple[dict, dict, type, type]:
     """(script options, config options, config class, trainer class) from the YAML file and the CLI."""
     from mdlm.train.rl import get_algorithm
 
+    from mdlm.train.trainer import read_config_file
+
     options = {}
     if given.get("config_file"):
-        path = Path(given["config_file"])
-        if not path.is_file():
-            raise FileNotFoundError(f"--config-file {path} does not exist")
-        options = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(options, dict):
-            raise ValueError(f"--config-file {path} must hold a mapping of option names to values")
+        options = read_config_file(given["config_file"])
     options = {k.replace("-", "_"): v for k, v in {**options, **given}.items()}
     script = {k: options.pop(k, default) for k, default in SCRIPT_OPTIONS.items()}
     config_cls, trainer_cls = get_algorithm(script["algorithm"])
