@@ -131,3 +131,18 @@ def quick_results_dir(results_dir: Path, quick: bool) -> Path:
         results_dir = results_dir / "quick"
         print(f"--quick: writing to {results_dir} (the committed results/ are kept)", flush=True)
     return results_dir
+
+
+def measure_in_fresh_process(module: str, function: str, *args) -> dict:
+    """`module.function(*args)` (JSON-able arguments and result) run in a new single-threaded Python, so a
+    measurement of peak memory or time sees no allocator state or thread pool of the caller."""
+    import subprocess
+    import sys
+
+    code = (f"import json; from {module} import {function} as measure; "
+            f"print(json.dumps(measure(*json.loads({json.dumps(json.dumps(args))}))))")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring {function}{args} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

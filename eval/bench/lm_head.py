@@ -14,16 +14,12 @@ step, and the time the best of the repeats, the two variants interleaved.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from mdlm.eval.bench.common import REPO_ROOT, quick_results_dir, write_results
+from mdlm.eval.bench.common import REPO_ROOT, measure_in_fresh_process, quick_results_dir, write_results
 
 NAME = "lm_head"
 BLOCK = 32
@@ -60,13 +56,7 @@ def measure_in_this_process(vocab: int, length: int, batch: int, repeats: int) -
 
 
 def measure(vocab: int, length: int, batch: int, repeats: int) -> dict:
-    code = (f"import json; from mdlm.eval.bench.lm_head import measure_in_this_process as m; "
-            f"print(json.dumps(m({vocab}, {length}, {batch}, {repeats})))")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"measuring V={vocab} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return measure_in_fresh_process("mdlm.eval.bench.lm_head", "measure_in_this_process", vocab, length, batch, repeats)
 
 
 def run(vocabs, length: int, batch: int, repeats: int) -> dict:

@@ -30,15 +30,14 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from mdlm.eval.bench.common import add_output_dir_argument, is_finished, quick_results_dir, runs_dir, write_results
+from mdlm.eval.bench.common import (add_output_dir_argument, is_finished, measure_in_fresh_process, quick_results_dir,
+                                   runs_dir, write_results)
 
 NAME = "sampling"
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,13 +114,7 @@ def measure_in_this_process(rows: int, vocab: int, repeats: int) -> dict:
 
 
 def measure(rows: int, vocab: int, repeats: int) -> dict:
-    code = (f"import json; from mdlm.eval.bench.sampling import measure_in_this_process as m; "
-            f"print(json.dumps(m({rows}, {vocab}, {repeats})))")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"measuring {rows}x{vocab} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return measure_in_fresh_process("mdlm.eval.bench.sampling", "measure_in_this_process", rows, vocab, repeats)
 
 
 def run_grid(grid, repeats: int) -> list[dict]:
