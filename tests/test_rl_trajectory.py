@@ -59,6 +59,15 @@ def _trained(algorithm, inputs, mask_id):
     return inputs["step_revealed"].bool() & inputs["completion_mask"].bool()[:, None]
 
 
+def _one_update(sudoku_setup, tmp_path, algorithm):
+    """A trainer after one update of one iteration, and what its generation recorded:
+    (trajectory, batch, outputs, rollout context)."""
+    trainer = _trainer(sudoku_setup, tmp_path, algorithm, max_steps=1, num_iterations=1)
+    seen = _capture(trainer)
+    trainer.train()
+    return trainer, seen["batches"][0]
+
+
 @pytest.mark.parametrize("algorithm", ["mdpo", "cj-grpo"])
 def test_ratio_is_one_before_any_update_kl_zero_then_positive(sudoku_setup, tmp_path, algorithm):
     trainer = _trainer(sudoku_setup, tmp_path, algorithm)
@@ -80,10 +89,7 @@ def test_ratio_is_one_before_any_update_kl_zero_then_positive(sudoku_setup, tmp_
 
 @pytest.mark.parametrize("algorithm", ["mdpo", "cj-grpo"])
 def test_recorded_and_recomputed_logprobs_agree(sudoku_setup, tmp_path, algorithm):
-    trainer = _trainer(sudoku_setup, tmp_path, algorithm, max_steps=1, num_iterations=1)
-    seen = _capture(trainer)
-    trainer.train()
-    trajectory, batch, out, _ = seen["batches"][0]
+    trainer, (trajectory, batch, out, _) = _one_update(sudoku_setup, tmp_path, algorithm)
     T = batch["completion_ids"].shape[1]
     steps = out["step_index"] if algorithm == "mdpo" else torch.arange(trajectory.num_steps).expand(4, -1)
     recorded = trajectory.logprob[:, :, -T:].permute(1, 0, 2).gather(1, steps[..., None].expand(-1, -1, T))
@@ -146,10 +152,7 @@ def _grads(trainer, inputs):
 
 @pytest.mark.parametrize("algorithm", ["mdpo", "cj-grpo"])
 def test_only_the_trained_steps_and_tokens_get_loss(sudoku_setup, tmp_path, algorithm):
-    trainer = _trainer(sudoku_setup, tmp_path, algorithm, max_steps=1, num_iterations=1)
-    seen = _capture(trainer)
-    trainer.train()
-    trajectory, batch, out, context = seen["batches"][0]
+    trainer, (trajectory, batch, out, context) = _one_update(sudoku_setup, tmp_path, algorithm)
     inputs = {**batch, **out}
     inputs.pop("trajectory")
     mask_id, T = trainer.mask_token_id, batch["completion_ids"].shape[1]
