@@ -54,4 +54,3 @@ def reveal_tokens(x, reveal, logits, config, generator, recorder):
     x = x.clone()
     x[reveal] = sample.tokens
     return x
-

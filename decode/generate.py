@@ -32,7 +32,8 @@ def build_canvas(tokenizer, prompts: list[str], max_new_tokens: int, mask_token_
         raise ValueError("the tokenizer has neither a pad nor an eos token; load it with mdlm.tokenizer.load_tokenizer")
     rows = []
     for i, prompt in enumerate(prompts):
-        head = ([tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []) + _ids(tokenizer, prompt)
+        bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+        head = bos + _ids(tokenizer, prompt)
         tail = _ids(tokenizer, suffixes[i]) if suffixes is not None else []
         total = len(head) + max_new_tokens + len(tail)
         if context_length is not None and total > context_length:
@@ -88,4 +89,3 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, config: 
     if isinstance(prompts, str):
         prompts = [prompts]
     return generate_with_result(model, tokenizer, prompts, max_new_tokens, config or DecodeConfig(), suffixes)[0]
-
