@@ -30,8 +30,9 @@ class Denoiser(Protocol):
     row_evaluations: int  # rows pushed through the network so far
 
     def logits(self, ids: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, cache=None,
-               use_cache: bool = False):
-        """Logits (B, L, V) with the mask token's logit at -inf, or (logits, new cache) when use_cache."""
+               use_cache: bool = False, at: torch.Tensor | None = None):
+        """Logits (B, L, V) with the mask token's logit at -inf, or (logits, new cache) when use_cache.
+        With `at` (B, K) position indices: logits (B, K, V) at those positions only."""
 
 
 class CountedDenoiser:
@@ -48,15 +49,18 @@ class CountedDenoiser:
         self.nfe = 0
         self.row_evaluations = 0
 
-    def logits(self, ids, valid, positions, cache=None, use_cache=False):
+    def logits(self, ids, valid, positions, cache=None, use_cache=False, at=None):
         if (cache is not None or use_cache) and not self.supports_cache:
             raise ValueError("this denoiser has no KV cache; decode with use_cache=False")
+        if at is not None and (at.dim() != 2 or at.shape[0] != ids.shape[0]):
+            raise ValueError(f"at must be (batch, K) = ({ids.shape[0]}, K) position indices, got {tuple(at.shape)}")
         self.nfe += 1
         self.row_evaluations += ids.shape[0]
         with torch.no_grad():
-            return self._logits(ids, valid, positions, cache, use_cache)
+            return self._logits(ids, valid, positions, cache, use_cache, at)
 
-    def _logits(self, ids, valid, positions, cache, use_cache):
+    def _logits(self, ids, valid, positions, cache, use_cache, at):
+        """The network's logits; a wrapper whose model has no head-at-positions gathers (`gather_at`)."""
         raise NotImplementedError
 
     def meter(self) -> "Meter":
@@ -117,12 +121,12 @@ class MDLMDenoiser(CountedDenoiser):
         self.block_size = int(config.block_size) if config.attention == "block-causal" else None
         self.config = config  # mdlm.as_arm's two-stream forward reads the mask id from it
 
-    def _logits(self, ids, valid, positions, cache, use_cache):
+    def _logits(self, ids, valid, positions, cache, use_cache, at):
         # An all-True padding mask is dropped so that the fast unmasked attention path runs; with a cache
         # it is kept, since it also extends the cache's key validity to this call's keys.
         attention_mask = None if valid is None or (cache is None and bool(valid.all())) else valid
         out = self.model(ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
-                         use_cache=use_cache)
+                         use_cache=use_cache, logits_at=at)
         return (out.logits, out.cache) if use_cache else out.logits
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=False):
@@ -150,13 +154,13 @@ class HFMaskedLMDenoiser(CountedDenoiser):
         self.banned_token_ids = sorted({int(mask_token_id), *map(int, banned_token_ids)})
         self.pass_position_ids = pass_position_ids
 
-    def _logits(self, ids, valid, positions, cache, use_cache):
+    def _logits(self, ids, valid, positions, cache, use_cache, at):
         kwargs = {"attention_mask": (torch.ones_like(ids) if valid is None else valid).long()}
         if self.pass_position_ids and positions is not None:
             kwargs["position_ids"] = positions
         logits = self.model(input_ids=ids, **kwargs).logits.float()
         logits[..., self.banned_token_ids] = float("-inf")
-        return logits
+        return gather_at(logits, at)
 
 
 class CallableDenoiser(CountedDenoiser):
@@ -169,10 +173,10 @@ class CallableDenoiser(CountedDenoiser):
             raise ValueError(f"{type(function).__name__} has no mask_token_id; give it one or pass mask_token_id=")
         super().__init__(function, int(mask_token_id), getattr(function, "context", None))
 
-    def _logits(self, ids, valid, positions, cache, use_cache):
+    def _logits(self, ids, valid, positions, cache, use_cache, at):
         attention_mask = None if valid is None or bool(valid.all()) else valid
         out = self.model(ids, attention_mask=attention_mask, position_ids=positions)
-        return out.logits if hasattr(out, "logits") else out
+        return gather_at(out.logits if hasattr(out, "logits") else out, at)
 
 
 def as_denoiser(model, mask_token_id: int | None = None, **kwargs) -> CountedDenoiser:
@@ -206,6 +210,13 @@ def denoiser_for_run(model, tokenizer) -> CountedDenoiser:
         return MDLMDenoiser(model)
     banned = [i for i in tokenizer.all_special_ids if i not in (mask_id, tokenizer.eos_token_id)]
     return HFMaskedLMDenoiser(model, int(mask_id), banned_token_ids=banned)
+
+
+def gather_at(logits: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
+    """logits (B, L, V) -> (B, K, V) at positions `at` (B, K); all of them for `at=None`."""
+    if at is None:
+        return logits
+    return logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
 
 
 def device_of(model) -> torch.device:

@@ -52,6 +52,36 @@ def test_our_model_a_hugging_face_masked_lm_and_a_callable_are_denoisers():
     assert as_denoiser(ours) is ours  # wrapped once
 
 
+@pytest.mark.parametrize("kind", ["ours", "ours-cached", "bert", "callable"])
+def test_logits_at_positions_equal_the_full_logits_there(kind):
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(1)
+    if kind == "bert":
+        model = as_denoiser(BertForMaskedLM(BertConfig(vocab_size=10, hidden_size=32, num_hidden_layers=1,
+                                                       num_attention_heads=2, intermediate_size=64)).eval(), MASK)
+    elif kind == "callable":
+        table = torch.randn(10, 10)
+        model = as_denoiser(lambda ids, attention_mask=None, position_ids=None: table[ids], MASK)
+    else:
+        model = as_denoiser(tiny())
+    ids = torch.randint(0, 9, (3, 8))
+    ids[:, ::2] = MASK
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    valid[0, :2] = False  # a left-padded row
+    positions = default_position_ids(valid)
+    at = torch.tensor([[2, 5], [0, 7], [3, 3]])
+    use_cache = kind == "ours-cached"
+    full = model.logits(ids, valid, positions, use_cache=use_cache)
+    picked = model.logits(ids, valid, positions, use_cache=use_cache, at=at)
+    if use_cache:
+        full, picked = full[0], picked[0]
+    assert picked.shape == (3, 2, full.shape[-1])
+    torch.testing.assert_close(picked, full.gather(1, at[..., None].expand(-1, -1, full.shape[-1])))
+    with pytest.raises(ValueError, match=r"at must be \(batch, K\)"):
+        model.logits(ids, valid, positions, at=at[0])
+
+
 def test_a_model_without_a_mask_id_is_refused_by_name():
     with pytest.raises(ValueError, match="no mask_token_id"):
         as_denoiser(lambda ids: ids)
