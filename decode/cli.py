@@ -30,7 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="mdlm-generate", description="Generate text with a masked diffusion LM run.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="run folder (config.json, model.safetensors, tokenizer files)")
+    p.add_argument("--model", required=True, help="run folder (config.json, model.safetensors, tokenizer files), "
+                   "a public model's folder or hub name")
+    p.add_argument("--family", default=None, help="model family (default: detected from the config): "
+                   "ours, bert, roberta, modernbert, llada, llada-moe, llada2, dream, sdar, mdlm-owt, bd3lm, masked-lm")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the modeling code a checkpoint ships with "
+                   "(LLaDA, Dream, SDAR, MDLM-OWT, BD3-LM need it)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--no-chat-template", action="store_true", help="pass prompts as raw text to an instruct model "
+                   "(default: its tokenizer's chat template, one user turn per prompt)")
     src = p.add_argument_group("prompts")
     src.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for several)")
     src.add_argument("--prompt-file", action="append", default=[], help="a file whose whole text is one prompt "
@@ -145,57 +153,50 @@ def check_writable(flag: str, path: str) -> None:
         raise CLIError(f"{flag} {path}: cannot write there (permission denied); choose a writable path")
 
 
-def load_run(path: str, device: str | None):
-    """Model and tokenizer of a run folder, with clear errors for anything else."""
-    run = Path(path)
-    if not run.is_dir():
-        raise CLIError(f"--model {run} is not a folder; pass a run folder (config.json, model.safetensors, tokenizer)")
-    missing = [name for name in ("config.json",) if not (run / name).is_file()]
-    weights = list(run.glob("*.safetensors"))
-    if not weights and list(run.glob("pytorch_model*.bin")):
-        raise CLIError(f"{run} holds only pickled weights (pytorch_model.bin), which are never loaded here because "
-                       "unpickling can run code; save the model with safetensors (save_pretrained)")
-    tokenizer_files = [run / n for n in ("tokenizer.json", "tokenizer_config.json") if (run / n).is_file()]
-    if missing or not weights or not tokenizer_files:
-        what = ", ".join(missing + ([] if weights else ["model.safetensors"]) +
-                         ([] if tokenizer_files else ["tokenizer.json"]))
-        raise CLIError(f"{run} is not a run folder: {what} missing. A run folder is what train/pretrain.py writes "
-                       "(model.save_pretrained + tokenizer.save_pretrained)")
-    import torch
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
-
-    import mdlm  # noqa: F401  (registers the model with the Auto classes)
+def load_run(path: str, device: str | None, family: str | None = None, trust_remote_code: bool = False,
+             dtype: str = "float32"):
+    """(denoiser, tokenizer, profile) of a run folder or a public model (`mdlm.decode.loading`), with clear
+    errors for anything else; an autoregressive run is refused (it cannot fill masks)."""
+    from mdlm.decode.loading import load_denoiser
 
     device = check_device(device)
     try:
-        model = AutoModelForMaskedLM.from_pretrained(run, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(run)
-    except Exception as error:  # a bad config value or a damaged file surfaces as many types
-        detail = " ".join(str(error).split())[:200]
-        raise CLIError(f"could not load the run in {run} ({type(error).__name__}: {detail}); its config.json or "
-                       "weights are damaged: retrain it or copy the run folder again") from None
-    if tokenizer.mask_token_id is None:
-        raise CLIError(f"the tokenizer in {run} has no mask token; this is not a masked diffusion run")
-    from mdlm.decode.denoiser import denoiser_for_run
-
-    denoiser = denoiser_for_run(model.to(device).eval(), tokenizer)
+        denoiser, tokenizer, profile = load_denoiser(path, family=family, dtype=dtype, device=device,
+                                                     trust_remote_code=trust_remote_code)
+    except (ValueError, FileNotFoundError) as error:
+        raise CLIError(str(error)) from None
     if denoiser.attention == "causal":
-        raise CLIError(f"{run} is an autoregressive run (causal attention): it cannot fill masks; mdlm-generate "
+        raise CLIError(f"{path} is an autoregressive run (causal attention): it cannot fill masks; mdlm-generate "
                        "decodes masked diffusion runs (evaluate AR runs with mdlm-eval)")
-    return denoiser, tokenizer
+    if denoiser.mask_token_id is None:
+        raise CLIError(f"the run in {path} has no mask token; this is not a masked diffusion run")
+    return denoiser, tokenizer, profile
+
+
+def chat_prompts(tokenizer, prompts: list[tuple[str, str | None]], profile, enabled: bool):
+    """Instruct checkpoints of a chat family read each prompt as one user turn of the tokenizer's chat
+    template (an infill prompt keeps its raw text: a suffix has no place in a chat turn)."""
+    if not (enabled and profile.chat_template and getattr(tokenizer, "chat_template", None)):
+        return prompts
+    return [(p if s is not None else tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                                   add_generation_prompt=True), s)
+            for p, s in prompts]
 
 
 def config_from_args(args, tokenizer) -> DecodeConfig:
     if args.no_cache and args.approximate_prefix_cache:
         raise CLIError("--no-cache and --approximate-prefix-cache contradict each other; give one of them")
-    if args.sampler == "assd" and getattr(getattr(args, "model_config", None), "objective", "as-arm") != "as-arm":
+    objective = getattr(getattr(args, "model_config", None), "objective", None)
+    if args.sampler == "assd" and (getattr(args, "profile_name", "ours") != "ours" or objective != "as-arm"):
+        what = f"a {objective} run" if getattr(args, "profile_name", "ours") == "ours" else \
+            f"a {args.profile_name} model (one stream, no two-stream any-subset forward)"
         raise CLIError(f"--sampler assd needs an any-subset AR run (trained with --objective as-arm); {args.model} "
-                       f"is a {args.model_config.objective} run: use --sampler confidence or first-hitting")
+                       f"is {what}: use --sampler confidence or first-hitting")
     try:
         return DecodeConfig(
             sampler=args.sampler, steps=args.steps, schedule=args.schedule, remasking=args.remasking,
             threshold=args.threshold, block_length=args.block_length, temperature=args.temperature, top_k=args.top_k,
-            top_p=args.top_p, eoser=args.eoser, eos_token_id=tokenizer.eos_token_id, use_cache=not args.no_cache,
+            top_p=args.top_p, eoser=args.eoser, eos_token_id=getattr(args, "eos_token_id", tokenizer.eos_token_id), use_cache=not args.no_cache,
             approximate_prefix_cache=args.approximate_prefix_cache, seed=args.seed, draft_size=args.draft_size,
             adaptive_draft=args.adaptive_draft, order=args.order, masking_schedule=args.masking_schedule,
             trace=bool(args.trace))
@@ -206,10 +207,10 @@ def config_from_args(args, tokenizer) -> DecodeConfig:
 class LiveCanvas:
     """A rich Live view of the batch's canvases, updated by the decoder's step callback."""
 
-    def __init__(self, tokenizer, console):
+    def __init__(self, tokenizer, console, mask_id: int):
         from rich.live import Live
 
-        self.tokenizer, self.mask_id = tokenizer, tokenizer.mask_token_id
+        self.tokenizer, self.mask_id = tokenizer, mask_id
         self.live = Live(console=console, refresh_per_second=12, transient=False)
         self.valid = None
         self.step = 0
@@ -258,7 +259,7 @@ def generate_rows(model, tokenizer, rows, args, config, console):
         suffixes = None if all(s is None for _, s in batch) else [s or "" for _, s in batch]
         try:
             canvas, valid, generated = build_canvas(tokenizer, [p for p, _ in batch], args.max_new_tokens,
-                                                    tokenizer.mask_token_id, suffixes, context)
+                                                    model.mask_token_id, suffixes, context)
         except ValueError as error:
             raise CLIError(str(error)) from None
         batch_config = config
@@ -266,7 +267,7 @@ def generate_rows(model, tokenizer, rows, args, config, console):
             batch_config = replace(config, seed=config.seed + start)
         began = time.perf_counter()
         if args.live:
-            live = LiveCanvas(tokenizer, console)
+            live = LiveCanvas(tokenizer, console, model.mask_token_id)
             live.valid = valid
             show = ShowWhenNextArrives(live)
             with live:
@@ -279,10 +280,16 @@ def generate_rows(model, tokenizer, rows, args, config, console):
             except ValueError as error:  # a setting the model cannot run (e.g. a block length it has no blocks for)
                 raise CLIError(str(error)) from None
         seconds = time.perf_counter() - began
-        ids = completion_ids(result.tokens.cpu(), generated, tokenizer.eos_token_id)
+        ids = completion_ids(result.tokens.cpu(), generated, stop_ids_of(model, tokenizer))
         for offset, completion in enumerate(ids):
             yield start + offset, tokenizer.decode(completion, skip_special_tokens=True), result, seconds, \
                 (canvas, valid, offset)
+
+
+def stop_ids_of(denoiser, tokenizer) -> list[int]:
+    """The ids that end a completion: the family's stop tokens, else the tokenizer's EOS."""
+    ids = list(getattr(denoiser, "stop_token_ids", None) or [])
+    return ids or [tokenizer.eos_token_id]
 
 
 class ShowWhenNextArrives:
@@ -370,9 +377,11 @@ def _main(args) -> int:
 
     check_args(args)
     prompts = read_prompts(args)
-    model, tokenizer = load_run(args.model, args.device)
+    model, tokenizer, profile = load_run(args.model, args.device, args.family, args.trust_remote_code, args.dtype)
     args.model_config = model.model.config  # the run's training objective (ASSD needs an as-arm run)
+    args.profile_name, args.eos_token_id = profile.name, stop_ids_of(model, tokenizer)[0]
     config = config_from_args(args, tokenizer)
+    prompts = chat_prompts(tokenizer, prompts, profile, not args.no_chat_template)
     rows = [pair for pair in prompts for _ in range(args.num_samples)]
     console = Console(stderr=True)
     if args.schema:
@@ -395,12 +404,12 @@ def _main(args) -> int:
         if args.trace:
             trace_rows.append((result, canvas, valid, offset, f"prompt {index // args.num_samples}, sample {sample}"))
     if args.trace:
-        write_trace(args.trace, trace_rows, tokenizer, config)
+        write_trace(args.trace, trace_rows, tokenizer, config, model.mask_token_id)
         console.print(f"trace written to {args.trace}")
     return 0
 
 
-def write_trace(path, trace_rows, tokenizer, config) -> None:
+def write_trace(path, trace_rows, tokenizer, config, mask_id: int) -> None:
     import torch
 
     from mdlm.decode.trace import TraceStep
@@ -430,7 +439,7 @@ def write_trace(path, trace_rows, tokenizer, config) -> None:
                                   ("state", "revealed", "remasked", "logprob"))))
     final = torch.cat([_pad_tensor(f, width, tokenizer.pad_token_id) for f in finals])
     valid = torch.cat([_pad_tensor(v, width, False) for v in valids])
-    page = render_trace_html(merged, final, valid, lambda i: tokenizer.decode([i]), tokenizer.mask_token_id, titles,
+    page = render_trace_html(merged, final, valid, lambda i: tokenizer.decode([i]), mask_id, titles,
                              title=f"mdlm-generate: {config.sampler} sampler")
     Path(path).write_text(page, encoding="utf-8")
 

@@ -55,14 +55,16 @@ def build_canvas(tokenizer, prompts: list[str], max_new_tokens: int, mask_token_
     return canvas, valid, generated
 
 
-def completion_ids(tokens: torch.Tensor, generated: torch.Tensor, eos_token_id: int | None) -> list[list[int]]:
-    """Per row the generated token ids, cut before the first EOS."""
+def completion_ids(tokens: torch.Tensor, generated: torch.Tensor, eos_token_id) -> list[list[int]]:
+    """Per row the generated token ids, cut before the first stop token (`eos_token_id`: one id, several
+    (end of text, end of turn) or None)."""
+    stops = set() if eos_token_id is None else {int(eos_token_id)} if isinstance(eos_token_id, int) else \
+        {int(i) for i in eos_token_id if i is not None}
     out = []
     for row, where in zip(tokens.tolist(), generated.tolist()):
         ids = [t for t, g in zip(row, where) if g]
-        if eos_token_id is not None and eos_token_id in ids:
-            ids = ids[: ids.index(eos_token_id)]
-        out.append(ids)
+        cut = next((k for k, t in enumerate(ids) if t in stops), len(ids))
+        out.append(ids[:cut])
     return out
 
 
