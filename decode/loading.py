@@ -175,3 +175,10 @@ def _check_vocabulary(model, tokenizer, flag, name) -> None:
         raise ValueError(f"{flag} {name}: the checkpoint's vocabulary has {rows} tokens but its tokenizer {len(tokenizer)}; "
                          "the tokenizer does not belong to this model: save the model's own tokenizer with it (or "
                          "resize the embeddings after adding tokens)")
+
+
+def load_model(name_or_path, **options):
+    """(model, tokenizer) through `load_denoiser`, for callers that train or score the module itself
+    (benchmarks, RL): the network without its denoiser wrapper."""
+    denoiser, tokenizer, _ = load_denoiser(name_or_path, **options)
+    return denoiser.model, tokenizer

@@ -30,11 +30,15 @@ def task_manager(include_path=None, **kwargs):
 
 
 def __getattr__(name):
-    if name in ("MDLMEvalModel", "INFILL_HOLE", "load_run"):
+    if name in ("MDLMEvalModel", "INFILL_HOLE"):
         from mdlm.eval import adapter
 
         return getattr(adapter, name)
+    if name == "load_denoiser":  # the one loader (mdlm.decode.loading)
+        from mdlm.decode.loading import load_denoiser
+
+        return load_denoiser
     raise AttributeError(f"module 'mdlm.eval' has no attribute {name!r}")
 
 
-__all__ = ["MDLMEvalModel", "task_manager", "include_paths", "TASKS_DIR", "load_run"]
+__all__ = ["MDLMEvalModel", "task_manager", "include_paths", "TASKS_DIR", "load_denoiser"]

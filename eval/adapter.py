@@ -63,30 +63,13 @@ def _request_seed(seed: int, *parts) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def load_run(path: str | Path):
-    """(model, tokenizer) of a run folder written by `mdlm-pretrain` (or any `save_pretrained` pair)."""
-    from transformers import AutoTokenizer
-
-    from mdlm import MDLMForMaskedLM
-
-    run = Path(path).expanduser()
-    if not run.is_dir():
-        raise FileNotFoundError(f"pretrained={path}: no such run folder; pass the output folder of mdlm-pretrain "
-                                "(it holds config.json, model.safetensors and the tokenizer files)")
-    if not (run / "config.json").exists():
-        hint = " (training has not finished its first save yet?)" if (run / "checkpoints").is_dir() else ""
-        raise FileNotFoundError(f"pretrained={path}: {run / 'config.json'} is missing{hint}; pass a folder "
-                                "saved by mdlm-pretrain or MDLMForMaskedLM.save_pretrained")
-    try:
-        model = MDLMForMaskedLM.from_pretrained(run)
-    except Exception as error:
-        raise ValueError(f"pretrained={path}: cannot load an mdlm model from it ({error})") from error
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(run)
-    except Exception as error:
-        raise ValueError(f"pretrained={path}: no tokenizer saved in the run folder ({error}); save it there "
-                         "with tokenizer.save_pretrained(run) or pass tokenizer=PATH") from error
-    return model, tokenizer
+def _flag(value) -> bool:
+    """A boolean model arg: lm-eval passes `trust_remote_code=True` from the command line as a string."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"trust_remote_code={value!r}: use True or False")
+        return value.lower() in ("true", "1")
+    return bool(value)
 
 
 def load_local_tokenizer(name: str | Path):
@@ -107,7 +90,10 @@ def load_local_tokenizer(name: str | Path):
 class MDLMEvalModel(LM):
     """lm-eval model for mdlm runs. Model args (`--model_args k=v,...`):
 
-    pretrained      run folder (or, from Python, an MDLMForMaskedLM instance with `tokenizer=`)
+    pretrained      run folder, a public model's folder or hub name (`mdlm.decode.loading.load_denoiser`),
+                    or, from Python, a model or denoiser object with `tokenizer=`
+    family          model family (default: detected from the config; see `mdlm.decode.families`)
+    trust_remote_code  run the modeling code a checkpoint ships with (LLaDA, Dream, SDAR, ...; default False)
     tokenizer       tokenizer folder or object (default: the run's)
     mc_num          Monte Carlo samples per loglikelihood request (default 128); a continuation whose
                     2^L - 1 masks number at most mc_num (L = 1 always) is scored exactly instead
@@ -137,7 +123,8 @@ class MDLMEvalModel(LM):
                  mc_batch_size: int = 32, batch_size: int | str = AUTO_BATCH_SIZE, max_batch_size: int | None = None,
                  is_greedy: bool = False, device: str | None = None, dtype: str = "float32",
                  max_length: int | None = None, rolling_context: int | None = None, max_gen_toks: int = 128,
-                 seed: int = 1234, infill_suffix: bool = True, **decode_args):
+                 seed: int = 1234, infill_suffix: bool = True, family: str | None = None,
+                 trust_remote_code: bool = False, **decode_args):
         super().__init__()
         self._check_args(pretrained, decode_args, dtype, seed, mc_num=mc_num, rolling_mc_num=rolling_mc_num,
                          mc_batch_size=mc_batch_size)
@@ -148,28 +135,38 @@ class MDLMEvalModel(LM):
         self.accelerator = self._setup_distributed(device)
         self._device = self.accelerator.device if self.accelerator else torch.device(
             device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if isinstance(pretrained, (str, Path)):
-            self.run_path = str(pretrained)
-            model, run_tokenizer = load_run(pretrained)
-        else:
-            self.run_path, model, run_tokenizer = None, pretrained, None
         if isinstance(tokenizer, (str, Path)):
             tokenizer = load_local_tokenizer(tokenizer)
+        if isinstance(pretrained, (str, Path)):
+            from mdlm.decode.loading import load_denoiser
+
+            self.run_path = str(pretrained)
+            self.denoiser, run_tokenizer, self.profile = load_denoiser(
+                pretrained, family=family, dtype=dtype, device=self._device, trust_remote_code=_flag(trust_remote_code),
+                tokenizer=tokenizer, flag="pretrained=")
+        else:
+            from mdlm.decode.families import FAMILY_REGISTRY
+
+            self.run_path, run_tokenizer = None, None
+            self.denoiser = as_denoiser(pretrained.to(self._device, DTYPES[dtype]).eval())
+            self.profile = getattr(self.denoiser, "profile", FAMILY_REGISTRY["ours"])
         self.tokenizer = tokenizer or run_tokenizer
         if self.tokenizer is None:
             raise ValueError("a model object needs its tokenizer: MDLMEvalModel(pretrained=model, tokenizer=tok)")
-        self.model = model.to(self._device, DTYPES[dtype]).eval()
-        self.denoiser = as_denoiser(self.model)  # every network call of generation goes through it
+        self.model = self.denoiser.model  # every network call goes through self.denoiser
         self.config = self.model.config
-        if self.config.mask_token_id is None and not self.is_autoregressive:
+        if self.denoiser.mask_token_id is None and not self.is_autoregressive:
             raise ValueError("the model config has no mask_token_id; a masked diffusion model needs one")
         self.eos_token_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None \
-            else self.config.eos_token_id
+            else self.denoiser.eos_token_id
+        self.stop_token_ids = list(getattr(self.denoiser, "stop_token_ids", None) or [self.eos_token_id])
         if self.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token (it starts documents and ends generations); "
                              "load it with mdlm.tokenizer.load_tokenizer")
 
-        context = self.config.max_position_embeddings
+        context = self.denoiser.context or max_length
+        if context is None:
+            raise ValueError("the model states no context length (max_position_embeddings); pass max_length=")
         self.max_length = int(max_length or context)
         if not 2 <= self.max_length <= context:
             raise ValueError(f"max_length={max_length} must be in [2, {context}] (the model's context)")
@@ -186,7 +183,8 @@ class MDLMEvalModel(LM):
         from mdlm.decode import DecodeConfig
 
         self.decode_config = DecodeConfig(**{"temperature": 0.0, **decode_args}, eos_token_id=self.eos_token_id)
-        if self.decode_config.sampler == "assd" and getattr(self.config, "objective", None) != "as-arm":
+        if self.decode_config.sampler == "assd" and (self.profile.name != "ours"
+                                                     or getattr(self.config, "objective", None) != "as-arm"):
             raise ValueError(f"sampler=assd needs an any-subset AR run (trained with --objective as-arm); this is a "
                              f"{getattr(self.config, 'objective', None)} run: use sampler=confidence or first-hitting")
 
@@ -198,7 +196,7 @@ class MDLMEvalModel(LM):
                              "(e.g. --model_args pretrained=runs/mdlm-small)")
         unknown = sorted(set(decode_args) - set(decode_arg_names()))
         if unknown:
-            known = ["pretrained", "tokenizer", "mc_num", "rolling_mc_num", "mc_batch_size", "batch_size",
+            known = ["pretrained", "family", "trust_remote_code", "tokenizer", "mc_num", "rolling_mc_num", "mc_batch_size", "batch_size",
                      "is_greedy", "device", "dtype", "max_length", "rolling_context", "max_gen_toks", "seed",
                      "infill_suffix",
                      *decode_arg_names()]
@@ -239,7 +237,7 @@ class MDLMEvalModel(LM):
 
     @property
     def is_autoregressive(self) -> bool:
-        return self.config.attention == "causal"
+        return self.denoiser.attention == "causal"
 
     @property
     def prefix_token_id(self) -> int:
@@ -247,7 +245,7 @@ class MDLMEvalModel(LM):
         return self.eos_token_id
 
     def get_model_info(self) -> dict:
-        return {"run": self.run_path, "attention": self.config.attention, "world_size": self.world_size,
+        return {"run": self.run_path, "family": self.profile.name, "attention": self.denoiser.attention, "world_size": self.world_size,
                 "num_parameters": sum(p.numel() for p in self.model.parameters()),
                 "mc_num": self.mc_num, "decode": {k: v for k, v in dataclasses.asdict(self.decode_config).items()
                                                   if k != "step_callback"}}
@@ -299,7 +297,7 @@ class MDLMEvalModel(LM):
     def _nll(self, pairs, mc_num: int, progress: bool) -> list[float]:
         if self.is_autoregressive:
             return [nll for nll, _ in autoregressive_nll(self.model, pairs, self.batch_size, progress)]
-        return diffusion_nll(self.model, pairs, mc_num, self.mc_batch_size, self._generators(pairs),
+        return diffusion_nll(self.denoiser, pairs, mc_num, self.mc_batch_size, self._generators(pairs),
                              progress=progress)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -422,8 +420,7 @@ class MDLMEvalModel(LM):
         return [row[len(row) - len(s) - max_gen_toks: len(row) - len(s)] for row, (_, s) in zip(tokens, prompts)]
 
     def _cut(self, ids: list[int], until: list[str]) -> str:
-        if self.eos_token_id in ids:
-            ids = ids[: ids.index(self.eos_token_id)]
+        ids = ids[: next((k for k, t in enumerate(ids) if t in self.stop_token_ids), len(ids))]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         for stop in until:
             if stop:
@@ -432,7 +429,8 @@ class MDLMEvalModel(LM):
 
     @property
     def _pad_id(self) -> int:
-        return self.config.pad_token_id if self.config.pad_token_id is not None else self.eos_token_id
+        pad = getattr(self.config, "pad_token_id", None)
+        return pad if pad is not None else self.eos_token_id
 
     def _decode(self, canvas, valid, config, generator) -> torch.Tensor:
         from mdlm.decode import decode

@@ -115,8 +115,10 @@ class _Row:
 
 
 def _pad_id(model) -> int:
-    pad = model.config.pad_token_id
-    return pad if pad is not None else model.config.mask_token_id
+    """The config's pad id, else the mask id (padding is never attended to, so any id does)."""
+    denoiser = as_denoiser(model)
+    pad = getattr(getattr(denoiser, "config", None) or getattr(model, "config", None), "pad_token_id", None)
+    return pad if pad is not None else denoiser.require_mask_id()
 
 
 @torch.no_grad()
@@ -145,11 +147,11 @@ def _score_rows(model, requests: list[Request], rows: list[_Row], batch_size: in
 
 
 def _check_requests(model, requests: list[Request]) -> None:
-    limit = model.config.max_position_embeddings
+    limit = as_denoiser(model).context  # None: the model states no limit
     for context, continuation in requests:
         if not context:
             raise ValueError("the context is empty: start it with a BOS/EOS token (as lm-eval does)")
-        if len(context) + len(continuation) > limit:
+        if limit is not None and len(context) + len(continuation) > limit:
             raise ValueError(
                 f"context + continuation is {len(context) + len(continuation)} tokens, beyond the model's "
                 f"context of {limit}; truncate the context from the left first"

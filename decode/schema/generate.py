@@ -37,7 +37,7 @@ class GeneratedJSON:
 
 def _constraints_for(scaffold: Scaffold, canvas: torch.Tensor, offset: int, spans, states,
                      vocab_size: int) -> SlotConstraints:
-    constraints = SlotConstraints(canvas, scaffold.tokenizer.mask_token_id)
+    constraints = SlotConstraints(canvas, scaffold.mask_token_id)
     for slot, (start, end) in spans.items():
         state = states[slot]
         if state.done:
@@ -94,11 +94,14 @@ def generate_json(model, tokenizer, prompt: str, schema: dict, config: DecodeCon
     config = config or DecodeConfig(sampler="confidence", remasking="low-confidence", temperature=0.0)
     if config.eos_token_id is None:
         config = replace(config, eos_token_id=tokenizer.eos_token_id)
-    if tokenizer.mask_token_id is None:
-        raise ValueError("the tokenizer has no mask token; load it with mdlm.tokenizer.load_tokenizer")
     denoiser = as_denoiser(model, None if hasattr(model, "config") else tokenizer.mask_token_id)
+    if denoiser.mask_token_id is None:
+        raise ValueError("neither the model nor the tokenizer has a mask token; load the model with "
+                         "mdlm.decode.loading.load_denoiser (its family knows the mask id) or the tokenizer with "
+                         "mdlm.tokenizer.load_tokenizer")
     meter = denoiser.meter()
     scaffold = scaffold or Scaffold(schema, tokenizer, slot_tokens)
+    scaffold.mask_token_id = denoiser.require_mask_id()  # a family's mask id need not be its tokenizer's
     run = _Rounds(denoiser, scaffold, _token_ids(tokenizer, prompt), config,
                   make_generator(config.seed, generator), constrain, tokens_per_step, max_retries,
                   scaffold.initial_states())
@@ -142,7 +145,7 @@ def _decode_round(run: _Rounds, ids: list[int], spans) -> tuple[list[int], int]:
     if context is not None and len(prompt_ids) + len(ids) > context:
         raise ValueError(f"prompt ({len(prompt_ids)} tokens) + schema scaffold ({len(ids)} tokens) exceed the "
                          f"model's context of {context}; shorten the prompt or lower slot_tokens/maxItems")
-    mask_id = run.scaffold.tokenizer.mask_token_id
+    mask_id = run.scaffold.mask_token_id
     canvas = torch.tensor([prompt_ids + ids], dtype=torch.long, device=run.denoiser.device)  # (1, L)
     masks = int((canvas == mask_id).sum())
     config = run.config
@@ -262,7 +265,7 @@ def _finish(scaffold, states, choices, readings, result: GeneratedJSON, strict, 
                 result.value, result.valid = value, True
                 result.text = json.dumps(value, ensure_ascii=False)
     if not result.valid:
-        result.text = scaffold.tokenizer.decode([t for t in ids if t != scaffold.tokenizer.mask_token_id])
+        result.text = scaffold.tokenizer.decode([t for t in ids if t != scaffold.mask_token_id])
     result.seconds = time.perf_counter() - started
     if not result.valid and strict:
         raise SchemaFitError("the model's output could not be made to fit the schema: " + "; ".join(result.errors),

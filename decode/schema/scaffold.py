@@ -56,6 +56,7 @@ class Scaffold:
         self.slots = builder.slots
         self.slot_tokens = slot_tokens
         self._text_ids: dict[str, list[int]] = {}
+        self.mask_token_id = tokenizer.mask_token_id  # the model's, when its family names another (generate_json)
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
             raise ValueError("the tokenizer has no EOS token (slots end with it); load it with "
@@ -137,7 +138,7 @@ class Scaffold:
             if state.done:
                 ids += state.prefix
             else:
-                ids += state.prefix + [self.tokenizer.mask_token_id] * state.masks
+                ids += state.prefix + [self.mask_token_id] * state.masks
             spans[piece] = (start, len(ids))
         ids += self.text_ids(text)
         return ids, spans

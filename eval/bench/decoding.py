@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from mdlm.decode.loading import load_model
 from mdlm.decode import DecodeConfig, decode
 from mdlm.eval.bench.common import add_output_dir_argument, write_results
 from mdlm.eval.bench.speculative import generative_perplexity, unigram_entropy
@@ -52,13 +53,6 @@ def resolve_run(path: str | None, name: str) -> Path:
         raise SystemExit(f"{run} is not a run folder (no config.json); train it with mdlm-pretrain or leave the "
                          f"flag out to use (and train if needed) runs/bench/{name}")
     return run
-
-
-def load_run(path: Path):
-    from mdlm.model import MDLMForMaskedLM
-    from mdlm.tokenizer import load_tokenizer
-
-    return MDLMForMaskedLM.from_pretrained(path).eval(), load_tokenizer(str(path))
 
 
 def heldout_blocks(tokenizer, length: int, count: int, documents: int = 300) -> torch.Tensor:
@@ -221,8 +215,8 @@ def run(args) -> dict:
     torch.manual_seed(0)
     mdlm_run = resolve_run(args.mdlm_run, "mdlm-small")
     ar_run = None if args.no_judge else resolve_run(args.ar_run, "ar-small")
-    model, tokenizer = load_run(mdlm_run)
-    judge_model, judge_tokenizer = load_run(ar_run) if ar_run else (None, tokenizer)
+    model, tokenizer = load_model(mdlm_run)
+    judge_model, judge_tokenizer = load_model(ar_run) if ar_run else (None, tokenizer)
     length = min(args.length, model.config.max_position_embeddings)
     reference_blocks = heldout_blocks(tokenizer, length, 2 * args.num_samples)
     reference, second_reference = reference_blocks[: args.num_samples], reference_blocks[args.num_samples:]

@@ -30,6 +30,7 @@ import jsonschema
 import torch
 from tqdm.auto import tqdm
 
+from mdlm.decode.loading import load_model
 from mdlm.decode.config import DecodeConfig
 from mdlm.train.tasks.signatures import FIELDS, PROMPT_CUE, SIGNATURE_SCHEMA, build_examples, field_matches
 from mdlm.eval.bench.common import add_output_dir_argument, write_results
@@ -57,13 +58,6 @@ def ensure_sft_run(base: Path, output_dir: Path, steps: int, batch_size: int, lr
     elif output_dir.exists():
         options["overwrite"] = True
     return finetune(options)
-
-
-def load_run(path: Path):
-    from mdlm.model import MDLMForMaskedLM
-    from mdlm.tokenizer import load_tokenizer
-
-    return MDLMForMaskedLM.from_pretrained(path).eval(), load_tokenizer(str(path))
 
 
 def string_values(value) -> list[str]:
@@ -238,7 +232,7 @@ def main(argv=None) -> dict:
     run = ensure_sft_run(args.base, args.sft_run, args.sft_steps, args.sft_batch_size, args.sft_lr, args.seq_len,
                          args.reuse_unfinished)
     trained_steps = json.loads((run / "trainer_state.json").read_text())["step"]
-    model, tokenizer = load_run(run)
+    model, tokenizer = load_model(run)
     from mdlm.decode.schema import Scaffold
 
     scaffold = Scaffold(SIGNATURE_SCHEMA, tokenizer, args.slot_tokens)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from mdlm.decode.loading import load_model
 from mdlm.decode.config import ASSD_ORDERS, DecodeConfig
 from mdlm.eval.bench.common import add_output_dir_argument, runs_dir, write_results
 from mdlm.decode.speculative import assd_decode, parallel_decode, sequential_decode
@@ -52,13 +53,6 @@ def ensure_asarm_run(run: Path, init_from: Path, train_steps: int, seq_len: int)
     if not is_finished(run):
         print(f"training {run} for {train_steps} steps from {options.get('init_from', 'scratch')}")
     return ensure_run(run.name, **options)
-
-
-def load_run(path: Path):
-    from mdlm.model import MDLMForMaskedLM
-    from mdlm.tokenizer import load_tokenizer
-
-    return MDLMForMaskedLM.from_pretrained(path).eval(), load_tokenizer(str(path))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -271,14 +265,14 @@ def _shown(path: Path) -> str:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     run = ensure_asarm_run(args.run, args.init_from, args.train_steps, args.train_seq_len)
-    model, tokenizer = load_run(run)
+    model, tokenizer = load_model(run)
     from mdlm.eval.bench.common import is_finished
 
     judge = None
     judge_ready = (args.judge / "config.json").exists() and (
         is_finished(args.judge) or not (args.judge / "trainer_state.json").exists())
     if judge_ready:
-        judge = load_run(args.judge)[0]
+        judge = load_model(args.judge)[0]
         if judge.config.attention != "causal":
             print(f"warning: the judge {args.judge} is not autoregressive (attention={judge.config.attention})")
         if judge.config.vocab_size != model.config.vocab_size:

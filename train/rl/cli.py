@@ -24,6 +24,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -94,16 +95,22 @@ def resolve_options(given: dict) -> tuple[dict, dict, type, type]:
 
 
 def load_policy(run: str):
-    from mdlm import MDLMForMaskedLM
-    from mdlm.tokenizer import load_tokenizer
+    """(model, tokenizer) of the run to finetune, through the one loader (`mdlm.decode.loading`). The RL
+    trainers differentiate through this stack's own forward (attention mask + positions, no shift), so
+    other families are refused rather than trained through the wrong calling convention."""
+    from mdlm.decode.loading import load_denoiser
     from mdlm.train.rl.base import check_mask_token
 
     if not (Path(run) / "config.json").is_file():
         raise ValueError(f"--model {run}: not a run folder (expected config.json and weights as train/sft.py "
                          "or train/pretrain.py save them)")
-    model = MDLMForMaskedLM.from_pretrained(run)
-    check_mask_token(model)
-    return model, load_tokenizer(run)
+    config = json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))
+    check_mask_token(SimpleNamespace(config=SimpleNamespace(mask_token_id=config.get("mask_token_id"))))
+    denoiser, tokenizer, profile = load_denoiser(run)
+    if profile.name != "ours":
+        raise ValueError(f"--model {run} is a {profile.name} model; RL here finetunes this stack's runs (mdlm-pretrain "
+                         "/ train/sft.py), whose forward the trainers differentiate: finetune a run of ours")
+    return denoiser.model, tokenizer
 
 
 class RunLog:
