@@ -150,6 +150,26 @@ def truncate_cache(cache: KVCache, length: int) -> KVCache:
                    cache.positions[:, :length], cache.valid[:, :length])
 
 
+def active_positions(wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """wanted (B, W) bool -> at (B, K) column indices, each row's wanted columns first in ascending order
+    (K = the most any row has), and present (B, K) bool: which entries are real (the rest repeat)."""
+    counts = wanted.sum(-1)
+    k = max(1, int(counts.max()) if counts.numel() else 1)
+    at = torch.sort((~wanted).to(torch.int8), dim=1, stable=True).indices[:, :k]
+    present = torch.arange(k, device=wanted.device)[None, :] < counts[:, None]
+    return at, present
+
+
+def logits_where(call, wanted: torch.Tensor, full_logits: bool) -> torch.Tensor:
+    """(N, V) logits of the N wanted (B, W) positions of one network call, in row-major order (what
+    `logits[wanted]` gives). `call(at)` runs the network with `at=` positions; unless `full_logits`, the
+    head runs at the wanted positions only, so no (B, W, V) tensor is made for a large vocabulary."""
+    if full_logits:
+        return call(None)[wanted]
+    at, present = active_positions(wanted)
+    return call(at)[present]
+
+
 class FullCanvasCalls:
     """Every call runs the whole canvas (exact for any model)."""
 
@@ -159,8 +179,10 @@ class FullCanvasCalls:
     def start_block(self, block: Block) -> None:
         pass
 
-    def logits(self, x, first_step: bool):
-        return self.denoiser.logits(x, self.valid, self.position_ids), 0, x.shape[1]
+    def logits(self, x, first_step: bool, wanted, full_logits: bool):
+        """(N, V) logits at the `wanted` (B, L) positions (see `logits_where`)."""
+        return logits_where(lambda at: self.denoiser.logits(x, self.valid, self.position_ids, at=at), wanted,
+                            full_logits)
 
 
 class BlockCausalCachedCalls:
@@ -177,18 +199,24 @@ class BlockCausalCachedCalls:
     def start_block(self, block: Block) -> None:
         self.block = block.columns
 
-    def logits(self, x, first_step: bool):
+    def logits(self, x, first_step: bool, wanted, full_logits: bool):
         start, end = self.block
         if first_step:
             lo = self.cached_until
-            logits, cache = self.denoiser.logits(x[:, lo:end], self.valid[:, lo:end], self.position_ids[:, lo:end],
-                                                 cache=self.cache, use_cache=True)
-            self.cache = truncate_cache(cache, start)
+
+            def call(at):
+                logits, cache = self.denoiser.logits(x[:, lo:end], self.valid[:, lo:end],
+                                                     self.position_ids[:, lo:end], cache=self.cache, use_cache=True,
+                                                     at=at)
+                self.cache = truncate_cache(cache, start)
+                return logits
+
+            out = logits_where(call, wanted[:, lo:end], full_logits)
             self.cached_until = start
-            return logits, lo, end
-        logits = self.denoiser.logits(x[:, start:end], self.valid[:, start:end], self.position_ids[:, start:end],
-                                      cache=self.cache)
-        return logits, start, end
+            return out
+        return logits_where(lambda at: self.denoiser.logits(x[:, start:end], self.valid[:, start:end],
+                                                            self.position_ids[:, start:end], cache=self.cache, at=at),
+                            wanted[:, start:end], full_logits)
 
 
 class ApproximatePrefixCachedCalls:
@@ -204,14 +232,17 @@ class ApproximatePrefixCachedCalls:
         columns = block.members.any(0).nonzero()
         self.prefix = int(columns[0]) if len(columns) else 0
 
-    def logits(self, x, first_step: bool):
+    def logits(self, x, first_step: bool, wanted, full_logits: bool):
         if first_step:
-            logits, cache = self.denoiser.logits(x, self.valid, self.position_ids, use_cache=True)
-            self.cache = truncate_cache(cache, self.prefix)
-            return logits, 0, x.shape[1]
+            def call(at):
+                logits, cache = self.denoiser.logits(x, self.valid, self.position_ids, use_cache=True, at=at)
+                self.cache = truncate_cache(cache, self.prefix)
+                return logits
+
+            return logits_where(call, wanted, full_logits)
         p = self.prefix
-        logits = self.denoiser.logits(x[:, p:], self.valid[:, p:], self.position_ids[:, p:], cache=self.cache)
-        return logits, p, x.shape[1]
+        return logits_where(lambda at: self.denoiser.logits(x[:, p:], self.valid[:, p:], self.position_ids[:, p:],
+                                                            cache=self.cache, at=at), wanted[:, p:], full_logits)
 
 
 def _block_length_for_block_causal(denoiser: CountedDenoiser, config: DecodeConfig) -> int:
@@ -257,22 +288,20 @@ def decode_blocks(denoiser: CountedDenoiser, x, valid, position_ids, config: Dec
             if count is not None and not bool(count.any()):
                 step, global_step = step + 1, global_step + 1
                 continue
-            logits, lo, hi = calls.logits(x, first_step)  # (B, hi - lo, V): the columns [lo, hi)
-            first_step = False
             masked = (x == mask_id) & block.members  # (B, L)
-            window_masked = masked[:, lo:hi]
-            sample = draw(logits[window_masked], config, generator)  # (N,) for the N masked block positions
+            masked_logits = calls.logits(x, first_step, masked, config.full_logits)  # (N, V), N masked in the block
+            first_step = False
+            sample = draw(masked_logits, config, generator)  # (N,)
             x0 = x.clone()
-            x0[:, lo:hi][window_masked] = sample.tokens
+            x0[masked] = sample.tokens
             score = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=x.device)  # (B, L)
-            score[:, lo:hi][window_masked] = position_scores(config.remasking, sample, generator)
+            score[masked] = position_scores(config.remasking, sample, generator)
             logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-            logprob[:, lo:hi][window_masked] = sample.logprob
+            logprob[masked] = sample.logprob
             policy_logprob = None
             if recorder.active:  # RL's action log-probs: at the rollout temperature, not the confidence's T=1
                 policy_logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
-                policy_logprob[:, lo:hi][window_masked] = tempered_logprob(logits[window_masked], sample.tokens,
-                                                                           config.temperature)
+                policy_logprob[masked] = tempered_logprob(masked_logits, sample.tokens, config.temperature)
             if config.eoser and eos_id is not None:
                 gamma = eoser_gamma(global_step, total_steps, config.schedule, config.eoser_gamma_min)
                 score = torch.where(masked & (x0 == eos_id), score * gamma, score)

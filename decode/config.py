@@ -49,6 +49,9 @@ class DecodeConfig:
     use_cache: exact caches (RADD output reuse; block KV cache on block-causal models).
     approximate_prefix_cache: Fast-dLLM prefix KV cache on a bidirectional model (not exact; opt-in).
     masking_schedule: alpha_t of the "ancestral" sampler ("linear" or "cosine").
+    full_logits: the confidence sampler asks the model for logits at every position of the canvas
+        instead of only at the current block's masked positions (`at=`); the same tokens, more memory
+        (a check, and for models whose head cannot be run at chosen positions it makes no difference).
     trace: record a `TraceStep` per step. seed: makes the run reproducible.
     step_callback: called with each `TraceStep` as the step happens (live views), trace or not.
     draft_size / adaptive_draft / order: ASSD only.
@@ -68,6 +71,7 @@ class DecodeConfig:
     eos_token_id: int | None = None
     use_cache: bool = True
     approximate_prefix_cache: bool = False
+    full_logits: bool = False
     trace: bool = False
     seed: int | None = None
     draft_size: int = 4

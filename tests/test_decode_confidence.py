@@ -212,3 +212,43 @@ def test_network_calls_equal_the_steps_on_a_padded_batch():
 def test_steps_that_cannot_be_honoured_are_refused_with_the_numbers(config, new_tokens, message):
     with pytest.raises(ValueError, match=message):
         decode(small_model(), torch.full((1, new_tokens), MASK), config)
+
+
+class HeadPositions(torch.nn.Module):
+    """Our model, remembering how many positions its LM head ran at per call (its `logits_at`)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config, self.head_positions = model, model.config, []
+
+    def forward(self, *args, logits_at=None, **kwargs):
+        self.head_positions.append(None if logits_at is None else logits_at.shape[1])
+        return self.inner(*args, logits_at=logits_at, **kwargs)
+
+
+@pytest.mark.parametrize("attention, options", [
+    ("bidirectional", dict(block_length=4)),
+    ("bidirectional", dict(remasking="rcr", block_length=3, steps=6)),
+    ("bidirectional", dict(remasking="threshold", threshold=0.3)),
+    ("bidirectional", dict(approximate_prefix_cache=True, block_length=4)),
+    ("block-causal", dict()),
+    ("block-causal", dict(use_cache=False)),
+])
+def test_the_block_decoder_runs_the_head_at_the_blocks_masks_only_and_decodes_the_same_tokens(attention, options):
+    from mdlm.decode.denoiser import MDLMDenoiser
+
+    model = small_model(attention, seed=3)
+    canvas, valid = padded_batch(PROMPTS, 9)
+    tokens = {}
+    for full_logits in (False, True):
+        counting = HeadPositions(model)
+        denoiser = MDLMDenoiser(model)
+        denoiser.model = counting
+        config = DecodeConfig(temperature=1.0, seed=7, full_logits=full_logits, **options)
+        tokens[full_logits] = decode(denoiser, canvas, config, valid=valid).tokens
+        if full_logits:
+            assert set(counting.head_positions) == {None}
+        else:  # never more positions than one block holds (9 new tokens in blocks of <= 4 or one block of 9)
+            assert all(k is not None and k <= options.get("block_length", 4 if attention == "block-causal" else 9)
+                       for k in counting.head_positions)
+    assert torch.equal(tokens[False], tokens[True])

@@ -102,6 +102,10 @@ def generate_json(model, tokenizer, prompt: str, schema: dict, config: DecodeCon
     meter = denoiser.meter()
     scaffold = scaffold or Scaffold(schema, tokenizer, slot_tokens)
     scaffold.mask_token_id = denoiser.require_mask_id()  # a family's mask id need not be its tokenizer's
+    profile = getattr(denoiser, "profile", None)
+    if constrain and profile is not None and profile.shifted_logits:
+        raise ValueError(f"schema token constraints edit the model's raw logits, which a {profile.name} model shifts "
+                         "by one position; pass constrain=False (the scaffold alone still gives the JSON's shape)")
     run = _Rounds(denoiser, scaffold, _token_ids(tokenizer, prompt), config,
                   make_generator(config.seed, generator), constrain, tokens_per_step, max_retries,
                   scaffold.initial_states())
@@ -159,6 +163,8 @@ def _decode_round(run: _Rounds, ids: list[int], spans) -> tuple[list[int], int]:
     vocab_size = run.denoiser.vocab_size or len(run.scaffold.tokenizer)
     constraints = _constraints_for(run.scaffold, canvas, len(prompt_ids), spans, run.states, vocab_size) \
         if run.constrain else SlotConstraints(canvas, mask_id)
+    if constraints:  # the constraint hook edits the module's (B, L, V) output column by column
+        config = replace(config, full_logits=True)
     with constrained(run.denoiser, constraints):
         decoded = decode(run.denoiser, canvas, config, generator=run.generator)
     return decoded.tokens[0].tolist()[len(prompt_ids):], masks
