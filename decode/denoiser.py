@@ -187,7 +187,14 @@ def as_denoiser(model, mask_token_id: int | None = None, **kwargs) -> CountedDen
         return model
     if isinstance(model, MDLMForMaskedLM):
         return MDLMDenoiser(model, mask_token_id)
-    if isinstance(model, torch.nn.Module) and hasattr(getattr(model, "config", None), "vocab_size"):
+    config = getattr(model, "config", None)
+    if isinstance(model, torch.nn.Module) and hasattr(config, "vocab_size"):
+        from mdlm.decode.families import ProfiledDenoiser, detect_family
+
+        profile = detect_family(config)
+        if profile is not None and profile.name != "ours" and not kwargs:
+            return ProfiledDenoiser(model, profile, mask_token_id)
+        refuse_causal_lm(model)
         return HFMaskedLMDenoiser(model, mask_token_id, **kwargs)
     if callable(model):
         return CallableDenoiser(model, mask_token_id)
@@ -195,21 +202,14 @@ def as_denoiser(model, mask_token_id: int | None = None, **kwargs) -> CountedDen
                     "masked LM or a callable ids -> logits with a mask_token_id")
 
 
-def denoiser_for_run(model, tokenizer) -> CountedDenoiser:
-    """The denoiser of a loaded run folder (model + its tokenizer). The mask id comes from the model's
-    config, else the tokenizer; a foreign masked LM (a BERT-style folder) gets the tokenizer's special
-    tokens banned except EOS, which ends a completion."""
-    from mdlm.model import MDLMForMaskedLM
-
-    config_mask_id = getattr(getattr(model, "config", None), "mask_token_id", None)
-    mask_id = config_mask_id if config_mask_id is not None else tokenizer.mask_token_id
-    if mask_id is None:
-        raise ValueError("neither the model's config nor its tokenizer has a mask token id; this is not a masked LM")
-    if isinstance(model, MDLMForMaskedLM):
-        model.config.mask_token_id = int(mask_id)
-        return MDLMDenoiser(model)
-    banned = [i for i in tokenizer.all_special_ids if i not in (mask_id, tokenizer.eos_token_id)]
-    return HFMaskedLMDenoiser(model, int(mask_id), banned_token_ids=banned)
+def refuse_causal_lm(model) -> None:
+    """A next-token (causal) LM is no denoiser: it never saw a mask and reads only the past."""
+    config = getattr(model, "config", None)
+    names = [type(model).__name__, *(getattr(config, "architectures", None) or [])]
+    if getattr(config, "is_decoder", False) or any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names):
+        raise TypeError(f"{type(model).__name__} is a causal (autoregressive) LM: it predicts the next token and cannot "
+                        "fill masks, so it cannot decode here; use a masked diffusion LM (see mdlm.decode.families), or "
+                        "name its family if it is one (load_denoiser(..., family=...))")
 
 
 def gather_at(logits: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:

@@ -47,6 +47,7 @@ class FamilyProfile:
     trust_remote_code: bool = False  # its modeling code lives in the checkpoint, not in transformers
     attention_mask: str = "2d-long"
     position_ids: bool = False  # forward takes position_ids
+    position_offset: int | str = 0  # added to our 0-based positions; "pad+1": RoBERTa counts from padding_idx + 1
     time_input: str | None = None  # name of a noise-level kwarg, given t = 0 (time-agnostic decoding)
     extra_kwargs: tuple[tuple[str, object], ...] = ()
     shifted_logits: bool = False  # logits[:, i] predicts token i + 1 (the model was initialised from an AR LM)
@@ -84,12 +85,12 @@ FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
     FamilyProfile("ours", "this stack's MDLMForMaskedLM (mdlm-pretrain runs)", ("MDLMForMaskedLM",),
                   features=_features("exact (RADD, block KV)", "as-arm runs", rl="yes")),
     FamilyProfile("bert", "BERT masked LMs (transformers BertForMaskedLM)", ("BertForMaskedLM",), ("bert",),
-                  ban_special_tokens=True, examples=("google-bert/bert-base-uncased",), features=_features()),
+                  position_ids=True, ban_special_tokens=True, examples=("google-bert/bert-base-uncased",), features=_features()),
     FamilyProfile("roberta", "RoBERTa masked LMs (transformers RobertaForMaskedLM)", ("RobertaForMaskedLM",),
-                  ("roberta", "xlm-roberta"), ban_special_tokens=True, examples=("FacebookAI/roberta-base",),
+                  ("roberta", "xlm-roberta"), position_ids=True, position_offset="pad+1", ban_special_tokens=True, examples=("FacebookAI/roberta-base",),
                   features=_features()),
     FamilyProfile("modernbert", "ModernBERT (transformers ModernBertForMaskedLM)", ("ModernBertForMaskedLM",),
-                  ("modernbert",), ban_special_tokens=True, examples=("answerdotai/ModernBERT-base",),
+                  ("modernbert",), position_ids=True, ban_special_tokens=True, examples=("answerdotai/ModernBERT-base",),
                   features=_features()),
     FamilyProfile("llada", "LLaDA 8B (Nie et al. 2025): bidirectional, no position ids", ("LLaDAModelLM",),
                   ("llada",), auto_class="AutoModel", trust_remote_code=True, known_mask_token_id=126336,
@@ -248,7 +249,8 @@ class ProfiledDenoiser(CountedDenoiser):
         if profile.time_input:
             kwargs[profile.time_input] = torch.zeros(ids.shape[0], device=ids.device)
         if profile.position_ids:
-            kwargs["position_ids"] = positions
+            offset = profile.position_offset
+            kwargs["position_ids"] = positions + (int(self.config.pad_token_id) + 1 if offset == "pad+1" else offset)
         if profile.attention_mask in ("2d-long", "2d-bool"):
             kwargs["attention_mask"] = valid.long() if profile.attention_mask == "2d-long" else valid
         elif profile.attention_mask.startswith("4d"):

@@ -38,7 +38,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 from mdlm.decode.canvas import default_position_ids, pad_rows
-from mdlm.decode.denoiser import as_denoiser
+from mdlm.decode.denoiser import CountedDenoiser, as_denoiser
 from mdlm.decode.draw import draw
 from mdlm.eval.likelihood import autoregressive_nll, diffusion_nll
 from mdlm.eval.tasks.utils import INFILL_HOLE
@@ -148,7 +148,9 @@ class MDLMEvalModel(LM):
             from mdlm.decode.families import FAMILY_REGISTRY
 
             self.run_path, run_tokenizer = None, None
-            self.denoiser = as_denoiser(pretrained.to(self._device, DTYPES[dtype]).eval())
+            module = pretrained.model if isinstance(pretrained, CountedDenoiser) else pretrained
+            module.to(self._device, DTYPES[dtype]).eval()
+            self.denoiser = as_denoiser(pretrained)
             self.profile = getattr(self.denoiser, "profile", FAMILY_REGISTRY["ours"])
         self.tokenizer = tokenizer or run_tokenizer
         if self.tokenizer is None:
