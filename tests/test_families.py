@@ -345,3 +345,101 @@ def test_a_checkpoint_whose_vocabulary_is_smaller_than_its_tokenizer_is_refused(
     denoiser, tokenizer, profile = load_denoiser(save_folder(tmp_path, "bert6", transformers_model("bert", 6)))
     assert profile.name == "bert" and denoiser.mask_token_id == tokenizer.mask_token_id == 3
     assert denoiser.banned_token_ids == [3]  # the mask; EOS (= pad here) ends completions and is kept
+
+
+# ----------------------------------------------------------------------------------------------------
+# A family whose code ships with the checkpoint, loaded end to end (trust_remote_code, offline)
+# ----------------------------------------------------------------------------------------------------
+
+REMOTE_MODELING = '''
+from transformers import PretrainedConfig, PreTrainedModel
+
+from tests.family_models import DreamLike, TinyCore
+
+
+class TinyDreamConfig(PretrainedConfig):
+    model_type = "Dream"
+
+
+class DreamModel(PreTrainedModel):
+    config_class = TinyDreamConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.core = TinyCore(config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.core.lm_head
+
+    forward = DreamLike.forward
+'''
+
+
+@pytest.fixture
+def remote_code_folder(tmp_path, monkeypatch):
+    """A Dream-style checkpoint folder with its modeling file, as the hub serves one (no mask id in the
+    config: the tokenizer's is used); transformers copies remote code into a module cache, here a
+    temporary one."""
+    import importlib.util
+
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    folder = tmp_path / "tiny-dream"
+    folder.mkdir()
+    (folder / "modeling_tiny.py").write_text(REMOTE_MODELING)
+    spec = importlib.util.spec_from_file_location("modeling_tiny", folder / "modeling_tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.TinyDreamConfig(vocab_size=len(WORDS), max_position_embeddings=64, architectures=["DreamModel"],
+                                    auto_map={"AutoConfig": "modeling_tiny.TinyDreamConfig",
+                                              "AutoModel": "modeling_tiny.DreamModel"})
+    torch.manual_seed(0)
+    module.DreamModel(config).save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_a_remote_code_family_loads_through_the_one_loader_and_generates(remote_code_folder, capsys):
+    from mdlm.decode.cli import main
+    from mdlm.decode.loading import load_denoiser
+
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        load_denoiser(remote_code_folder)
+    denoiser, tokenizer, profile = load_denoiser(remote_code_folder, trust_remote_code=True)
+    assert profile.name == "dream" and denoiser.mask_token_id == 3 and denoiser.stop_token_ids == [4, 5]
+    ids = torch.tensor([[0, 1, MASK, MASK]])
+    expected = reference_logits("dream", denoiser.model, ids, MASK)
+    torch.testing.assert_close(denoiser.logits(ids, None, None), expected)
+    assert main(["--model", str(remote_code_folder), "--trust-remote-code", "--prompt", "a b", "--max-new-tokens",
+                 "3", "--temperature", "0", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("a b")
+
+
+def test_the_lm_eval_model_loads_a_remote_code_family_from_its_model_args(remote_code_folder):
+    from lm_eval.api.instance import Instance
+
+    from mdlm.eval import MDLMEvalModel
+
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        MDLMEvalModel(pretrained=str(remote_code_folder), device="cpu")
+    lm = MDLMEvalModel(pretrained=str(remote_code_folder), trust_remote_code="True", family="dream", device="cpu")
+    assert lm.get_model_info()["family"] == "dream"
+    (ll, _), = lm.loglikelihood([Instance("loglikelihood", {}, ("a b", " c"), 0)], disable_tqdm=True)
+    logits = reference_logits("dream", lm.model, torch.tensor([[0, 1, MASK]]), MASK)
+    assert ll == pytest.approx(float(torch.log_softmax(logits[0, -1].double(), -1)[2]), abs=1e-5)
+
+
+def test_instruct_prompts_go_through_the_chat_template_unless_turned_off():
+    from mdlm.decode.cli import build_parser, chat_prompts
+
+    tokenizer = word_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}<|im_end|> {{ m['content'] }}{% endfor %}"
+                               "{% if add_generation_prompt %} c{% endif %}")
+    prompts = [("a b", None), ("a", "b")]  # an infill prompt keeps its raw text
+    assert chat_prompts(tokenizer, prompts, get_family("dream"), True) == [("<|im_end|> a b c", None), ("a", "b")]
+    assert chat_prompts(tokenizer, prompts, get_family("dream"), False) == prompts
+    assert chat_prompts(tokenizer, prompts, get_family("bert"), True) == prompts  # not a chat family
+    args = build_parser().parse_args(["--model", "m", "--family", "dream", "--no-chat-template"])
+    assert args.family == "dream" and args.no_chat_template
