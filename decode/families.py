@@ -74,7 +74,7 @@ class FamilyProfile:
             raise ValueError(f"family {self.name}: the block KV cache needs a 4-D mask and unshifted logits")
 
 
-def _features(kv_cache="no", assd="no", schema="yes", lm_eval="yes", rl="no"):
+def _features(kv_cache="RADD reuse", assd="no", schema="yes", lm_eval="yes", rl="no"):
     return {"KV cache": kv_cache, "ASSD": assd, "schema": schema, "lm-eval": lm_eval, "RL": rl}
 
 
@@ -83,7 +83,7 @@ LLADA_STOPS = ("<|endoftext|>", "<|eot_id|>")
 
 FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
     FamilyProfile("ours", "this stack's MDLMForMaskedLM (mdlm-pretrain runs)", ("MDLMForMaskedLM",),
-                  features=_features("exact (RADD, block KV)", "as-arm runs", rl="yes")),
+                  features=_features("RADD reuse, exact block KV", "as-arm runs", rl="yes")),
     FamilyProfile("bert", "BERT masked LMs (transformers BertForMaskedLM)", ("BertForMaskedLM",), ("bert",),
                   position_ids=True, ban_special_tokens=True, examples=("google-bert/bert-base-uncased",), features=_features()),
     FamilyProfile("roberta", "RoBERTa masked LMs (transformers RobertaForMaskedLM)", ("RobertaForMaskedLM",),
@@ -105,30 +105,50 @@ FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
                   attention_mask="4d-additive", position_ids=True, known_mask_token_id=156895,
                   stop_tokens=("<|endoftext|>", "<|role_end|>"), chat_template=True, attention="block-causal",
                   block_size=32, kv_cache=True, examples=("inclusionAI/LLaDA2.0-mini-preview",),
-                  features=_features("exact block KV")),
+                  features=_features("RADD reuse, exact block KV")),
     FamilyProfile("dream", "Dream / DiffuCoder (Qwen2.5-initialised): shifted logits, 4-D mask + positions",
                   ("DreamModel",), ("Dream", "dream"), auto_class="AutoModel", trust_remote_code=True,
                   attention_mask="4d-bool", position_ids=True, shifted_logits=True, known_mask_token_id=151666,
                   stop_tokens=QWEN_STOPS, chat_template=True,
-                  examples=("Dream-org/Dream-v0-Instruct-7B", "apple/DiffuCoder-7B-Instruct"), features=_features()),
+                  examples=("Dream-org/Dream-v0-Instruct-7B", "apple/DiffuCoder-7B-Instruct"),
+                  features=_features(schema="unconstrained (shifted logits)")),
     FamilyProfile("sdar", "SDAR (Qwen3-initialised): block diffusion, block 4, 4-D mask, HF cache",
                   ("SDARForCausalLM",), ("sdar",), auto_class="AutoModelForCausalLM", trust_remote_code=True,
                   attention_mask="4d-bool", position_ids=True, known_mask_token_id=151669, stop_tokens=QWEN_STOPS,
                   chat_template=True, attention="block-causal", block_size=4, block_size_key="block_size",
-                  kv_cache=True, examples=("JetLM/SDAR-1.7B-Chat",), features=_features("exact block KV")),
+                  kv_cache=True, examples=("JetLM/SDAR-1.7B-Chat",), features=_features("RADD reuse, exact block KV")),
     FamilyProfile("mdlm-owt", "MDLM on OpenWebText (Sahoo et al. 2024): no attention mask, timesteps input, "
                   "tensor output", ("MDLM",), auto_class="AutoModelForMaskedLM", trust_remote_code=True,
                   attention_mask="none", time_input="timesteps", known_mask_token_id=50257,
-                  examples=("kuleshov-group/mdlm-owt",), features=_features(schema="no (GPT-2 text model)")),
+                  examples=("kuleshov-group/mdlm-owt",), features=_features()),
     FamilyProfile("bd3lm", "BD3-LM (Arriola et al. 2025): block diffusion, block causality built by the model",
                   ("BD3LM",), ("bd3lm",), auto_class="AutoModelForMaskedLM", trust_remote_code=True,
                   attention_mask="none", time_input="timesteps",
                   extra_kwargs=(("sample_mode", True), ("store_kv", False)), known_mask_token_id=50257,
                   attention="block-causal", block_size=4, block_size_key="block_size",
-                  examples=("kuleshov-group/bd3lm-owt-block_size4",), features=_features(schema="no (GPT-2 text model)")),
+                  examples=("kuleshov-group/bd3lm-owt-block_size4",), features=_features()),
     FamilyProfile("masked-lm", "any other transformers masked LM whose config or tokenizer has a mask token "
                   "(never detected: the fallback)", ban_special_tokens=True, features=_features()),
 )}
+
+
+def families_table() -> str:
+    """The README's table of families and what of this stack runs on each (kept equal by a test)."""
+    columns = ["KV cache", "ASSD", "schema", "lm-eval", "RL"]
+    lines = ["| family | detected from | mask id | calling convention | " + " | ".join(columns) + " |",
+             "| --- " * (4 + len(columns)) + "|"]
+    for p in FAMILY_REGISTRY.values():
+        detected = ", ".join(f"`{a}`" for a in p.architectures) or "fallback"
+        mask = f"config / tokenizer, else {p.known_mask_token_id}" if p.known_mask_token_id else "config / tokenizer"
+        convention = [f"mask {p.attention_mask}"] + (["positions"] if p.position_ids else []) + \
+            ([f"`{p.time_input}`=0"] if p.time_input else []) + (["shifted logits"] if p.shifted_logits else []) + \
+            ([f"block-causal ({p.block_size})"] if p.attention == "block-causal" else []) + \
+            (["remote code"] if p.trust_remote_code else []) + (["chat template"] if p.chat_template else [])
+        if p.name == "ours":
+            convention = ["any mask, positions, own KV cache"]
+        lines.append(f"| `{p.name}` | {detected} | {mask} | {', '.join(convention)} | " +
+                     " | ".join(p.features.get(c, "") for c in columns) + " |")
+    return "\n".join(lines)
 
 
 def register_family(profile: FamilyProfile) -> None:

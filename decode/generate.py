@@ -80,7 +80,8 @@ def generate_with_result(model, tokenizer, prompts, max_new_tokens, config: Deco
                                             denoiser.context, add_bos)
     device = denoiser.device
     result = decode(denoiser, canvas.to(device), config, valid=valid.to(device), generator=generator)
-    ids = completion_ids(result.tokens.cpu(), generated, config.eos_token_id)
+    stops = [config.eos_token_id, *(getattr(denoiser, "stop_token_ids", None) or [])]  # e.g. end of text, end of turn
+    ids = completion_ids(result.tokens.cpu(), generated, stops)
     texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
     return texts, result, generated
 

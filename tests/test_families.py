@@ -284,6 +284,14 @@ def test_every_family_is_registered_and_known_mask_ids_are_the_published_ones():
         get_family("llama")
 
 
+def test_the_readme_family_table_is_the_registrys():
+    from pathlib import Path
+
+    from mdlm.decode.families import families_table
+
+    assert families_table() in (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
 def save_folder(tmp_path, name, model=None, tokenizer=None, config: dict | None = None):
     folder = tmp_path / name
     folder.mkdir()
@@ -443,3 +451,16 @@ def test_instruct_prompts_go_through_the_chat_template_unless_turned_off():
     assert chat_prompts(tokenizer, prompts, get_family("bert"), True) == prompts  # not a chat family
     args = build_parser().parse_args(["--model", "m", "--family", "dream", "--no-chat-template"])
     assert args.family == "dream" and args.no_chat_template
+
+
+def test_generate_cuts_a_completion_at_any_of_the_familys_stop_tokens():
+    from mdlm.decode import generate
+
+    tokenizer = word_tokenizer()
+    model = family_model("dream", vocab_size=len(WORDS), seed=5)
+    with torch.no_grad():  # end of turn (5) is the most likely token everywhere; end of text (4) never
+        model.core.lm_head.bias[5] += 100.0
+        model.core.lm_head.bias[4] -= 100.0
+    denoiser = ProfiledDenoiser(model, get_family("dream"), tokenizer=tokenizer)  # stops: <|endoftext|>, <|im_end|>
+    text, = generate(denoiser, tokenizer, ["a b"], 4, DecodeConfig(temperature=0.0))
+    assert text == ""
