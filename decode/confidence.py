@@ -30,7 +30,7 @@ import torch
 
 from mdlm.decode.config import DecodeConfig, DecodeResult
 from mdlm.decode.canvas import Canvas
-from mdlm.decode.denoiser import CountedDenoiser, as_denoiser
+from mdlm.decode.denoiser import CountedDenoiser, active_positions, as_denoiser
 from mdlm.decode.draw import draw, tempered_logprob
 from mdlm.decode.remasking import position_scores, select_above_threshold, select_top
 from mdlm.decode.schedules import ascending_blocks, ascending_num_steps, eoser_gamma, step_counts
@@ -148,16 +148,6 @@ def plan_column_blocks(to_generate: torch.Tensor, config: DecodeConfig, block_le
 def truncate_cache(cache: KVCache, length: int) -> KVCache:
     return KVCache([k[:, :, :length] for k in cache.keys], [v[:, :, :length] for v in cache.values],
                    cache.positions[:, :length], cache.valid[:, :length])
-
-
-def active_positions(wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """wanted (B, W) bool -> at (B, K) column indices, each row's wanted columns first in ascending order
-    (K = the most any row has), and present (B, K) bool: which entries are real (the rest repeat)."""
-    counts = wanted.sum(-1)
-    k = max(1, int(counts.max()) if counts.numel() else 1)
-    at = torch.sort((~wanted).to(torch.int8), dim=1, stable=True).indices[:, :k]
-    present = torch.arange(k, device=wanted.device)[None, :] < counts[:, None]
-    return at, present
 
 
 def logits_where(call, wanted: torch.Tensor, full_logits: bool) -> torch.Tensor:

@@ -219,6 +219,16 @@ def gather_at(logits: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
     return logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
 
 
+def active_positions(wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """wanted (B, W) bool -> at (B, K) column indices, each row's wanted columns first in ascending order
+    (K = the most any row has), and present (B, K) bool: which entries are real (the rest repeat)."""
+    counts = wanted.sum(-1)
+    k = max(1, int(counts.max()) if counts.numel() else 1)
+    at = torch.sort((~wanted).to(torch.int8), dim=1, stable=True).indices[:, :k]
+    present = torch.arange(k, device=wanted.device)[None, :] < counts[:, None]
+    return at, present
+
+
 def device_of(model) -> torch.device:
     """The device of a model's (or a wrapper's inner model's) first parameter; CPU for none."""
     for candidate in (model, getattr(model, "model", None)):

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mdlm.decode.canvas import pad_rows
-from mdlm.decode.denoiser import as_denoiser
+from mdlm.decode.denoiser import active_positions, as_denoiser
 
 Request = tuple[list[int], list[int]]  # (context token ids, continuation token ids)
 
@@ -137,9 +137,12 @@ def _score_rows(model, requests: list[Request], rows: list[_Row], batch_size: in
             masked[i, context_len : context_len + len(r.mask)] = r.mask
         clean, valid, masked = clean.to(device), valid.to(device), masked.to(device)
         noisy = torch.where(masked, torch.full_like(clean, mask_id), clean)  # (B, L)
-        logits = denoiser.logits(noisy, valid, None)  # (B, L, V); None: the model's own positions
-        nll = torch.zeros(masked.shape, dtype=torch.float64, device=device)
-        nll[masked] = F.cross_entropy(logits[masked].float(), clean[masked], reduction="none").double()
+        # the head runs at the masked positions only (a large vocabulary never makes a (B, L, V) tensor);
+        # positions None: the model's own
+        at, present = active_positions(masked)
+        logits = denoiser.logits(noisy, valid, None, at=at)  # (B, K, V)
+        nll = torch.zeros(at.shape, dtype=torch.float64, device=device)
+        nll[present] = F.cross_entropy(logits[present].float(), clean.gather(1, at)[present], reduction="none").double()
         per_row = nll.sum(1).cpu()
         for i, r in enumerate(chunk):
             totals[r.request] += r.weight * float(per_row[i])

@@ -139,3 +139,23 @@ def test_bad_arguments_are_named(tiny_model, short_request):
     too_long = list(range(10)) * 10
     with pytest.raises(ValueError, match="beyond the model's context"):
         diffusion_nll(tiny_model, [(too_long, short_request[1])])
+
+
+def test_the_elbo_runs_the_lm_head_at_the_masked_continuation_positions_only(tiny_model, short_request):
+    from mdlm.decode.denoiser import MDLMDenoiser
+    from mdlm.eval.likelihood import exact_diffusion_nll
+
+    context, continuation = short_request
+    head_positions = []
+    original = tiny_model.forward
+
+    def recording(*args, logits_at=None, **kwargs):
+        head_positions.append(None if logits_at is None else logits_at.shape[1])
+        return original(*args, logits_at=logits_at, **kwargs)
+
+    denoiser = MDLMDenoiser(tiny_model)
+    denoiser.model = type("Recorded", (), {"__call__": staticmethod(recording), "config": tiny_model.config,
+                                          "parameters": tiny_model.parameters})()
+    value = exact_diffusion_nll(denoiser, context, continuation[:4])
+    assert head_positions and all(k is not None and k <= 4 for k in head_positions)
+    assert value == pytest.approx(exact_diffusion_nll(tiny_model, context, continuation[:4]), rel=1e-5)
