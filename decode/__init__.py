@@ -12,12 +12,13 @@ Structured output: `generate_json(model, tokenizer, prompt, schema)` (schema sca
 
 from mdlm.decode.canvas import Canvas
 from mdlm.decode.config import DecodeConfig, DecodeResult
-from mdlm.decode.denoiser import Denoiser, HFMaskedLMDenoiser, MDLMDenoiser, as_denoiser
+from mdlm.decode.denoiser import Denoiser, MDLMDenoiser, as_denoiser
+from mdlm.decode.families import HFMaskedLMDenoiser, ProfiledDenoiser
 from mdlm.decode.generate import build_canvas, generate, generate_with_result
 from mdlm.decode.registry import SAMPLER_REGISTRY, decode, register_sampler
 from mdlm.decode.schema import SchemaFitError, UnsupportedSchemaError, generate_json
 from mdlm.decode.trace import TraceStep
 
-__all__ = ["DecodeConfig", "DecodeResult", "TraceStep", "Denoiser", "HFMaskedLMDenoiser", "MDLMDenoiser",
+__all__ = ["DecodeConfig", "DecodeResult", "TraceStep", "Denoiser", "HFMaskedLMDenoiser", "ProfiledDenoiser", "MDLMDenoiser",
            "as_denoiser", "Canvas", "decode", "generate", "generate_with_result", "build_canvas", "register_sampler",
            "SAMPLER_REGISTRY", "generate_json", "SchemaFitError", "UnsupportedSchemaError"]

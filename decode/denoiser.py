@@ -3,9 +3,10 @@
 A denoiser maps token ids, some of them the mask id, to logits (B, L, V) of p(x0_i | unmasked tokens)
 (RADD, Ou et al. 2024: the network needs no time input). It carries the facts decoders need about the
 model (mask id, attention pattern, block size, context, whether it has a KV cache), so that no decoder
-reads `model.config` or branches on a model's class. `as_denoiser` wraps any model once (ours, a
-Hugging Face masked LM, a plain callable) and every network call goes through `logits`, which counts
-it: NFE is counted here and nowhere else.
+reads `model.config` or branches on a model's class. `as_denoiser` wraps any model once (ours, a public
+diffusion LM or Hugging Face masked LM through its family profile (`mdlm.decode.families`), a plain
+callable) and every network call goes through `logits`, which counts it: NFE is counted here and nowhere
+else.
 """
 
 from __future__ import annotations
@@ -139,30 +140,6 @@ class MDLMDenoiser(CountedDenoiser):
                               use_cache=use_cache)
 
 
-class HFMaskedLMDenoiser(CountedDenoiser):
-    """A Hugging Face masked LM (BERT, RoBERTa, ModernBERT, ...) as a `Denoiser`.
-
-    Only the mask token's logit is set to -inf (SUBS); special tokens the model never generates are the
-    caller's business (pass `banned_token_ids`)."""
-
-    def __init__(self, model, mask_token_id: int | None = None, banned_token_ids=(), pass_position_ids=False):
-        config = getattr(model, "config", None)
-        mask_token_id = mask_token_id if mask_token_id is not None else getattr(config, "mask_token_id", None)
-        if mask_token_id is None:
-            raise ValueError("this model has no mask token id; pass mask_token_id= (e.g. tokenizer.mask_token_id)")
-        super().__init__(model, int(mask_token_id), getattr(config, "max_position_embeddings", None))
-        self.banned_token_ids = sorted({int(mask_token_id), *map(int, banned_token_ids)})
-        self.pass_position_ids = pass_position_ids
-
-    def _logits(self, ids, valid, positions, cache, use_cache, at):
-        kwargs = {"attention_mask": (torch.ones_like(ids) if valid is None else valid).long()}
-        if self.pass_position_ids and positions is not None:
-            kwargs["position_ids"] = positions
-        logits = self.model(input_ids=ids, **kwargs).logits.float()
-        logits[..., self.banned_token_ids] = float("-inf")
-        return gather_at(logits, at)
-
-
 class CallableDenoiser(CountedDenoiser):
     """Any callable `f(input_ids, attention_mask=, position_ids=)` -> logits (or an output with
     `.logits`) that names its `mask_token_id`: a fixed test distribution, a user's own network."""
@@ -189,7 +166,7 @@ def as_denoiser(model, mask_token_id: int | None = None, **kwargs) -> CountedDen
         return MDLMDenoiser(model, mask_token_id)
     config = getattr(model, "config", None)
     if isinstance(model, torch.nn.Module) and hasattr(config, "vocab_size"):
-        from mdlm.decode.families import ProfiledDenoiser, detect_family
+        from mdlm.decode.families import HFMaskedLMDenoiser, ProfiledDenoiser, detect_family
 
         profile = detect_family(config)
         if profile is not None and profile.name != "ours" and not kwargs:

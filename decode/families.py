@@ -213,7 +213,7 @@ class ProfiledDenoiser(CountedDenoiser):
     with their padding cut."""
 
     def __init__(self, model, profile: FamilyProfile, mask_token_id: int | None = None, tokenizer=None,
-                 block_size: int | None = None):
+                 block_size: int | None = None, banned_token_ids=()):
         config = getattr(model, "config", None)
         super().__init__(model, resolve_mask_token_id(profile, config, tokenizer, mask_token_id),
                          getattr(config, "max_position_embeddings", None))
@@ -225,7 +225,7 @@ class ProfiledDenoiser(CountedDenoiser):
         self.supports_cache = profile.kv_cache
         self.stop_token_ids = stop_token_ids(profile, tokenizer, config)
         self.eos_token_id = self.stop_token_ids[0] if self.stop_token_ids else None
-        banned = {self.mask_token_id} if profile.subs else set()
+        banned = ({self.mask_token_id} if profile.subs else set()) | {int(i) for i in banned_token_ids}
         if profile.ban_special_tokens and tokenizer is not None:
             banned |= {int(i) for i in tokenizer.all_special_ids if i not in (self.mask_token_id, self.eos_token_id)}
         self.banned_token_ids = sorted(banned)
@@ -327,6 +327,14 @@ class ProfiledDenoiser(CountedDenoiser):
         old_positions = cache.positions if cache is not None else positions[:, :0]
         old_valid = cache.valid if cache is not None else valid[:, :0]
         return KVCache(keys, values, torch.cat([old_positions, positions], 1), torch.cat([old_valid, valid], 1))
+
+
+class HFMaskedLMDenoiser(ProfiledDenoiser):
+    """A Hugging Face masked LM that no family claims, by the generic `masked-lm` profile: the mask
+    token's logit at -inf (SUBS); other tokens it should never generate are the caller's `banned_token_ids`."""
+
+    def __init__(self, model, mask_token_id: int | None = None, banned_token_ids=()):
+        super().__init__(model, FAMILY_REGISTRY["masked-lm"], mask_token_id, banned_token_ids=banned_token_ids)
 
 
 def _check_relative_positions(positions, valid, family: str) -> None:
