@@ -47,7 +47,12 @@ class Canvas:
     def of(cls, denoiser, tokens: torch.Tensor, valid: torch.Tensor | None = None,
            positions: torch.Tensor | None = None) -> "Canvas":
         """Validate a canvas for `denoiser` and complete `valid` (all True) and `positions` (counted from
-        each row's first valid token); malformed input gets an error naming the fix."""
+        each row's first valid token); malformed input gets an error naming the fix. A `Canvas` comes
+        back as it is (on the denoiser's device)."""
+        if isinstance(tokens, Canvas):
+            if valid is not None or positions is not None:
+                raise ValueError("pass valid / position_ids inside the Canvas, not beside it")
+            return tokens.to(denoiser.device)
         if tokens.dim() != 2:
             raise ValueError(f"the canvas must be (batch, length) token ids, got shape {tuple(tokens.shape)}")
         tokens = tokens.long()
@@ -73,3 +78,8 @@ class Canvas:
         """Left-padded canvas of token-id rows (mask ids where to generate)."""
         tokens, valid = pad_rows(rows, pad_id, "left", device)
         return cls.of(denoiser, tokens, valid)
+
+    def to(self, device) -> "Canvas":
+        move = lambda t: t.to(device)  # noqa: E731
+        return Canvas(move(self.tokens), move(self.valid), move(self.positions), move(self.generated),
+                      self.mask_token_id)

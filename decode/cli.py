@@ -252,14 +252,12 @@ def generate_rows(model, tokenizer, rows, args, config, console):
     from mdlm.decode.generate import build_canvas, completion_ids
     from mdlm.decode.registry import decode
 
-    context, device = model.context, model.device
     batch_size = args.batch_size
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
         suffixes = None if all(s is None for _, s in batch) else [s or "" for _, s in batch]
         try:
-            canvas, valid, generated = build_canvas(tokenizer, [p for p, _ in batch], args.max_new_tokens,
-                                                    model.mask_token_id, suffixes, context)
+            canvas = build_canvas(model, tokenizer, [p for p, _ in batch], args.max_new_tokens, suffixes)
         except ValueError as error:
             raise CLIError(str(error)) from None
         batch_config = config
@@ -268,22 +266,21 @@ def generate_rows(model, tokenizer, rows, args, config, console):
         began = time.perf_counter()
         if args.live:
             live = LiveCanvas(tokenizer, console, model.mask_token_id)
-            live.valid = valid
+            live.valid = canvas.valid
             show = ShowWhenNextArrives(live)
             with live:
-                result = decode(model, canvas.to(device), replace(batch_config, step_callback=show),
-                                valid=valid.to(device))
+                result = decode(model, canvas, replace(batch_config, step_callback=show))
                 show.finish(result.tokens.cpu())
         else:
             try:
-                result = decode(model, canvas.to(device), batch_config, valid=valid.to(device))
+                result = decode(model, canvas, batch_config)
             except ValueError as error:  # a setting the model cannot run (e.g. a block length it has no blocks for)
                 raise CLIError(str(error)) from None
         seconds = time.perf_counter() - began
-        ids = completion_ids(result.tokens.cpu(), generated, stop_ids_of(model, tokenizer))
+        ids = completion_ids(result.tokens.cpu(), canvas.generated, stop_ids_of(model, tokenizer))
         for offset, completion in enumerate(ids):
             yield start + offset, tokenizer.decode(completion, skip_special_tokens=True), result, seconds, \
-                (canvas, valid, offset)
+                (canvas.tokens, canvas.valid, offset)
 
 
 def stop_ids_of(denoiser, tokenizer) -> list[int]:

@@ -33,7 +33,8 @@ class DecodeConfig:
     sampler: "confidence" (LLaDA-style: commit the most confident predictions, optionally in
         semi-autoregressive blocks), "ancestral" (tau-leaping over a masking schedule, RADD cache),
         "first-hitting" (Zheng et al. 2024, one token per network call, exact), "assd" (any-subset
-        speculative decoding, Guo & Ermon 2025).
+        speculative decoding, Guo & Ermon 2025); its baselines "assd-sequential" (one token per call, the
+        same distribution) and "assd-parallel" (`steps` calls of conditionally independent drafts).
     steps: denoising steps (per sequence). "confidence" honours them exactly (NFE == steps without a
         cache): spread over the blocks, the remainder to the earliest ones; fewer steps than blocks or
         more than tokens to generate is refused. None: one token per step for "confidence", 1000 for

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import torch
 
-from mdlm.decode.canvas import pad_rows
+from mdlm.decode.canvas import Canvas, pad_rows
 from mdlm.decode.config import DecodeConfig, DecodeResult
 from mdlm.decode.denoiser import as_denoiser
 from mdlm.decode.registry import decode
@@ -16,10 +16,11 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
-def build_canvas(tokenizer, prompts: list[str], max_new_tokens: int, mask_token_id: int,
-                 suffixes: list[str] | None = None, context_length: int | None = None, add_bos: bool = False):
-    """Canvas (B, L), valid (B, L) and generated (B, L) bool for prompt + max_new_tokens masks + suffix,
-    left-padded with the pad id to a common length."""
+def build_canvas(denoiser, tokenizer, prompts: list[str], max_new_tokens: int, suffixes: list[str] | None = None,
+                 add_bos: bool = False) -> Canvas:
+    """The Canvas of prompt + max_new_tokens masks + suffix per row, left-padded with the pad id to a
+    common length (on the CPU); its `generated` marks the new tokens only (a mask id inside a prompt is
+    text, not a slot). A row beyond the denoiser's context gets an error saying what to shorten."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not prompts:
@@ -27,6 +28,8 @@ def build_canvas(tokenizer, prompts: list[str], max_new_tokens: int, mask_token_
                          "unconditionally)")
     if suffixes is not None and len(suffixes) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but {len(suffixes)} suffixes; give one suffix per prompt")
+    denoiser = as_denoiser(denoiser)
+    mask_token_id, context_length = denoiser.require_mask_id(), denoiser.context
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token; load it with mdlm.tokenizer.load_tokenizer")
@@ -47,12 +50,14 @@ def build_canvas(tokenizer, prompts: list[str], max_new_tokens: int, mask_token_
                 f"{context_length}; {fix}"
             )
         rows.append((head, tail))
-    canvas, valid = pad_rows([h + [mask_token_id] * max_new_tokens + t for h, t in rows], pad_id, "left")
+    tokens, valid = pad_rows([h + [mask_token_id] * max_new_tokens + t for h, t in rows], pad_id, "left")
     generated = torch.zeros_like(valid)  # (B, L)
     for b, (head, tail) in enumerate(rows):
-        end = canvas.shape[1] - len(tail)  # left padding: every row ends at the last column
+        end = tokens.shape[1] - len(tail)  # left padding: every row ends at the last column
         generated[b, end - max_new_tokens: end] = True
-    return canvas, valid, generated
+    canvas = Canvas.of(denoiser, tokens, valid)
+    canvas.generated = generated
+    return canvas
 
 
 def completion_ids(tokens: torch.Tensor, generated: torch.Tensor, eos_token_id) -> list[list[int]]:
@@ -73,17 +78,14 @@ def generate_with_result(model, tokenizer, prompts, max_new_tokens, config: Deco
     """`generate`, also returning the DecodeResult and the generated-position mask (for NFE, traces)."""
     # A bare callable names no mask id of its own: the tokenizer's is the one.
     denoiser = as_denoiser(model, None if hasattr(model, "config") else tokenizer.mask_token_id)
-    mask_id = denoiser.require_mask_id()
     if config.eos_token_id is None and tokenizer.eos_token_id is not None:
         config = replace(config, eos_token_id=tokenizer.eos_token_id)
-    canvas, valid, generated = build_canvas(tokenizer, list(prompts), max_new_tokens, mask_id, suffixes,
-                                            denoiser.context, add_bos)
-    device = denoiser.device
-    result = decode(denoiser, canvas.to(device), config, valid=valid.to(device), generator=generator)
+    canvas = build_canvas(denoiser, tokenizer, list(prompts), max_new_tokens, suffixes, add_bos)
+    result = decode(denoiser, canvas, config, generator=generator)
     stops = [config.eos_token_id, *(getattr(denoiser, "stop_token_ids", None) or [])]  # e.g. end of text, end of turn
-    ids = completion_ids(result.tokens.cpu(), generated, stops)
+    ids = completion_ids(result.tokens.cpu(), canvas.generated, stops)
     texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
-    return texts, result, generated
+    return texts, result, canvas.generated
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, config: DecodeConfig | None = None,

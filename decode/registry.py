@@ -17,6 +17,9 @@ SAMPLER_REGISTRY: dict[str, str] = {
     "ancestral": "mdlm.decode.ancestral:ancestral_decode",
     "first-hitting": "mdlm.decode.first_hitting:first_hitting_decode",
     "assd": "mdlm.decode.speculative:assd_decode",
+    # ASSD's two baselines: one token per call (its distribution), and conditionally independent drafts.
+    "assd-sequential": "mdlm.decode.speculative:sequential_decode",
+    "assd-parallel": "mdlm.decode.speculative:parallel_decode",
 }
 
 

@@ -51,7 +51,6 @@ from mdlm.decode.canvas import Canvas
 from mdlm.decode.config import DecodeConfig, DecodeResult
 from mdlm.decode.denoiser import as_denoiser
 from mdlm.decode.draw import draw, draw_probs, model_logprob, sample_from_probs
-from mdlm.decode.registry import make_generator
 from mdlm.decode.trace import TraceRecorder
 
 ACCEPT, REJECT = 0, 1
@@ -225,8 +224,6 @@ def _prepare(model, canvas, config: DecodeConfig, valid, position_ids, generator
     denoiser = as_denoiser(model)
     check_two_stream_model(denoiser.model)
     canvas = Canvas.of(denoiser, canvas, valid, position_ids)
-    # sequential_decode / parallel_decode are called directly, not through registry.decode.
-    generator = make_generator(config.seed, generator)
     state = TwoStreamCanvas(denoiser, canvas, use_cache=config.use_cache)
     return state, _priority(state, config.order, generator), generator
 
@@ -345,7 +342,7 @@ def parallel_decode(model, canvas, config: DecodeConfig, valid=None, position_id
     total = state.undecided.sum(1)
     steps = config.steps if tokens_per_call is None else None
     if steps is None and tokens_per_call is None:
-        raise ValueError("parallel_decode needs config.steps (network calls) or tokens_per_call")
+        raise ValueError("sampler='assd-parallel' needs steps= (its number of network calls)")
     progress = tqdm(total=int(total.sum()), desc="parallel" if tokens_per_call != 1 else "sequential",
                     unit="tok", leave=False, disable=None)
     call = 0

@@ -9,7 +9,6 @@ import torch
 from mdlm import MDLMConfig, MDLMForMaskedLM
 from mdlm.decode import Canvas, DecodeConfig, Denoiser, as_denoiser, decode
 from mdlm.decode.canvas import default_position_ids, pad_rows
-from mdlm.decode.speculative import parallel_decode, sequential_decode
 
 MASK = 9
 
@@ -113,12 +112,27 @@ def test_every_decoder_counts_its_network_calls_through_the_one_counter(sampler,
     assert again.nfe == result.nfe  # per run, not accumulated over the denoiser's life
 
 
-@pytest.mark.parametrize("decoder", [sequential_decode, parallel_decode])
-def test_the_speculative_baselines_count_through_it_too(decoder):
+@pytest.mark.parametrize("sampler", ["assd-sequential", "assd-parallel"])
+def test_the_speculative_baselines_count_through_it_too(sampler):
     model = tiny()
     forwards = ForwardCounter(model)
-    result = decoder(model, torch.full((2, 5), MASK), DecodeConfig(sampler="assd", steps=2, seed=0))
+    result = decode(model, torch.full((2, 5), MASK), DecodeConfig(sampler=sampler, steps=2, seed=0))
     assert result.nfe == forwards.calls > 0
+
+
+def test_the_seed_becomes_a_generator_in_one_place_only():
+    """registry.decode turns config.seed into the run's generator; a sampler that made its own would
+    restart the stream the caller handed it."""
+    import mdlm.decode.speculative as speculative
+
+    assert "make_generator" not in inspect.getsource(speculative)
+    canvas = torch.full((3, 5), MASK)
+    for sampler in ("assd", "assd-sequential"):
+        seeded = [decode(tiny(), canvas, DecodeConfig(sampler=sampler, seed=4)).tokens for _ in range(2)]
+        handed = decode(tiny(), canvas, DecodeConfig(sampler=sampler), generator=torch.Generator().manual_seed(4))
+        assert torch.equal(seeded[0], seeded[1]) and torch.equal(seeded[0], handed.tokens)
+    with pytest.raises(ValueError, match="assd-parallel.*needs steps="):
+        decode(tiny(), canvas, DecodeConfig(sampler="assd-parallel"))
 
 
 def test_schema_generation_counts_every_call_including_the_scoring(stdlib_tokenizer):
@@ -192,3 +206,24 @@ def test_canvas_completes_and_checks_its_input():
         Canvas.of(denoiser, tokens, valid[:, :2])
     with pytest.raises(ValueError, match="context is 16"):
         Canvas.of(denoiser, torch.full((1, 17), MASK))
+
+
+def test_a_built_canvas_goes_to_every_decoder_as_it_is(stdlib_tokenizer):
+    """build_canvas returns the one Canvas (its `generated` is the new tokens only); decode takes it
+    whole, and a valid mask beside a Canvas is refused rather than silently ignored."""
+    from mdlm.decode import build_canvas
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = MDLMForMaskedLM(tiny_config(stdlib_tokenizer)).eval()
+    canvas = build_canvas(model, stdlib_tokenizer, ["def f(x):", "import os"], 5, suffixes=["", " # end"])
+    assert isinstance(canvas, Canvas) and canvas.generated.sum(1).tolist() == [5, 5]
+    assert bool((canvas.tokens[canvas.generated] == canvas.mask_token_id).all())
+    assert not bool(canvas.valid[0, 0]) or not bool(canvas.valid[1, 0])  # the shorter row is left-padded
+    config = DecodeConfig(sampler="first-hitting", seed=2)
+    whole = decode(model, canvas, config)
+    apart = decode(model, canvas.tokens, config, valid=canvas.valid, position_ids=canvas.positions)
+    assert torch.equal(whole.tokens, apart.tokens)
+    assert torch.equal(whole.tokens[~canvas.generated], canvas.tokens[~canvas.generated])
+    with pytest.raises(ValueError, match="inside the Canvas"):
+        decode(model, canvas, config, valid=canvas.valid)

@@ -4,6 +4,7 @@ the rejection step on its own, network-call bounds, and agreement of the draft/v
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from mdlm import MDLMConfig, MDLMForMaskedLM
 from mdlm.as_arm import UNDECIDED, draft_logits, initial_rank, verify_logits
 from mdlm.decode import DecodeConfig, decode
 from mdlm.decode import speculative
-from mdlm.decode.speculative import accept_coins, assd_decode, parallel_decode, sample_residual, sequential_decode
+from mdlm.decode.speculative import accept_coins, assd_decode, sample_residual
 from mdlm.kernels import categorical_probs
 
 MASK = 4  # tokens 0..3, mask id 4
@@ -116,10 +117,10 @@ def test_accepting_every_draft_fails_the_same_test(model, monkeypatch):
     canvas = torch.full((4,), MASK)
     joint = enumerate_joint(model, canvas, [0, 1, 2, 3])
     monkeypatch.setattr(speculative, "accept_coins", lambda p, q, generator=None: torch.ones_like(p, dtype=torch.bool))
-    greedy_acceptance = assd_decode(model, canvas.expand(N_SAMPLES, -1), DecodeConfig(sampler="assd", draft_size=3, seed=0))
+    greedy_acceptance = decode(model, canvas.expand(N_SAMPLES, -1), DecodeConfig(sampler="assd", draft_size=3, seed=0))
     assert greedy_acceptance.stats["accepted"] == greedy_acceptance.stats["drafted"]
     assert goodness_of_fit(greedy_acceptance.tokens, joint) < 1e-6
-    independent = parallel_decode(model, canvas.expand(N_SAMPLES, -1), DecodeConfig(sampler="assd", steps=2, seed=0))
+    independent = decode(model, canvas.expand(N_SAMPLES, -1), DecodeConfig(sampler="assd-parallel", steps=2, seed=0))
     assert independent.nfe == 2
     assert goodness_of_fit(independent.tokens, joint) < 1e-6
 
@@ -127,7 +128,7 @@ def test_accepting_every_draft_fails_the_same_test(model, monkeypatch):
 def test_sequential_decoder_samples_the_same_joint(model):
     canvas = torch.full((4,), MASK)
     joint = enumerate_joint(model, canvas, [0, 1, 2, 3])
-    result = sequential_decode(model, canvas.expand(N_SAMPLES, -1), DecodeConfig(sampler="assd", seed=1))
+    result = decode(model, canvas.expand(N_SAMPLES, -1), DecodeConfig(sampler="assd-sequential", seed=1))
     assert result.nfe == 4
     assert goodness_of_fit(result.tokens, joint) > 1e-3
 
@@ -241,7 +242,8 @@ def test_cache_and_no_cache_decode_identically(model, order):
 def test_temperature_zero_equals_greedy_sequential_decoding(model):
     canvas = torch.tensor([[MASK] * 8, [2] + [MASK] * 7])
     config = DecodeConfig(sampler="assd", draft_size=4, temperature=0.0, seed=0)
-    assert torch.equal(decode(model, canvas, config).tokens, sequential_decode(model, canvas, config).tokens)
+    sequential = replace(config, sampler="assd-sequential")
+    assert torch.equal(decode(model, canvas, config).tokens, decode(model, canvas, sequential).tokens)
 
 
 def test_network_calls_never_exceed_generated_tokens(model):
