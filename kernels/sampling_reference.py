@@ -227,6 +227,11 @@ class _ChunkBuffers:
                 self._kept.storage = {**kept, key: storage}
         self.float64, self.int32 = storage
 
+    @classmethod
+    def release(cls) -> None:
+        """Free this thread's kept storage (the sampling benchmark measures memory with it allocated)."""
+        cls._kept.storage = {}
+
     def view(self, rows: int):
         """shifted (x - max, then the bounds of the race values), weights (exp(x - max), then the race's),
         hash1, scratch: each (rows, vocab)."""
