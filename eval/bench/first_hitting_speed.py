@@ -68,8 +68,10 @@ def time_decode(model, length: int, batch: int, options: dict, seed: int) -> tup
     return time.perf_counter() - began, result.nfe
 
 
-def measure(model, lengths, repeats, batch: int) -> list[dict]:
-    """Per length: median seconds per batch and NFE of each sampler, timed alternately."""
+def measure(model, lengths, repeats, batch: int, finished_length=lambda rows: None) -> list[dict]:
+    """Per length: median seconds per batch and NFE of each sampler, timed alternately.
+    `finished_length(rows so far)` runs after each length (the benchmark writes its results there, so
+    that a run stopped during L = 1024 keeps the shorter lengths)."""
     out = []
     for length, count in zip(lengths, repeats):
         seconds = {name: [] for name in SAMPLERS}
@@ -84,6 +86,7 @@ def measure(model, lengths, repeats, batch: int) -> list[dict]:
         fhs, ancestral = (samplers[name]["median_seconds"] for name in SAMPLERS)
         out.append(dict(length=length, repeats=count, samplers=samplers, speedup=ancestral / fhs,
                         nfe_ratio=samplers[list(SAMPLERS)[1]]["nfe"] / samplers["first-hitting"]["nfe"]))
+        finished_length(out)
     return out
 
 
@@ -124,6 +127,10 @@ def markdown_table(results: dict) -> str:
         f, a = r["samplers"]["first-hitting"], r["samplers"][ancestral]
         lines.append(f"| {r['length']} | {f['median_seconds']:.1f}, {f['nfe']} | {a['median_seconds']:.1f}, "
                      f"{a['nfe']} | {r['nfe_ratio']:.1f} | **{r['speedup']:.1f}x** | {r['repeats']} |")
+    missing = [length for length in results.get("asked_lengths", []) if length not in
+               {r["length"] for r in results["lengths"]}]
+    if missing:
+        lines += ["", f"Not measured (the run was stopped before): L = {', '.join(map(str, missing))}."]
     return "\n".join(lines) + "\n"
 
 
@@ -146,8 +153,14 @@ def main(argv=None) -> dict:
     results = dict(model=described, batch=args.batch, threads=threads, ancestral_steps=ANCESTRAL_STEPS,
                    note="both samplers timed alternately in one process with the same seeds and the same "
                         f"OMP_NUM_THREADS={threads}; CPU wall times on a shared machine",
-                   lengths=measure(model, args.lengths, repeats, args.batch))
-    return write_results(args.output_dir, NAME, results, plot, markdown_table)
+                   asked_lengths=args.lengths, lengths=[])
+
+    def write(rows):
+        results["lengths"] = rows
+        return write_results(args.output_dir, NAME, results, plot, markdown_table)
+
+    measure(model, args.lengths, repeats, args.batch, finished_length=write)
+    return results
 
 
 if __name__ == "__main__":
