@@ -47,7 +47,13 @@ def model_logprob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 def reveal_tokens(x, reveal, logits, config, generator, recorder):
     """Draw the tokens at the `reveal` (B, L) positions of x (B, L) from their logits (B, L, V), record
     the step and return the new canvas."""
-    sample = draw(logits[reveal], config, generator)  # (N,) for the N revealed positions
+    return reveal_drawn(x, reveal, logits[reveal], config, generator, recorder)
+
+
+def reveal_drawn(x, reveal, revealed_logits, config, generator, recorder):
+    """`reveal_tokens` given only the logits (N, V) of the N revealed positions, in row-major order of
+    `reveal` (what a network call with `at=` those positions returns)."""
+    sample = draw(revealed_logits, config, generator)  # (N,) for the N revealed positions
     logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)  # (B, L)
     logprob[reveal] = sample.logprob
     recorder.record(x, reveal, logprob)

@@ -13,7 +13,9 @@ uniform over the masked ones, and its value comes from p(x0_i | x):
 
 It simulates the continuous-time process exactly: with a time-agnostic network it is random-order
 autoregressive sampling, the many-step limit of the ancestral sampler. Only one categorical row per
-sequence is drawn per step (instead of L x V), which is where its speed comes from.
+sequence is drawn per step (instead of L x V), which is where its speed comes from; the position is
+chosen before the call, so the network's LM head runs at that one position (`logits(..., at=i)`).
+Every call changes its rows, so there is nothing for the RADD cache to reuse.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import torch
 
 from mdlm.decode.config import DecodeConfig, DecodeResult, refuse_block_length
 from mdlm.decode.canvas import Canvas
-from mdlm.decode.denoiser import RowOutputCache, as_denoiser
-from mdlm.decode.draw import reveal_tokens
+from mdlm.decode.denoiser import as_denoiser
+from mdlm.decode.draw import reveal_drawn
 from mdlm.decode.trace import TraceRecorder
 from mdlm.schedules import get_schedule
 
@@ -38,7 +40,6 @@ def first_hitting_decode(model, canvas, config: DecodeConfig, valid=None, positi
     valid, mask_id = canvas.valid, canvas.mask_token_id
     schedule = get_schedule(config.masking_schedule)
     meter = denoiser.meter()
-    outputs = RowOutputCache(denoiser, valid, canvas.positions, enabled=config.use_cache)
     recorder = TraceRecorder(config.trace, config.step_callback)
     x = canvas.tokens.clone()
     B = x.shape[0]
@@ -58,10 +59,11 @@ def first_hitting_decode(model, canvas, config: DecodeConfig, valid=None, positi
         # Uniform position among the masked ones: the argmax of i.i.d. uniform scores.
         scores = torch.rand(x.shape, generator=generator, dtype=torch.float64).to(x.device)
         position = scores.masked_fill(~masked, -1.0).argmax(-1)
+        rows = active.nonzero()[:, 0]
         reveal = torch.zeros_like(masked)
-        reveal[active, position[active]] = True
-        logits = outputs.logits(x, active)
-        x = reveal_tokens(x, reveal, logits, config, generator, recorder)
+        reveal[rows, position[rows]] = True
+        logits = denoiser.logits(x[rows], valid[rows], canvas.positions[rows], at=position[rows, None])  # (R, 1, V)
+        x = reveal_drawn(x, reveal, logits[:, 0], config, generator, recorder)
     return DecodeResult(tokens=x, nfe=meter.nfe, trace=recorder.result(),
                         stats={"times": torch.stack(times, 1) if times else torch.empty(B, 0, dtype=torch.float64),
                                "row_evaluations": meter.row_evaluations})

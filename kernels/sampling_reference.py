@@ -14,6 +14,10 @@ exceeds a fixed budget: there is never a float64 copy of the whole (rows, vocab)
 Within a chunk the draw uses the exponential-race form of Gumbel-max, which is the same argmax:
 argmax_v (x_v / T - log E_v) = argmax_v exp((x_v - max x) / T) / E_v. It needs one float64 log per entry
 instead of two, and at temperature 1 the exponentials are the ones the softmax statistics need anyway.
+The first of the two 32-bit hashes of an entry already bounds its race value from above; only the entry
+with the largest bound gets its second hash, and a row is raced exactly, entry by entry, only when another
+bound comes within 1e-9 of that entry's exact value (`_race_bounds`, `_settle_race`): the same token,
+half the hashing.
 
 Top-k / top-p are a per-row threshold on the logits (`filter_threshold`): an entry is kept when its logit is
 >= the threshold, so entries tied with the last kept one are kept too. The order is the ecosystem's
@@ -25,7 +29,9 @@ thresholds from the same function.
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +45,16 @@ ROW_MULTIPLIER = 0x9E3779B9  # golden-ratio constant spreading row ids before th
 U64_MAX = 1.0 - 2.0 ** -53
 U32_MAX = 1.0 - 2.0 ** -24
 # Elements (rows x vocab) of one chunk. Its working set is WORKING_BYTES_PER_ELEMENT bytes per element
-# (three float64 and three int32 buffers), ~9 MiB, small enough to stay near the CPU caches; a chunk is
-# never less than one row.
-CHUNK_ELEMENTS = 1 << 18
-WORKING_BYTES_PER_ELEMENT = 3 * 8 + 3 * 4
-
+# (two float64 and two int32 buffers), 1.5 MiB: it stays in a core's L2 cache, and the chunk is still
+# large enough that the ~35 torch calls per chunk cost little next to the arithmetic; a chunk is never
+# less than one row.
+CHUNK_ELEMENTS = 1 << 16
+WORKING_BYTES_PER_ELEMENT = 2 * 8 + 2 * 4
+# An upper bound of the race closer than this (relative) to the exact winner's value sends the row to the
+# exact path: far above float64 rounding (1e-16), far below the gaps between race values (~1/vocab).
+RACE_BOUND_MARGIN = 1e-9
+# The largest chunk workspace kept between calls (in elements; WORKING_BYTES_PER_ELEMENT each): 8 MiB.
+KEPT_WORKSPACE_ELEMENTS = 2 * CHUNK_ELEMENTS
 
 @dataclass
 class CategoricalSample:
@@ -196,20 +207,58 @@ def rows_per_chunk(vocab: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
 
 
 class _ChunkBuffers:
-    """Buffers reused across chunks: allocating fresh large temporaries costs page faults every time."""
+    """The chunk loop's buffers, as (rows, vocab) views of flat storage that is kept between calls (per
+    thread and device): fresh multi-megabyte temporaries would cost a page fault per 4 KiB on every call,
+    about 1 ns per entry. Storage beyond KEPT_WORKSPACE_ELEMENTS (a vocabulary larger than a chunk) is
+    allocated for the call only."""
+
+    _kept = threading.local()
 
     def __init__(self, rows: int, vocab: int, device):
-        f64 = dict(dtype=torch.float64, device=device)
-        i32 = dict(dtype=torch.int32, device=device)
-        self.shifted = torch.empty(rows, vocab, **f64)  # x - max x
-        self.weights = torch.empty(rows, vocab, **f64)  # exp(x - max x), then the scores' weights
-        self.race = torch.empty(rows, vocab, **f64)  # E = -log u, then weights / E
-        self.hash1 = torch.empty(rows, vocab, **i32)
-        self.hash2 = torch.empty(rows, vocab, **i32)
-        self.scratch = torch.empty(rows, vocab, **i32)
+        self.vocab = vocab
+        elements = rows * vocab
+        key = str(device)
+        kept = getattr(self._kept, "storage", {})
+        storage = kept.get(key)
+        if storage is None or storage[0].numel() < 2 * elements:
+            storage = (torch.empty(2 * elements, dtype=torch.float64, device=device),
+                       torch.empty(2 * elements, dtype=torch.int32, device=device))
+            if elements <= KEPT_WORKSPACE_ELEMENTS:
+                self._kept.storage = {**kept, key: storage}
+        self.float64, self.int32 = storage
+
+    @classmethod
+    def release(cls) -> None:
+        """Free this thread's kept storage (the sampling benchmark measures memory with it allocated)."""
+        cls._kept.storage = {}
 
     def view(self, rows: int):
-        return [b[:rows] for b in (self.shifted, self.weights, self.race, self.hash1, self.hash2, self.scratch)]
+        """shifted (x - max, then the bounds of the race values), weights (exp(x - max), then the race's),
+        hash1, scratch: each (rows, vocab)."""
+        n = rows * self.vocab
+        f64 = [self.float64[i * n:(i + 1) * n].view(rows, self.vocab) for i in range(2)]
+        i32 = [self.int32[i * n:(i + 1) * n].view(rows, self.vocab) for i in range(2)]
+        return f64 + i32
+
+
+class _RowResults:
+    """What each chunk leaves per row (R,); the few per-row operations then run once per call."""
+
+    def __init__(self, rows: int, device):
+        f64 = dict(dtype=torch.float64, device=device)
+        self.top1 = torch.empty(rows, **f64)  # max logit
+        self.total = torch.empty(rows, **f64)  # sum exp(x - max)
+        self.runner_up = torch.empty(rows, **f64)  # second largest x - max
+        self.weighted = torch.empty(rows, **f64)  # sum exp(x - max) (x - max)
+        self.tokens = torch.empty(rows, dtype=torch.long, device=device)
+        self.best_weight = torch.empty(rows, **f64)  # race weight of the entry with the largest bound
+        self.negative_runner_up_bound = torch.empty(rows, **f64)  # minus the largest of the other bounds
+
+
+@functools.lru_cache(maxsize=16)
+def _even_columns(vocab: int, device: str) -> torch.Tensor:
+    """(1, vocab) int32 2 * token id, the first hash's column key (the second one's is 2 * id + 1)."""
+    return torch.arange(0, 2 * vocab, 2, dtype=torch.int32, device=device)[None]
 
 
 def sample_categorical_reference(
@@ -227,71 +276,103 @@ def sample_categorical_reference(
     lead, V = logits.shape[:-1], logits.shape[-1]
     flat = logits.reshape(-1, V)
     R, device = flat.shape[0], logits.device
-    stats = torch.empty(4, R, dtype=torch.float64, device=device)  # logprob, top1, top2, entropy
-    tokens = torch.empty(R, dtype=torch.long, device=device)
     chunk = max(1, min(R, rows_per_chunk(V, chunk_elements)))
     buffers = _ChunkBuffers(chunk, V, device)
-    cols2 = torch.arange(0, 2 * V, 2, dtype=torch.int32, device=device)[None]  # 2 * token id
+    out = _RowResults(R, device)
+    cols2 = _even_columns(V, str(device))
     all_bases = _as_int32_bits(row_base_hash(seed, torch.arange(R, device=device)))
+    race_exactly = temperature > 0 and precision == "float64"
     for start in range(0, R, chunk):
         stop = min(R, start + chunk)
-        x = flat[start:stop]
-        shifted, weights, race, hash1, hash2, scratch = buffers.view(stop - start)
-        log_total, top1_index = _model_statistics(x, start, shifted, weights, race, stats[1:, start:stop])
-
-        threshold = filter_threshold(x, top_k, top_p, temperature)
+        x, rows = flat[start:stop], slice(start, stop)
+        shifted, weights, hash1, scratch = buffers.view(stop - start)
+        top1_index = _chunk_statistics(x, shifted, weights, out, rows, keep_shifted=temperature != 1.0)
         if temperature == 0:
-            choice = top1_index[:, 0]
-        else:
-            bases = all_bases[start:stop, None]
-            torch.bitwise_xor(bases, cols2, out=hash1)
-            _fmix32_int32_(hash1, scratch)
-            if precision == "float32":
-                choice = _gumbel_argmax_float32(x, threshold, temperature, hash1)
-            else:
-                torch.bitwise_xor(bases, cols2 + 1, out=hash2)
-                _fmix32_int32_(hash2, scratch)
-                choice = _race_argmax_float64(x, threshold, temperature, shifted, weights, race, hash1, hash2)
-        tokens[start:stop] = choice
-        stats[0, start:stop] = shifted.gather(-1, choice[:, None])[:, 0] - log_total
-    return CategoricalSample(tokens.view(lead), *(row.view(lead) for row in stats))
+            out.tokens[rows] = top1_index[:, 0]
+            continue
+        threshold = filter_threshold(x, top_k, top_p, temperature)
+        torch.bitwise_xor(all_bases[rows, None], cols2, out=hash1)
+        _fmix32_int32_(hash1, scratch)
+        if precision == "float32":
+            out.tokens[rows] = _gumbel_argmax_float32(x, threshold, temperature, hash1)
+            continue
+        if temperature != 1.0:
+            torch.div(shifted, temperature, out=weights).exp_()
+        if threshold is not None:
+            weights.masked_fill_(x < threshold[:, None].to(x.dtype), 0.0)
+        _race_bounds(weights, shifted, hash1, out, rows)
+
+    bad = ~torch.isfinite(out.top1)
+    if bool(bad.any()):
+        raise ValueError(f"row {int(bad.nonzero()[0, 0])} of the logits has no finite maximum (all -inf, +inf or "
+                         "NaN); every row needs at least one finite logit and no NaN/+inf")
+    if race_exactly:
+        _settle_race(seed, flat, temperature, top_k, top_p, out)
+    log_total = out.total.log()
+    drawn = flat.gather(-1, out.tokens[:, None])[:, 0].double() - out.top1
+    stats = (drawn - log_total, -log_total, out.runner_up - log_total, log_total - out.weighted / out.total)
+    return CategoricalSample(out.tokens.view(lead), *(row.view(lead) for row in stats))
 
 
-def _model_statistics(x, start, shifted, weights, products, out):
-    """Top-1/top-2 log-probabilities and entropy of softmax(x) in float64 into out (3, rows); leaves
-    shifted = x - max and weights = exp(shifted). Returns log(sum exp(shifted)) and the argmax."""
-    shifted.copy_(x)
-    top1, top1_index = shifted.max(-1, keepdim=True)
-    if not bool(torch.isfinite(top1).all()):
-        bad = int(start + (~torch.isfinite(top1[:, 0])).nonzero()[0, 0])
-        raise ValueError(f"row {bad} of the logits has no finite maximum (all -inf, +inf or NaN); every "
-                         "row needs at least one finite logit and no NaN/+inf")
-    shifted.sub_(top1)
+def _chunk_statistics(x, shifted, weights, out: _RowResults, rows, keep_shifted: bool) -> torch.Tensor:
+    """The sums behind the top-1/top-2 log-probabilities and entropy of softmax(x), in float64, into `out`
+    at `rows`. Leaves weights = exp(x - max) and, with keep_shifted, shifted = x - max (else shifted is
+    spent and weights kept, or the other way round). Returns the argmax (chunk rows, 1)."""
+    top1, top1_index = x.max(-1, keepdim=True)
+    out.top1[rows] = top1[:, 0]
+    shifted.copy_(x).sub_(out.top1[rows, None])
     torch.exp(shifted, out=weights)
-    total = weights.sum(-1)
-    log_total = total.log()
-    out[0] = -log_total
+    torch.sum(weights, -1, out=out.total[rows])
     shifted.scatter_(-1, top1_index, float("-inf"))  # the runner-up is the max of the rest
-    out[1] = shifted.amax(-1) - log_total
+    torch.amax(shifted, -1, out=out.runner_up[rows])
     shifted.scatter_(-1, top1_index, 0.0)
-    # H = log(total) - sum w (x - max) / total; nansum because w (x - max) is 0 * -inf at -inf logits.
-    out[2] = log_total - torch.mul(weights, shifted, out=products).nansum(-1) / total
-    return log_total, top1_index
+    # sum w (x - max) for H = log(total) - sum w (x - max) / total; nansum because w (x - max) is 0 * -inf
+    # at -inf logits. The product overwrites whichever of the two the caller no longer needs.
+    products = weights.mul_(shifted) if keep_shifted else shifted.mul_(weights)
+    torch.nansum(products, -1, out=out.weighted[rows])
+    return top1_index
 
 
-def _race_argmax_float64(x, threshold, temperature, shifted, weights, race, hash1, hash2) -> torch.Tensor:
-    """Exponential race: argmax exp((x - max) / T) / E with E = -log u, the argmax of x/T + G in float64.
+def _race_bounds(weights, race, hash1, out: _RowResults, rows) -> None:
+    """First half of the exponential race argmax_v w_v / E_v, E = -log u (the argmax of x/T + G): per row
+    the entry with the largest upper bound of its race value, its weight and the largest other bound.
 
-    hash1, hash2: the two 32-bit hashes of each entry (consumed); weights holds exp(x - max) on entry."""
-    if temperature != 1.0:
-        torch.div(shifted, temperature, out=weights).exp_()
-    if threshold is not None:
-        weights.masked_fill_(x < threshold[:, None].to(x.dtype), 0.0)
-    hash1.bitwise_right_shift_(5).bitwise_and_((1 << 27) - 1)  # 27 high bits of the 53
-    hash2.bitwise_right_shift_(6).bitwise_and_((1 << 26) - 1)  # 26 low bits
-    race.copy_(hash1).mul_(float(1 << 26)).add_(hash2)  # k, exact in float64
-    race.add_(0.5).mul_(2.0 ** -53).clamp_max_(U64_MAX).log_().neg_()  # E = -log u
-    return torch.div(weights, race, out=race).argmax(-1)
+    The first 32-bit hash of an entry fixes the 27 high bits of its 53-bit uniform u (`hash_uniform`), so
+    u <= (high + 1) 2^-27 <= u_hi and w / E <= w / -log(u_hi): no second hash is needed for the bound.
+    weights (R, V): exp((x - max) / T), 0 where filtered; hash1 (R, V): each entry's first hash (consumed)."""
+    # With U the uint32 value of the hash (high = U >> 5), u <= (high + 1) 2^-27 <= (U + 32) 2^-32 = u_hi;
+    # flipping the sign bit gives the int32 U - 2^31, which converts to float64 exactly.
+    race.copy_(hash1.bitwise_xor_(-(1 << 31)))
+    torch.add(_HALF_PLUS_2_POW_M27.to(race.device), race, alpha=2.0 ** -32, out=race)
+    race.clamp_max_(U64_MAX).log_()  # log u_hi
+    torch.div(weights, race, out=race)  # minus the bounds, so that the smallest is the largest bound
+    negative_bound, best = race.min(-1)
+    out.tokens[rows] = best
+    out.best_weight[rows] = weights.gather(-1, best[:, None])[:, 0]
+    race.scatter_(-1, best[:, None], 0.0)  # 0 is the bound of a weight-0 entry: it lifts no other bound
+    torch.amin(race, -1, out=out.negative_runner_up_bound[rows])
+
+
+_HALF_PLUS_2_POW_M27 = torch.tensor(0.5 + 2.0 ** -27, dtype=torch.float64)  # (2^31 + 32) 2^-32
+
+
+def _settle_race(seed, flat, temperature, top_k, top_p, out: _RowResults) -> None:
+    """Second half of the race: the exact value w / -log u of each row's largest-bound entry (its second
+    hash is computed here). When no other bound reaches it (within RACE_BOUND_MARGIN), that entry is the
+    exact argmax; the other rows (bounds are within ~2^-27 / (1 - u) of the value: about one row in a
+    thousand) are raced exactly, entry by entry."""
+    rows = torch.arange(flat.shape[0], device=flat.device)
+    exact = out.best_weight / -hash_uniform(seed, rows[:, None], out.tokens[:, None])[:, 0].log()
+    unresolved = ~(-out.negative_runner_up_bound < exact * (1.0 - RACE_BOUND_MARGIN))
+    if bool(unresolved.any()):
+        redo = unresolved.nonzero()[:, 0]
+        x = flat[redo]
+        weights = torch.exp((x.double() - out.top1[redo, None]) / temperature)
+        threshold = filter_threshold(x, top_k, top_p, temperature)
+        if threshold is not None:
+            weights.masked_fill_(x < threshold[:, None].to(x.dtype), 0.0)
+        columns = torch.arange(flat.shape[1], device=flat.device)[None]
+        out.tokens[redo] = (weights / -hash_uniform(seed, redo[:, None], columns).log()).argmax(-1)
 
 
 def _gumbel_argmax_float32(x, threshold, temperature, hash1) -> torch.Tensor:

@@ -292,3 +292,43 @@ def test_measured_peak_memory_stays_below_a_quarter_of_the_logits():
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     extra, logits_bytes = map(int, out.stdout.split())
     assert extra < logits_bytes / 4, (extra, logits_bytes)
+
+
+# ------------------------------------------------------------------------------------ race bounds, workspace
+
+
+def test_rows_raced_exactly_and_rows_settled_by_the_bounds_draw_the_same_tokens(monkeypatch):
+    """The first hash bounds each race value; a row is settled by its largest bound unless another bound
+    comes within RACE_BOUND_MARGIN, and then raced exactly. Forcing every row through either path gives
+    the tokens of the written-out definition."""
+    from mdlm.kernels import sampling_reference
+
+    logits = reference_logits(300, 2000, seed=3)
+    expected = explicit_gumbel_argmax(logits, 5, 0.8)
+    for margin in (0.0, 1.0):  # 1.0: no bound is ever below the exact value times 0, every row is raced exactly
+        monkeypatch.setattr(sampling_reference, "RACE_BOUND_MARGIN", margin)
+        assert torch.equal(sample_categorical_reference(logits, temperature=0.8, seed=5).tokens, expected)
+
+
+def test_ties_in_the_bounds_are_raced_exactly():
+    """Equal logits: the race values differ by their noise only, so across many rows some bounds come
+    close to the winner's value; those rows take the exact race and every draw still meets the definition."""
+    logits = torch.zeros(4096, 3)
+    assert torch.equal(sample_categorical_reference(logits, seed=2).tokens, explicit_gumbel_argmax(logits, 2))
+
+
+def test_the_chunk_workspace_is_kept_between_calls_and_per_thread():
+    import threading
+
+    from mdlm.kernels.sampling_reference import _ChunkBuffers
+
+    logits = reference_logits(64, 1000)
+    sample_categorical_reference(logits, seed=0)
+    first = _ChunkBuffers(1, 1000, "cpu").float64.data_ptr()
+    sample_categorical_reference(logits, seed=1)
+    assert _ChunkBuffers(1, 1000, "cpu").float64.data_ptr() == first  # no new allocation (no page faults)
+    other = []
+    thread = threading.Thread(target=lambda: other.append(_ChunkBuffers(1, 1000, "cpu").float64.data_ptr()))
+    thread.start()
+    thread.join()
+    assert other[0] != first  # two threads never share buffers
