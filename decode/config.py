@@ -50,8 +50,9 @@ class DecodeConfig:
     use_cache: exact caches (RADD output reuse; block KV cache on block-causal models).
     approximate_prefix_cache: Fast-dLLM prefix KV cache on a bidirectional model (not exact; opt-in).
     masking_schedule: alpha_t of the "ancestral" sampler ("linear" or "cosine").
-    full_logits: the confidence sampler asks the model for logits at every position of the canvas
-        instead of only at the current block's masked positions (`at=`); the same tokens, more memory
+    full_logits: the confidence and first-hitting samplers ask the model for logits at every position of
+        the canvas instead of only where they draw (the current block's masked positions; the one
+        revealed position) (`at=`); the same tokens, more memory
         (a check, and for models whose head cannot be run at chosen positions it makes no difference).
     trace: record a `TraceStep` per step. seed: makes the run reproducible.
     step_callback: called with each `TraceStep` as the step happens (live views), trace or not.

@@ -24,7 +24,7 @@ import torch
 
 from mdlm.decode.config import DecodeConfig, DecodeResult, refuse_block_length
 from mdlm.decode.canvas import Canvas
-from mdlm.decode.denoiser import as_denoiser
+from mdlm.decode.denoiser import as_denoiser, gather_at
 from mdlm.decode.draw import reveal_drawn
 from mdlm.decode.trace import TraceRecorder
 from mdlm.schedules import get_schedule
@@ -62,7 +62,11 @@ def first_hitting_decode(model, canvas, config: DecodeConfig, valid=None, positi
         rows = active.nonzero()[:, 0]
         reveal = torch.zeros_like(masked)
         reveal[rows, position[rows]] = True
-        logits = denoiser.logits(x[rows], valid[rows], canvas.positions[rows], at=position[rows, None])  # (R, 1, V)
+        at = position[rows, None]  # (R, 1)
+        if config.full_logits:  # a hook on the network's whole output (schema constraints) needs every position
+            logits = gather_at(denoiser.logits(x[rows], valid[rows], canvas.positions[rows]), at)
+        else:
+            logits = denoiser.logits(x[rows], valid[rows], canvas.positions[rows], at=at)  # (R, 1, V)
         x = reveal_drawn(x, reveal, logits[:, 0], config, generator, recorder)
     return DecodeResult(tokens=x, nfe=meter.nfe, trace=recorder.result(),
                         stats={"times": torch.stack(times, 1) if times else torch.empty(B, 0, dtype=torch.float64),

@@ -332,6 +332,19 @@ def test_context_overflow_is_a_clear_error(stdlib_tokenizer):
         generate_json(small, stdlib_tokenizer, "x", schema)
 
 
+def test_slots_that_grow_past_the_context_do_not_fit(stdlib_tokenizer):
+    """The first canvas fits, then a string slot that never ends grows beyond the context: that is
+    content that cannot be fitted (SchemaFitError with the partial result), not a bad input."""
+    torch.manual_seed(0)
+    small = MDLMForMaskedLM(tiny_config(stdlib_tokenizer)).eval()  # 64 positions
+    handle = _steer(small, _ids(stdlib_tokenizer, "a")[0])
+    try:
+        with pytest.raises(SchemaFitError, match=r"grew until prompt .* exceed the model's context of 64"):
+            generate_json(small, stdlib_tokenizer, "x", {"type": "string", "maxLength": 200}, slot_tokens=24)
+    finally:
+        handle.remove()
+
+
 # --- property-based: random schemas of the supported subset --------------------------------------------
 
 WORDS = ["red", "green", "blue", "alpha", "beta"]

@@ -120,6 +120,13 @@ def generate_json(model, tokenizer, prompt: str, schema: dict, config: DecodeCon
         open_slots = [s for s in spans if not run.states[s].done]
         if not open_slots or result.rounds >= max_rounds:
             break
+        context = denoiser.context
+        if result.rounds > 0 and context is not None and len(run.prompt_ids) + len(ids) > context:
+            # The first round fitted (else _decode_round refuses the input): content grew past the context.
+            result.errors.append(f"slots {[s.path or '/' for s in open_slots]} grew until prompt "
+                                 f"({len(run.prompt_ids)} tokens) + canvas ({len(ids)} tokens) exceed the model's "
+                                 f"context of {context}")
+            break
         tokens, masks = _decode_round(run, ids, spans)  # 2.
         result.rounds += 1
         result.masked_tokens += masks
