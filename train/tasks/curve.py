@@ -23,11 +23,14 @@ def curve(task_name: str, every: int, sft_options: dict, out: Path) -> dict:
 
     task = get_task(task_name)
     held = task.dataset("test")
-    options = {"task": task_name, "progress": False, **sft_options}
-    max_steps = SFTArgs.from_dict(options).max_steps
+    # Each evaluated step must be a checkpoint (the run stops there as if killed, and resumes from it).
+    options = {"task": task_name, "progress": False, **sft_options, "save_every": every}
+    # A recipe that stops early (--stop-at-step) ends its curve there: the model it hands on.
+    given = SFTArgs.from_dict(options)
+    last = given.stop_at_step or given.max_steps
     points, start = [], time.time()
-    for stop in range(every, max_steps + every, every):
-        stop = min(stop, max_steps)
+    for stop in range(every, last + every, every):
+        stop = min(stop, last)
         step_options = {**options, "stop_at_step": stop}
         if stop > every:
             step_options.update(resume="latest", overwrite=False)
@@ -36,7 +39,7 @@ def curve(task_name: str, every: int, sft_options: dict, out: Path) -> dict:
         result = evaluate(model, load_tokenizer(str(run)), task, held)
         points.append({"step": stop, "seconds": round(time.time() - start, 1), **result})
         print(json.dumps(points[-1]), flush=True)
-        if stop == max_steps:
+        if stop == last:
             break
     record = {"task": task_name, "options": options, "held_out_examples": len(held), "curve": points}
     out.parent.mkdir(parents=True, exist_ok=True)
