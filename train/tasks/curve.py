@@ -42,6 +42,9 @@ def curve(task_name: str, every: int, sft_options: dict, out: Path) -> dict:
         if stop == last:
             break
     record = {"task": task_name, "options": options, "held_out_examples": len(held), "curve": points}
+    if task.baseline is not None:
+        name, accuracy = task.baseline(task.dataset("train", 5000), held)
+        record["baseline"] = {"answerer": name, "accuracy": accuracy}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
     _plot(record, out.with_suffix(".png"))
@@ -58,6 +61,9 @@ def _plot(record: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(steps, [p["accuracy"] for p in record["curve"]], marker="o", label="held-out accuracy")
     ax.plot(steps, [p["reward"] for p in record["curve"]], marker=".", label="held-out reward")
+    if "baseline" in record:
+        ax.axhline(record["baseline"]["accuracy"], color="grey", linestyle=":",
+                   label=f"fixed pattern {record['baseline']['answerer']}")
     ax.set_xlabel("SFT step")
     ax.set_ylim(0, 1)
     ax.set_title(f"SFT on {record['task']} ({record['held_out_examples']} held-out, greedy)")
