@@ -160,3 +160,24 @@ def test_resume_never_picks_a_checkpoint_whose_save_was_killed(sudoku_run, tmp_p
     assert [r["step"] for r in records] == [1, 2, 3]
     assert json.loads((out / "eval.json").read_text())["steps"] == 3
     assert (half / "trainer_state.json").is_file() and (half / "optimizer.pt").is_file()
+
+
+def test_the_table_pairs_one_sft_run_per_seed(sudoku_run, tmp_path):
+    """Both rows of the README table over seeds: seed i starts from the i-th SFT run, and the SFT row is
+    the mean over the distinct SFT runs (not one run's number repeated)."""
+    import shutil
+
+    from mdlm.train.rl import table
+
+    other = tmp_path / "sft-other"
+    shutil.copytree(sudoku_run, other)
+    out = tmp_path / "rl-table.json"
+    table.main(["--task", "sudoku", "--sft", str(sudoku_run), str(other), "--seeds", "0", "1", "--runs",
+                str(tmp_path / "runs"), "--out", str(out), "--", "--max-steps", "1", "--save-steps", "1", *FAST])
+    record = json.loads(out.read_text())
+    assert [r["sft_run"] for r in record["seeds"]] == [str(sudoku_run), str(other)]
+    assert record["sft_runs"] == sorted([str(sudoku_run), str(other)])
+    sft = [r["sft_accuracy"] for r in record["seeds"]]
+    assert record["sft_accuracy_mean"] == pytest.approx(sum(sft) / 2)
+    with pytest.raises(SystemExit):
+        table.main(["--task", "sudoku", "--sft", "a", "b", "--seeds", "0", "1", "2"])

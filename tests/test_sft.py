@@ -121,3 +121,18 @@ def test_bad_input_gets_clear_errors(tmp_path, tiny_run_dir, capsys):
         main(["--init-from", str(tiny_run_dir), "--data", str(_pairs_file(tmp_path)), "--output-dir",
               str(tmp_path / "o"), "--max-steps", "1", "--no-progress"])
     assert "no column(s) ['prompt', 'response']" in capsys.readouterr().err
+
+
+def test_a_curve_ends_where_its_recipe_stops(tmp_path):
+    """`--stop-at-step` is the model a recipe hands on (here step 4 of a 10-step schedule): the curve
+    evaluates up to it and no further."""
+    import json
+
+    from mdlm.train.tasks.curve import main as curve_main
+
+    out = tmp_path / "curve.json"
+    curve_main(["--task", "sudoku", "--every", "2", "--out", str(out), "--", "--preset", "tiny", "--max-steps", "10",
+                "--stop-at-step", "4", "--batch-size", "4", "--max-examples", "64", "--eval-every", "100",
+                "--output-dir", str(tmp_path / "run")])
+    record = json.loads(out.read_text())
+    assert [point["step"] for point in record["curve"]] == [2, 4]

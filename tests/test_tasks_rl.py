@@ -153,3 +153,16 @@ def test_countdown_instances_are_random_expressions_in_the_listed_order():
         assert max(map(int, numbers.split())) <= 9
     with pytest.raises(ValueError, match="operators out of"):
         countdown.build_dataset("test", 4, operations="+^")
+
+
+def test_countdown_fixed_pattern_baseline_is_what_the_pattern_scores():
+    """The bar an SFT model must clear: the best one operator pattern filled with the listed numbers.
+    Checked against scoring that pattern by hand, and it must beat a pattern that is never right."""
+    train, test = countdown.build_dataset("train", 2000), countdown.build_dataset("test", 128)
+    pattern, accuracy = countdown.fixed_pattern_baseline(train, test)
+    assert countdown.operator_pattern("(12-7)*3") == "(n-n)*n" and pattern.count("n") == 3
+    by_hand = [countdown.score(pattern.replace("n", "{}").format(*n.split()), n, t)
+               for n, t in zip(test["numbers"], test["target"])]
+    assert accuracy == sum(s == 1.0 for s in by_hand) / len(test)
+    assert 0.05 < accuracy < 0.5  # the generator leaves room above a fixed answer
+    assert get_task("countdown").baseline is countdown.fixed_pattern_baseline

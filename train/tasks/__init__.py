@@ -21,6 +21,7 @@ class Task:
     accuracy: Callable  # fn(completions, **columns) -> list[float] of 0/1
     columns: tuple[str, ...]  # the dataset columns reward and accuracy read
     max_completion_length: int  # tokens a reference answer needs (byte-level tokens), with room to spare
+    baseline: Callable | None = None  # (train, test) -> (name, accuracy) of a trivial answerer to beat
 
 
 def _sudoku() -> Task:
@@ -34,7 +35,7 @@ def _countdown() -> Task:
     from mdlm.train.tasks import countdown
 
     return Task("countdown", countdown.build_dataset, countdown.countdown_reward, countdown.countdown_accuracy,
-                ("numbers", "target"), 16)
+                ("numbers", "target"), 16, countdown.fixed_pattern_baseline)
 
 
 def _signatures() -> Task:

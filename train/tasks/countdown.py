@@ -1,7 +1,7 @@
 """Countdown, generated offline: reach a target with + - * / using each given number exactly once.
 
-An instance is 3 numbers from 1-20 (4 with `num_numbers=4`) and a target in 1-100: the value of a random
-expression over the numbers in the order they are listed (random bracketing, operators drawn from
+An instance is 3 numbers from 1-9 (`max_number`; 4 numbers with `num_numbers=4`) and a target in
+1-100: the value of a random expression over the numbers in the order they are listed (random bracketing, operators drawn from
 `operations`, exact rational arithmetic, so 7/2*2 is 7; redrawn until the value is an integer in range).
 The reference answer is that expression with only the parentheses it needs: a canonical form (numbers
 in prompt order, left to right), so SFT learns to copy the numbers and choose the operators, instead of
@@ -9,8 +9,12 @@ matching an arbitrary one of many solutions. Any other expression that hits the 
 The train and held-out splits are split by the number multiset (a seeded permutation of all
 multisets), so no held-out set of numbers is ever seen in training.
 
-    prompt   "countdown 12 7 3 -> 15\nexpression "
-    answer   "(12-7)*3"
+    prompt   "countdown 15 from 8 3 3\nexpression "
+    answer   "(8-3)*3"
+
+The target comes first and the numbers last, right before the answer, so that (with one-digit numbers)
+each number sits the same distance before its place in a parenthesis-free answer: a model can copy it
+by relative position, as the sudoku model copies its givens.
 
 Reward (TRL signature): 1 for a valid expression that uses each number exactly once and equals the
 target, 0.1 for a well-formed expression that does not, 0 for anything that does not parse. The parser
@@ -26,7 +30,7 @@ import re
 from fractions import Fraction
 from functools import lru_cache
 
-MAX_NUMBER = 20
+MAX_NUMBER = 9
 OPERATIONS = "+-*/"
 MAX_TARGET = 100
 HELD_OUT_FRACTION = 0.15
@@ -210,7 +214,7 @@ def random_expression(numbers, operations: str, rng: random.Random) -> tuple[Fra
 
 
 def prompt_of(numbers, target: int) -> str:
-    return f"countdown {' '.join(map(str, numbers))} -> {target}\nexpression "
+    return f"countdown {target} from {' '.join(map(str, numbers))}\nexpression "
 
 
 def build_dataset(split: str, num_examples: int | None = None, seed: int = 0, num_numbers: int = 3,
@@ -273,3 +277,26 @@ def countdown_reward(prompts, completions, completion_ids=None, numbers=None, ta
 
 def countdown_accuracy(completions, numbers, target) -> list[float]:
     return [float(r == 1.0) for r in countdown_reward(None, completions, None, numbers=numbers, target=target)]
+
+
+def operator_pattern(expression: str) -> str:
+    """The expression with its numbers replaced by `n`: "(12-7)*3" -> "(n-n)*n"."""
+    return re.sub(r"\d+", "n", expression)
+
+
+def fixed_pattern_baseline(train, test) -> tuple[str, float]:
+    """The best single operator pattern of the train answers, filled with each test instance's numbers
+    in the listed order: (pattern, its test accuracy). An SFT model that only copies the numbers and
+    always picks the same operators scores this; competence means beating it."""
+    from collections import Counter
+
+    def fill(pattern: str, numbers: str) -> str:
+        given = iter(numbers.split())
+        return re.sub("n", lambda _: next(given), pattern)
+
+    best = ("", -1.0)
+    for pattern, _ in Counter(map(operator_pattern, train["answer"])).most_common(20):
+        completions = [fill(pattern, n) for n in test["numbers"]]
+        accuracy = sum(countdown_accuracy(completions, list(test["numbers"]), list(test["target"]))) / len(test)
+        best = max(best, (pattern, accuracy), key=lambda b: b[1])
+    return best

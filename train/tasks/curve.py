@@ -23,11 +23,14 @@ def curve(task_name: str, every: int, sft_options: dict, out: Path) -> dict:
 
     task = get_task(task_name)
     held = task.dataset("test")
-    options = {"task": task_name, "progress": False, **sft_options}
-    max_steps = SFTArgs.from_dict(options).max_steps
+    # Each evaluated step must be a checkpoint (the run stops there as if killed, and resumes from it).
+    options = {"task": task_name, "progress": False, **sft_options, "save_every": every}
+    # A recipe that stops early (--stop-at-step) ends its curve there: the model it hands on.
+    given = SFTArgs.from_dict(options)
+    last = given.stop_at_step or given.max_steps
     points, start = [], time.time()
-    for stop in range(every, max_steps + every, every):
-        stop = min(stop, max_steps)
+    for stop in range(every, last + every, every):
+        stop = min(stop, last)
         step_options = {**options, "stop_at_step": stop}
         if stop > every:
             step_options.update(resume="latest", overwrite=False)
@@ -36,9 +39,12 @@ def curve(task_name: str, every: int, sft_options: dict, out: Path) -> dict:
         result = evaluate(model, load_tokenizer(str(run)), task, held)
         points.append({"step": stop, "seconds": round(time.time() - start, 1), **result})
         print(json.dumps(points[-1]), flush=True)
-        if stop == max_steps:
+        if stop == last:
             break
     record = {"task": task_name, "options": options, "held_out_examples": len(held), "curve": points}
+    if task.baseline is not None:
+        name, accuracy = task.baseline(task.dataset("train", 5000), held)
+        record["baseline"] = {"answerer": name, "accuracy": accuracy}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
     _plot(record, out.with_suffix(".png"))
@@ -55,6 +61,9 @@ def _plot(record: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.plot(steps, [p["accuracy"] for p in record["curve"]], marker="o", label="held-out accuracy")
     ax.plot(steps, [p["reward"] for p in record["curve"]], marker=".", label="held-out reward")
+    if "baseline" in record:
+        ax.axhline(record["baseline"]["accuracy"], color="grey", linestyle=":",
+                   label=f"fixed pattern {record['baseline']['answerer']}")
     ax.set_xlabel("SFT step")
     ax.set_ylim(0, 1)
     ax.set_title(f"SFT on {record['task']} ({record['held_out_examples']} held-out, greedy)")
