@@ -29,7 +29,7 @@ import math
 import time
 from pathlib import Path
 
-from mdlm.eval.bench.common import REPO_ROOT, quick_results_dir, runs_dir, write_results
+from mdlm.eval.bench.common import REPO_ROOT, add_output_dir_argument, quick_results_dir, runs_dir, write_results
 
 NAME = "rl"
 METHODS = ("diffu-grpo", "mdpo", "cj-grpo")
@@ -337,10 +337,10 @@ def main(argv=None) -> dict:
                         "over processes; put together with --assemble)")
     parser.add_argument("--assemble", type=Path, nargs="+", metavar="RUNS",
                         help="write the results from the partial.json of these benchmark run folders instead")
-    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
+    add_output_dir_argument(parser)
     args = parser.parse_args(argv)
     if args.assemble:
-        return assemble(args.assemble, quick_results_dir(args.results_dir, args.quick))
+        return assemble(args.assemble, quick_results_dir(args.output_dir, args.quick))
     if not (args.sft / "config.json").is_file():
         raise SystemExit(f"--sft {args.sft}: no SFT run there; train one with the README's recipe "
                          "(python train/sft.py --task sudoku ... --output-dir runs/sft-sudoku)")
@@ -350,7 +350,7 @@ def main(argv=None) -> dict:
             sizes[key] = getattr(args, key)
     if args.lrs:
         sizes["lrs"] = {m: list(args.lrs) for m in METHODS}
-    results_dir = quick_results_dir(args.results_dir, args.quick)
+    results_dir = quick_results_dir(args.output_dir, args.quick)
     folder = runs_dir() / ("rl-quick" if args.quick else "rl")
     start = time.time()
     task = get_task(args.task)
