@@ -45,7 +45,7 @@ def test_every_benchmark_takes_one_output_dir_flag(capsys):
 
     import pytest
 
-    for name in ("decoding", "lm_eval", "pretrain", "sampling", "schema", "speculative"):
+    for name in ("decoding", "first_hitting_speed", "lm_eval", "pretrain", "sampling", "schema", "speculative"):
         module = importlib.import_module(f"mdlm.eval.bench.{name}")
         with pytest.raises(SystemExit):
             module.main(["--help"])
