@@ -53,7 +53,7 @@ WORKING_BYTES_PER_ELEMENT = 2 * 8 + 2 * 4
 # An upper bound of the race closer than this (relative) to the exact winner's value sends the row to the
 # exact path: far above float64 rounding (1e-16), far below the gaps between race values (~1/vocab).
 RACE_BOUND_MARGIN = 1e-9
-# The largest chunk workspace kept between calls (in elements; WORKING_BYTES_PER_ELEMENT each): 8 MiB.
+# The largest chunk workspace kept between calls (in elements; WORKING_BYTES_PER_ELEMENT each): 3 MiB.
 KEPT_WORKSPACE_ELEMENTS = 2 * CHUNK_ELEMENTS
 
 @dataclass
@@ -316,8 +316,9 @@ def sample_categorical_reference(
 
 def _chunk_statistics(x, shifted, weights, out: _RowResults, rows, keep_shifted: bool) -> torch.Tensor:
     """The sums behind the top-1/top-2 log-probabilities and entropy of softmax(x), in float64, into `out`
-    at `rows`. Leaves weights = exp(x - max) and, with keep_shifted, shifted = x - max (else shifted is
-    spent and weights kept, or the other way round). Returns the argmax (chunk rows, 1)."""
+    at `rows`. With keep_shifted, shifted = x - max is left and weights is spent (the caller recomputes the
+    tempered weights from shifted); otherwise weights = exp(x - max) is left and shifted is spent. Returns
+    the argmax (chunk rows, 1)."""
     top1, top1_index = x.max(-1, keepdim=True)
     out.top1[rows] = top1[:, 0]
     shifted.copy_(x).sub_(out.top1[rows, None])

@@ -51,7 +51,7 @@ def test_every_benchmark_takes_one_output_dir_flag(capsys):
 
     # Every benchmark module (the ones that write results); found, not listed, so a new one is checked too.
     names = [m.name for m in pkgutil.iter_modules(bench.__path__) if m.name not in ("common", "report", "reference")]
-    assert {"decoding", "lm_eval", "pretrain", "sampling", "schema", "speculative", "rl", "lm_head"} <= set(names)
+    assert {"decoding", "lm_eval", "pretrain", "sampling", "schema", "speculative", "rl", "lm_head", "first_hitting_speed"} <= set(names)
     for name in names:
         module = importlib.import_module(f"mdlm.eval.bench.{name}")
         with pytest.raises(SystemExit):

@@ -201,8 +201,11 @@ class SlotConstraints:
         index = choice.positions.index(position)
         return {o[index] for o in consistent}
 
-    def apply(self, logits: torch.Tensor, input_ids: torch.Tensor, position_ids: torch.Tensor | None) -> None:
-        """Set the logits of disallowed tokens to -inf at constrained masked positions (in place)."""
+    def apply(self, logits: torch.Tensor, input_ids: torch.Tensor, position_ids: torch.Tensor | None,
+              logits_at: torch.Tensor | None = None) -> None:
+        """Set the logits of disallowed tokens to -inf at constrained masked positions (in place). With
+        `logits_at` (B, K) the logits are (B, K, V) at those columns of the call (the model's head ran only
+        there, as first-hitting asks), else (B, L, V)."""
         if position_ids is None:
             if input_ids.shape[1] != len(self.current):
                 raise ValueError("schema constraints need the call's position ids when it does not run the "
@@ -215,7 +218,9 @@ class SlotConstraints:
             automaton_allowed: dict[int, torch.Tensor] = {}
             for automaton in {id(a): a for a in self.automaton_of_position.values()}.values():
                 automaton_allowed.update(automaton.allowed(self.current, self.mask_token_id))
-            for column, (p, is_masked) in enumerate(zip(positions, masked)):
+            columns = range(len(positions)) if logits_at is None else logits_at[row].tolist()
+            for column, canvas_column in enumerate(columns):
+                p, is_masked = positions[canvas_column], masked[canvas_column]
                 if not is_masked:
                     continue
                 # No allowed token: fixed tokens revealed together in one step contradict each other; the
@@ -251,7 +256,7 @@ def constrained(model, constraints: SlotConstraints):
         input_ids = args[0] if args else kwargs["input_ids"]
         position_ids = kwargs.get("position_ids", args[2] if len(args) > 2 else None)
         logits = output.logits if hasattr(output, "logits") else output
-        constraints.apply(logits, input_ids, position_ids)
+        constraints.apply(logits, input_ids, position_ids, kwargs.get("logits_at"))
         return output
 
     handle = module.register_forward_hook(hook, with_kwargs=True)
