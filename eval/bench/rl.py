@@ -325,7 +325,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--sft", type=Path, default=REPO_ROOT / "runs" / "sft-sudoku")
     parser.add_argument("--task", default="sudoku")
     parser.add_argument("--quick", action="store_true", help="smoke sizes, written under results/quick/")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
+                        help="RL methods to run (none: only the baselines, for a benchmark split over processes)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     parser.add_argument("--rollouts", type=int, help="override R, the rollouts per run")
     parser.add_argument("--eval-examples", type=int, help="override the held-out prompts")
@@ -365,6 +366,8 @@ def main(argv=None) -> dict:
         rewards, correct = sample_many(model, tok, task, held, length, n, seed=1)
         results["best_of_n"] = {"n": n, "accuracy": best_of_n(rewards, correct)}
         print(json.dumps({"sft": results["sft"], "best_of_n": results["best_of_n"]}), flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "partial.json").write_text(json.dumps(results, indent=1, default=str))  # kept if stopped
     from mdlm import MDLMForMaskedLM
 
     for method in args.methods:
