@@ -261,7 +261,7 @@ def markdown_table(results: dict) -> str:
     sizes, summary = results["sizes"], results["summary"]["per_method"]
     names = list(results["sft"]["decoders"])
     k = sizes["pass_k"]
-    lines = [f"Held-out {results['task']} accuracy ({results['eval_examples']} puzzles; mean ± s.e. over "
+    lines = [f"Held-out {results['task']} accuracy ({results['eval_examples']} held-out prompts; mean ± s.e. over "
              f"seeds; R = {sizes['rollouts']} rollouts per run, G = {sizes['num_generations']}, "
              f"batch {sizes['batch']}; SFT start `{results['sft_run']}`):", "",
              "| model | " + " | ".join(f"{n} (NFE {results['sft']['decoders'][n]['nfe']})" for n in names) +
