@@ -1,8 +1,8 @@
 """RL benchmark: diffu-GRPO (d1) against MDPO (He et al. 2025) and CJ-GRPO (Yang et al. 2025) at an equal
 rollout budget, from one SFT model.
 
-    python -m mdlm.eval.bench.rl --sft runs/sft-sudoku-600            # -> results/rl.json, results/rl.png
-    python -m mdlm.eval.bench.rl --sft runs/sft-sudoku-600 --quick    # smoke sizes -> results/quick/
+    python -m mdlm.eval.bench.rl --sft runs/sft-sudoku                # -> results/rl.json, results/rl.png
+    python -m mdlm.eval.bench.rl --sft runs/sft-sudoku --quick    # smoke sizes -> results/quick/
 
 Every method starts from the same SFT run, sees the same training prompts (the task's train split, seeded
 by the run seed), the same group size G and batch, and the same number of rollouts R; a method with mu
