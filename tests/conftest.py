@@ -58,3 +58,19 @@ def mdlm_cache(tmp_path_factory):
         os.environ.pop("MDLM_CACHE", None)
     else:
         os.environ["MDLM_CACHE"] = old
+
+
+def save_untrained_sudoku_run(folder):
+    """A run folder as `train/sft.py --task sudoku --preset tiny` leaves it, untrained (what is tested is
+    the code that reads it) -> folder."""
+    from mdlm.train.tasks import get_task
+
+    data = get_task("sudoku").dataset("train", 64)
+    tok = train_tokenizer(list(data["prompt"]) + list(data["answer"]), vocab_size=260)
+    torch.manual_seed(0)
+    model = MDLMForMaskedLM(MDLMConfig.from_preset(
+        "tiny", vocab_size=len(tok), mask_token_id=tok.mask_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

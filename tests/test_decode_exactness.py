@@ -39,13 +39,18 @@ def enumerate_distribution(model) -> torch.Tensor:
     states = list(itertools.product(range(TOKENS + 1), repeat=LENGTH))
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor(states)).logits.double(), -1)
+    return order_mixture(logp, states, list(itertools.permutations(range(LENGTH))), TOKENS, LENGTH, MASK)
+
+
+def order_mixture(logp, states, orders, tokens: int, length: int, mask: int) -> torch.Tensor:
+    """(tokens^length,) float64: the mean over `orders` of prod_k p(x_sigma(k) | x_sigma(<k)), with
+    `logp` (len(states), length, V) the log-conditionals at every partially masked state."""
     index = {s: i for i, s in enumerate(states)}
-    outcomes = list(itertools.product(range(TOKENS), repeat=LENGTH))
-    orders = list(itertools.permutations(range(LENGTH)))
+    outcomes = list(itertools.product(range(tokens), repeat=length))
     probs = torch.zeros(len(outcomes), dtype=torch.float64)
     for o, x in enumerate(outcomes):
         for order in orders:
-            state, total = [MASK] * LENGTH, 0.0
+            state, total = [mask] * length, 0.0
             for position in order:
                 total += float(logp[index[tuple(state)], position, x[position]])
                 state[position] = x[position]

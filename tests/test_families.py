@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from mdlm.decode import DecodeConfig, decode
 from mdlm.decode.families import FAMILY_REGISTRY, ProfiledDenoiser, detect_family, get_family, resolve_mask_token_id
 from tests.family_models import (BD3LMLike, BlockDiffusionLike, DreamLike, LLaDALike, MDLMOWTLike, family_config,
                                  reference_logits)
-from tests.test_decode_exactness import chi_square_p_value, histogram
+from tests.test_decode_exactness import chi_square_p_value, histogram, order_mixture
 
 TOKENS, LENGTH, MASK = 3, 3, 3  # the vocabulary of test_decode_exactness: 3 tokens + the mask
 SAMPLES = 3000
@@ -86,20 +85,10 @@ def enumerated_distribution(family: str, model) -> torch.Tensor:
     decoded block after block, so only orders that finish block 0 before block 1 count."""
     states = list(itertools.product(range(TOKENS + 1), repeat=LENGTH))
     logp = torch.log_softmax(reference_logits(family, model, torch.tensor(states), MASK, BLOCK).double(), -1)
-    index = {s: i for i, s in enumerate(states)}
     orders = list(itertools.permutations(range(LENGTH)))
     if family in BLOCK_CAUSAL:
         orders = [o for o in orders if [p // BLOCK for p in o] == sorted(p // BLOCK for p in o)]
-    outcomes = list(itertools.product(range(TOKENS), repeat=LENGTH))
-    probs = torch.zeros(len(outcomes), dtype=torch.float64)
-    for o, x in enumerate(outcomes):
-        for order in orders:
-            state, total = [MASK] * LENGTH, 0.0
-            for position in order:
-                total += float(logp[index[tuple(state)], position, x[position]])
-                state[position] = x[position]
-            probs[o] += math.exp(total) / len(orders)
-    return probs
+    return order_mixture(logp, states, orders, TOKENS, LENGTH, MASK)
 
 
 def pooled_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:

@@ -67,22 +67,10 @@ def test_a_baselines_only_process_keeps_its_numbers(tmp_path, monkeypatch):
     in partial.json for --assemble, so a process stopped later loses nothing it measured."""
     import json
 
-    import torch
-
-    from mdlm import MDLMConfig, MDLMForMaskedLM
     from mdlm.eval.bench.rl import main
-    from mdlm.tokenizer import train_tokenizer
-    from mdlm.train.tasks import get_task
+    from tests.conftest import save_untrained_sudoku_run
 
-    data = get_task("sudoku").dataset("train", 64)
-    tok = train_tokenizer(list(data["prompt"]) + list(data["answer"]), vocab_size=260)
-    torch.manual_seed(0)
-    model = MDLMForMaskedLM(MDLMConfig.from_preset(
-        "tiny", vocab_size=len(tok), mask_token_id=tok.mask_token_id, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-    sft = tmp_path / "sft"
-    model.save_pretrained(sft)
-    tok.save_pretrained(sft)
+    sft = save_untrained_sudoku_run(tmp_path / "sft")
     monkeypatch.setenv("MDLM_BENCH_RUNS", str(tmp_path / "runs"))
     main(["--sft", str(sft), "--quick", "--methods", "--eval-examples", "4", "--best-of-n", "2",
           "--pass-k", "2", "--output-dir", str(tmp_path / "out")])

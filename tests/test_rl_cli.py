@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdlm import MDLMConfig, MDLMForMaskedLM
-from mdlm.tokenizer import train_tokenizer
+from mdlm import MDLMForMaskedLM
 from mdlm.train.rl.cli import main
-from mdlm.train.tasks import get_task
+from tests.conftest import save_untrained_sudoku_run
 
 FAST = ["--num-generations", "2", "--per-device-train-batch-size", "2", "--train-examples", "8",
         "--eval-examples", "4", "--diffusion-steps", "4", "--num-iterations", "1", "--logging-steps", "1",
@@ -24,16 +23,7 @@ FAST = ["--num-generations", "2", "--per-device-train-batch-size", "2", "--train
 @pytest.fixture(scope="module")
 def sudoku_run(tmp_path_factory) -> Path:
     """A run folder as train/sft.py --preset tiny leaves it (untrained: the trainer is what is tested)."""
-    data = get_task("sudoku").dataset("train", 64)
-    tok = train_tokenizer(list(data["prompt"]) + list(data["answer"]), vocab_size=260)
-    torch.manual_seed(0)
-    model = MDLMForMaskedLM(MDLMConfig.from_preset(
-        "tiny", vocab_size=len(tok), mask_token_id=tok.mask_token_id, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
-    folder = tmp_path_factory.mktemp("sft-sudoku")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_untrained_sudoku_run(tmp_path_factory.mktemp("sft-sudoku"))
 
 
 def test_two_steps_of_diffu_grpo_then_resume_and_load(sudoku_run, tmp_path):
