@@ -14,79 +14,28 @@ function.
 Forcing triton on CPU tensors works only under TRITON_INTERPRET=1 (set before triton is imported).
 """
 
-from __future__ import annotations
+if __name__ == "kernels":
+    # This folder is the package `mdlm.kernels`. Imported by its bare folder name, it is only here because the
+    # repository root is on sys.path (pytest, `python -m ...` from a checkout), and it would shadow Hugging
+    # Face's `kernels` distribution, which transformers >= 5.25 imports at start-up. Hand the name to that one.
+    import os as _os
+    import sys as _sys
+    from importlib.machinery import PathFinder as _PathFinder
+    from importlib.util import module_from_spec as _module_from_spec
 
-import os
+    _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    _spec = _PathFinder.find_spec("kernels", [p for p in _sys.path if _os.path.abspath(p or ".") != _root])
+    if _spec is None:
+        raise ModuleNotFoundError("No module named 'kernels': the repository's kernels/ folder is `mdlm.kernels`, "
+                                  "and Hugging Face's `kernels` package is not installed", name="kernels")
+    _installed = _module_from_spec(_spec)
+    _sys.modules["kernels"] = _installed  # the import statement returns what sys.modules holds after this runs
+    _spec.loader.exec_module(_installed)
+else:
+    from mdlm.kernels.dispatch import (BACKENDS, CategoricalSample, cached_attention, cached_attention_reference,
+                                       categorical_probs, filter_logits, sample_categorical,
+                                       sample_categorical_reference, triton_available)
 
-import torch
-
-from mdlm.kernels.attention_reference import cached_attention_reference
-from mdlm.kernels.sampling_reference import (CategoricalSample, categorical_probs, filter_logits,
-                                             sample_categorical_reference)
-
-__all__ = ["CategoricalSample", "sample_categorical", "sample_categorical_reference", "filter_logits",
-           "categorical_probs", "cached_attention", "cached_attention_reference", "triton_available"]
-
-BACKENDS = ("auto", "torch", "triton")
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-def _use_triton(tensor: torch.Tensor, backend: str | None, env_var: str) -> bool:
-    backend = backend or os.environ.get(env_var) or "auto"
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS} (argument or {env_var}), got {backend!r}")
-    if backend == "torch":
-        return False
-    if backend == "auto":
-        return tensor.is_cuda and triton_available()
-    if not triton_available():
-        raise RuntimeError("backend='triton' was forced but triton does not import; install triton (Linux) or "
-                           f"use backend='torch' / unset {env_var}")
-    if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("backend='triton' on CPU tensors needs the Triton interpreter: set TRITON_INTERPRET=1 "
-                           "before triton is first imported, or move the tensors to CUDA, or use backend='torch'")
-    return True
-
-
-def sample_categorical(
-    logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    precision: str = "float64",
-    backend: str | None = None,
-) -> CategoricalSample:
-    """Draw one token per row of `logits` (..., V) from softmax(logits / temperature) after top-k/top-p
-    (the nucleus is taken on the tempered distribution, as transformers and vLLM do).
-
-    temperature=0 is argmax. With neither `seed` nor `generator`, torch's global generator picks the
-    seed. The same seed gives the same tokens on every backend. `precision="float32"` (24-bit uniforms,
-    the truncated noise of a float32 Gumbel-max) exists for comparison and always runs in torch."""
-    if _use_triton(logits, backend, "MDLM_SAMPLER_BACKEND") and precision == "float64":
-        from mdlm.kernels.sampling_triton import sample_categorical_triton
-
-        return sample_categorical_triton(logits, temperature, top_k, top_p, seed, generator)
-    return sample_categorical_reference(logits, temperature, top_k, top_p, seed, generator, precision)
-
-
-def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-                     backend: str | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d) masked) v for q (B, H, Lq, D), k/v (B, H, Lk, D) (cached keys first) and a
-    boolean mask broadcastable to (B, H, Lq, Lk), True = may attend. A query allowed no key gets zeros.
-
-    The Triton kernel is forward-only: when autograd needs gradients of q/k/v, SDPA runs instead."""
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if _use_triton(q, backend, "MDLM_ATTENTION_BACKEND") and not needs_grad:
-        from mdlm.kernels.attention_triton import cached_attention_triton
-
-        return cached_attention_triton(q, k, v, mask)
-    return cached_attention_reference(q, k, v, mask)
+    __all__ = ["CategoricalSample", "sample_categorical", "sample_categorical_reference", "filter_logits",
+               "categorical_probs", "cached_attention", "cached_attention_reference", "triton_available",
+               "BACKENDS"]
