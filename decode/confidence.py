@@ -32,7 +32,7 @@ from mdlm.decode.config import DecodeConfig, DecodeResult
 from mdlm.decode.canvas import Canvas
 from mdlm.decode.denoiser import CountedDenoiser, active_positions, as_denoiser
 from mdlm.decode.draw import draw, tempered_logprob
-from mdlm.decode.remasking import position_scores, select_above_threshold, select_top
+from mdlm.decode.remasking import STATISTICS_POLICIES, position_scores, select_above_threshold, select_top
 from mdlm.decode.schedules import ascending_blocks, ascending_num_steps, eoser_gamma, step_counts
 from mdlm.decode.trace import TraceRecorder
 from mdlm.model import KVCache
@@ -281,7 +281,7 @@ def decode_blocks(denoiser: CountedDenoiser, x, valid, position_ids, config: Dec
             masked = (x == mask_id) & block.members  # (B, L)
             masked_logits = calls.logits(x, first_step, masked, config.full_logits)  # (N, V), N masked in the block
             first_step = False
-            sample = draw(masked_logits, config, generator)  # (N,)
+            sample = draw(masked_logits, config, generator, statistics=config.remasking in STATISTICS_POLICIES)
             x0 = x.clone()
             x0[masked] = sample.tokens
             score = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=x.device)  # (B, L)

@@ -14,9 +14,11 @@ import torch
 from mdlm.kernels import CategoricalSample, categorical_probs, sample_categorical
 
 
-def draw(logits: torch.Tensor, config, generator=None) -> CategoricalSample:
-    """One token per row of `logits` (..., V) with the config's temperature / top-k / top-p."""
-    return sample_categorical(logits, config.temperature, config.top_k, config.top_p, generator=generator)
+def draw(logits: torch.Tensor, config, generator=None, statistics: bool = False) -> CategoricalSample:
+    """One token per row of `logits` (..., V) with the config's temperature / top-k / top-p, and its log p.
+    `statistics` adds the top-1/top-2 log-probabilities and the entropy (the margin and entropy policies)."""
+    return sample_categorical(logits, config.temperature, config.top_k, config.top_p, generator=generator,
+                              statistics=statistics)
 
 
 def draw_probs(logits: torch.Tensor, config) -> torch.Tensor:
@@ -27,7 +29,7 @@ def draw_probs(logits: torch.Tensor, config) -> torch.Tensor:
 def sample_from_probs(probs: torch.Tensor, generator=None) -> torch.Tensor:
     """One exact float64 draw per row of `probs` (..., V) (speculative residual and acceptance draws)."""
     logits = torch.where(probs > 0, probs.log(), torch.full_like(probs, float("-inf")))  # log 0 = -inf exactly
-    return sample_categorical(logits, temperature=1.0, generator=generator).tokens
+    return sample_categorical(logits, temperature=1.0, generator=generator, statistics=False).tokens
 
 
 def tempered_logprob(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:

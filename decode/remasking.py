@@ -15,6 +15,10 @@ import torch
 
 from mdlm.kernels import CategoricalSample
 
+# The policies that rank by more of the distribution than the drawn token's probability (the draw computes
+# those statistics only when asked).
+STATISTICS_POLICIES = ("margin", "entropy")
+
 
 def position_scores(policy: str, sample: CategoricalSample, generator: torch.Generator | None = None):
     """Scores (N,) float64 in [0, 1] for N drawn positions; higher = commit earlier."""

@@ -50,18 +50,25 @@ def sample_categorical(
     generator: torch.Generator | None = None,
     precision: str = "float64",
     backend: str | None = None,
+    statistics: bool = True,
 ) -> CategoricalSample:
     """Draw one token per row of `logits` (..., V) from softmax(logits / temperature) after top-k/top-p
     (the nucleus is taken on the tempered distribution, as transformers and vLLM do).
 
     temperature=0 is argmax. With neither `seed` nor `generator`, torch's global generator picks the
     seed. The same seed gives the same tokens on every backend. `precision="float32"` (24-bit uniforms,
-    the truncated noise of a float32 Gumbel-max) exists for comparison and always runs in torch."""
+    the truncated noise of a float32 Gumbel-max) exists for comparison and always runs in torch.
+    `statistics=False` skips the top-1/top-2 log-probabilities and the entropy (None in the result; the
+    drawn token's log-probability stays): the draw is the same, and the torch path about 10% cheaper."""
     if _use_triton(logits, backend, "MDLM_SAMPLER_BACKEND") and precision == "float64":
         from mdlm.kernels.sampling_triton import sample_categorical_triton
 
-        return sample_categorical_triton(logits, temperature, top_k, top_p, seed, generator)
-    return sample_categorical_reference(logits, temperature, top_k, top_p, seed, generator, precision)
+        sample = sample_categorical_triton(logits, temperature, top_k, top_p, seed, generator)
+        if not statistics:  # the kernel computes them in the same pass anyway
+            sample.top1_logprob = sample.top2_logprob = sample.entropy = None
+        return sample
+    return sample_categorical_reference(logits, temperature, top_k, top_p, seed, generator, precision,
+                                        statistics=statistics)
 
 
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,

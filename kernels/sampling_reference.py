@@ -53,6 +53,11 @@ WORKING_BYTES_PER_ELEMENT = 2 * 8 + 2 * 4
 # An upper bound of the race closer than this (relative) to the exact winner's value sends the row to the
 # exact path: far above float64 rounding (1e-16), far below the gaps between race values (~1/vocab).
 RACE_BOUND_MARGIN = 1e-9
+# The race bounds are computed in float32 from the 24 high bits of the first hash. Their rounding (w to
+# float32, a 1-ulp log, one division: under 2^-22 relative) is covered by inflating the runner-up bound by
+# BOUND_ROUNDING before it is compared with the winner's exact float64 value.
+U_HI_BITS = 24
+BOUND_ROUNDING = 2.0 ** -20
 # The largest chunk workspace kept between calls (in elements; WORKING_BYTES_PER_ELEMENT each): 3 MiB.
 KEPT_WORKSPACE_ELEMENTS = 2 * CHUNK_ELEMENTS
 
@@ -62,13 +67,14 @@ class CategoricalSample:
 
     Log-probabilities and entropy are those of the model's own distribution, softmax(logits) at
     temperature 1 and without top-k/top-p, because confidence-based policies rank by the model's belief.
+    A draw asked for without statistics (`statistics=False`) leaves the last three None.
     """
 
     tokens: torch.Tensor  # (...,) long
     logprob: torch.Tensor  # (...,) float64, log p(token)
-    top1_logprob: torch.Tensor  # (...,) float64
-    top2_logprob: torch.Tensor  # (...,) float64 (-inf when the vocabulary has one finite logit)
-    entropy: torch.Tensor  # (...,) float64
+    top1_logprob: torch.Tensor | None  # (...,) float64
+    top2_logprob: torch.Tensor | None  # (...,) float64 (-inf when the vocabulary has one finite logit)
+    entropy: torch.Tensor | None  # (...,) float64
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -104,15 +110,23 @@ def hash_uniform(seed: int, rows: torch.Tensor, cols: torch.Tensor, precision: s
     return ((k.to(torch.float64) + 0.5) * (2.0 ** -53)).clamp_max(U64_MAX)
 
 
+@functools.lru_cache(maxsize=None)
+def _int32(value: int, device: str) -> torch.Tensor:
+    """A 0-dim int32 constant: a Python int operand costs an int64 -> int32 conversion on every call,
+    which at small shapes is a tenth of the draw's time."""
+    return torch.tensor(value, dtype=torch.int32, device=device)
+
+
 def _fmix32_int32_(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     """fmix32 in place on an int32 tensor holding uint32 bits (int32 multiply wraps like uint32; the
     arithmetic right shift is made logical by masking the sign-extended bits)."""
+    device = str(x.device)
     for shift, multiplier in ((16, FMIX_C1_I32), (13, FMIX_C2_I32), (16, None)):
-        torch.bitwise_right_shift(x, shift, out=scratch)
-        scratch.bitwise_and_((1 << (32 - shift)) - 1)
+        torch.bitwise_right_shift(x, _int32(shift, device), out=scratch)
+        scratch.bitwise_and_(_int32((1 << (32 - shift)) - 1, device))
         x.bitwise_xor_(scratch)
         if multiplier is not None:
-            x.mul_(multiplier)
+            x.mul_(_int32(multiplier, device))
     return x
 
 
@@ -270,6 +284,7 @@ def sample_categorical_reference(
     generator: torch.Generator | None = None,
     precision: str = "float64",
     chunk_elements: int = CHUNK_ELEMENTS,
+    statistics: bool = True,
 ) -> CategoricalSample:
     check_sampling_arguments(logits, temperature, top_k, top_p, precision)
     seed = resolve_seed(seed, generator)
@@ -286,7 +301,8 @@ def sample_categorical_reference(
         stop = min(R, start + chunk)
         x, rows = flat[start:stop], slice(start, stop)
         shifted, weights, hash1, scratch = buffers.view(stop - start)
-        top1_index = _chunk_statistics(x, shifted, weights, out, rows, keep_shifted=temperature != 1.0)
+        top1_index = _chunk_statistics(x, shifted, weights, out, rows, keep_shifted=temperature != 1.0,
+                                       statistics=statistics, need_index=statistics or temperature == 0)
         if temperature == 0:
             out.tokens[rows] = top1_index[:, 0]
             continue
@@ -310,20 +326,29 @@ def sample_categorical_reference(
         _settle_race(seed, flat, temperature, top_k, top_p, out)
     log_total = out.total.log()
     drawn = flat.gather(-1, out.tokens[:, None])[:, 0].double() - out.top1
+    if not statistics:
+        return CategoricalSample(out.tokens.view(lead), (drawn - log_total).view(lead), None, None, None)
     stats = (drawn - log_total, -log_total, out.runner_up - log_total, log_total - out.weighted / out.total)
     return CategoricalSample(out.tokens.view(lead), *(row.view(lead) for row in stats))
 
 
-def _chunk_statistics(x, shifted, weights, out: _RowResults, rows, keep_shifted: bool) -> torch.Tensor:
+def _chunk_statistics(x, shifted, weights, out: _RowResults, rows, keep_shifted: bool, statistics: bool = True,
+                      need_index: bool = True) -> torch.Tensor | None:
     """The sums behind the top-1/top-2 log-probabilities and entropy of softmax(x), in float64, into `out`
-    at `rows`. With keep_shifted, shifted = x - max is left and weights is spent (the caller recomputes the
-    tempered weights from shifted); otherwise weights = exp(x - max) is left and shifted is spent. Returns
-    the argmax (chunk rows, 1)."""
-    top1, top1_index = x.max(-1, keepdim=True)
+    at `rows` (without `statistics`, only the normaliser the drawn token's log-probability needs). With
+    keep_shifted, shifted = x - max is left and weights is spent (the caller recomputes the tempered
+    weights from shifted); otherwise weights = exp(x - max) is left and shifted is spent. Returns the
+    argmax (chunk rows, 1) when `need_index` (a max without its index is several times cheaper)."""
+    if need_index:
+        top1, top1_index = x.max(-1, keepdim=True)
+    else:
+        top1, top1_index = x.amax(-1, keepdim=True), None
     out.top1[rows] = top1[:, 0]
     shifted.copy_(x).sub_(out.top1[rows, None])
     torch.exp(shifted, out=weights)
     torch.sum(weights, -1, out=out.total[rows])
+    if not statistics:
+        return top1_index
     shifted.scatter_(-1, top1_index, float("-inf"))  # the runner-up is the max of the rest
     torch.amax(shifted, -1, out=out.runner_up[rows])
     shifted.scatter_(-1, top1_index, 0.0)
@@ -337,24 +362,38 @@ def _chunk_statistics(x, shifted, weights, out: _RowResults, rows, keep_shifted:
 def _race_bounds(weights, race, hash1, out: _RowResults, rows) -> None:
     """First half of the exponential race argmax_v w_v / E_v, E = -log u (the argmax of x/T + G): per row
     the entry with the largest upper bound of its race value, its weight and the largest other bound.
-
-    The first 32-bit hash of an entry fixes the 27 high bits of its 53-bit uniform u (`hash_uniform`), so
-    u <= (high + 1) 2^-27 <= u_hi and w / E <= w / -log(u_hi): no second hash is needed for the bound.
-    weights (R, V): exp((x - max) / T), 0 where filtered; hash1 (R, V): each entry's first hash (consumed)."""
-    # With U the uint32 value of the hash (high = U >> 5), u <= (high + 1) 2^-27 <= (U + 32) 2^-32 = u_hi;
-    # flipping the sign bit gives the int32 U - 2^31, which converts to float64 exactly.
-    race.copy_(hash1.bitwise_xor_(-(1 << 31)))
-    torch.add(_HALF_PLUS_2_POW_M27.to(race.device), race, alpha=2.0 ** -32, out=race)
-    race.clamp_max_(U64_MAX).log_()  # log u_hi
-    torch.div(weights, race, out=race)  # minus the bounds, so that the smallest is the largest bound
-    negative_bound, best = race.min(-1)
+    weights (R, V) float64: exp((x - max) / T), 0 where filtered; race (R, V) float64 workspace; hash1
+    (R, V) int32: each entry's first hash (consumed)."""
+    negative_bounds = negative_race_bounds(weights, race, hash1)
+    negative_bound, best = negative_bounds.min(-1)
     out.tokens[rows] = best
     out.best_weight[rows] = weights.gather(-1, best[:, None])[:, 0]
-    race.scatter_(-1, best[:, None], 0.0)  # 0 is the bound of a weight-0 entry: it lifts no other bound
-    torch.amin(race, -1, out=out.negative_runner_up_bound[rows])
+    negative_bounds.scatter_(-1, best[:, None], 0.0)  # 0 is the bound of a weight-0 entry: it lifts no other
+    out.negative_runner_up_bound[rows] = negative_bounds.amin(-1)
 
 
-_HALF_PLUS_2_POW_M27 = torch.tensor(0.5 + 2.0 ** -27, dtype=torch.float64)  # (2^31 + 32) 2^-32
+def negative_race_bounds(weights, race, hash1) -> torch.Tensor:
+    """Minus an upper bound of each entry's race value w / E, from its first hash alone: (R, V) float32,
+    a view into `race` (R, V float64 workspace). Times (1 + BOUND_ROUNDING) it is an upper bound in exact
+    arithmetic too (tested against the float64 values).
+
+    The first 32-bit hash fixes the 24 high bits of the entry's 53-bit uniform u (`hash_uniform`), so
+    u <= (high + 1) 2^-24 = u_hi and w / E <= w / -log(u_hi): no second hash is needed. Computed in
+    float32, where u_hi is exact and log and division are three times cheaper than in float64."""
+    log_u_hi, weights32 = race.view(torch.float32).view(race.shape[0], 2, -1).unbind(1)
+    # The logical shift (arithmetic shift, then the sign-extended bits masked off), plus one, is exact in
+    # float32 (at most 2^24).
+    device = str(hash1.device)
+    hash1.bitwise_right_shift_(_int32(32 - U_HI_BITS, device)).bitwise_and_(_int32((1 << U_HI_BITS) - 1, device))
+    hash1.add_(_int32(1, device))
+    log_u_hi.copy_(hash1).mul_(2.0 ** -U_HI_BITS).log_()
+    # u_hi = 1 has log 0, no finite bound: the largest negative float32 makes its bound huge, so the entry
+    # is either the best (settled exactly) or a runner-up that sends the row to the exact race.
+    log_u_hi.clamp_max_(-torch.finfo(torch.float32).tiny)
+    # A w that float32 flushes to 0 or to a subnormal (< 1.2e-38) cannot win: the top entry has w = 1 and
+    # every E lies in [1.1e-16, 37.5], so the winner's value is >= 0.026 and such an entry's < 1e-22.
+    weights32.copy_(weights)
+    return weights32.div_(log_u_hi)
 
 
 def _settle_race(seed, flat, temperature, top_k, top_p, out: _RowResults) -> None:
@@ -364,7 +403,8 @@ def _settle_race(seed, flat, temperature, top_k, top_p, out: _RowResults) -> Non
     thousand) are raced exactly, entry by entry."""
     rows = torch.arange(flat.shape[0], device=flat.device)
     exact = out.best_weight / -hash_uniform(seed, rows[:, None], out.tokens[:, None])[:, 0].log()
-    unresolved = ~(-out.negative_runner_up_bound < exact * (1.0 - RACE_BOUND_MARGIN))
+    runner_up_bound = -out.negative_runner_up_bound * (1.0 + BOUND_ROUNDING)
+    unresolved = ~(runner_up_bound < exact * (1.0 - RACE_BOUND_MARGIN))
     if bool(unresolved.any()):
         redo = unresolved.nonzero()[:, 0]
         x = flat[redo]

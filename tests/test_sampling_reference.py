@@ -332,3 +332,41 @@ def test_the_chunk_workspace_is_kept_between_calls_and_per_thread():
     thread.start()
     thread.join()
     assert other[0] != first  # two threads never share buffers
+
+
+def test_float32_race_bounds_inflated_by_the_rounding_allowance_bound_the_exact_values():
+    """The bounds that settle most rows are float32; times (1 + BOUND_ROUNDING) they must still be at or
+    above each entry's exact float64 race value w / -log u, including the first hashes whose 24 high bits
+    are all ones (u_hi = 1, log 0) and weights float32 flushes to zero."""
+    from mdlm.kernels.sampling_reference import BOUND_ROUNDING, MASK32, negative_race_bounds
+
+    generator = torch.Generator().manual_seed(0)
+    rows, vocab = 64, 4096
+    h1 = torch.randint(0, 1 << 32, (rows, vocab), generator=generator, dtype=torch.int64)
+    h1[:, :64] = MASK32 - torch.arange(64)  # high 24 bits all ones: u_hi = 1
+    h1[:, 64:128] = torch.arange(64)  # the smallest uniforms
+    h2 = torch.randint(0, 1 << 32, (rows, vocab), generator=generator, dtype=torch.int64)
+    u = (((h1 >> 5) * (1 << 26) + (h2 >> 6)).double() + 0.5).mul(2.0 ** -53).clamp_max(U64_MAX)  # the spec's u
+    logits = torch.randn(rows, vocab, generator=generator, dtype=torch.float64) * 8
+    logits[:, 128:192] = -200.0  # weights below float32's range
+    weights = (logits - logits.amax(-1, keepdim=True)).exp()
+    exact = weights / -u.log()
+    workspace = torch.empty(rows, vocab, dtype=torch.float64)
+    bounds = -negative_race_bounds(weights, workspace, _as_int32_bits(h1)).double()
+    representable = weights >= torch.finfo(torch.float32).tiny
+    assert bool((bounds * (1.0 + BOUND_ROUNDING) >= exact)[representable].all())
+    # Flushed weights get bound 0, and they cannot win: the top entry's value is far above theirs.
+    assert float(exact[~representable].max()) < 1e-22 < 0.026 < float(exact.amax(-1).min())
+    assert bool((bounds[:, :64] > exact[:, :64] * 1e20).all())  # u_hi = 1: no finite bound, a huge one
+    ratio = bounds[:, 192:] / exact[:, 192:]
+    assert float(ratio.min()) > 1.0 - 2.0 ** -21 and float(ratio.median()) < 1.0 + 1e-5  # tight, not loose
+
+
+def test_draws_without_statistics_give_the_same_tokens_and_logprob():
+    logits = reference_logits(37, 301)
+    for temperature in (0.0, 1.0, 0.7):
+        full = sample_categorical_reference(logits, temperature=temperature, seed=4, chunk_elements=1000)
+        bare = sample_categorical_reference(logits, temperature=temperature, seed=4, chunk_elements=1000,
+                                            statistics=False)
+        assert torch.equal(bare.tokens, full.tokens) and torch.equal(bare.logprob, full.logprob)
+        assert bare.top1_logprob is None and bare.top2_logprob is None and bare.entropy is None

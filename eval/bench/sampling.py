@@ -1,7 +1,8 @@
 """Benchmark of the categorical draw: this project's float64 sampler against the two usual ways.
 
   (a) `mdlm.kernels.sample_categorical`: float64 Gumbel-max over row chunks (the torch reference on CPU),
-      which also returns log p of the draw, the top-1/top-2 log-probabilities and the entropy;
+      which also returns log p of the draw (what every sampler but the margin / entropy policies uses);
+  (d) the same with `statistics=True`: also the top-1/top-2 log-probabilities and the entropy;
   (b) naive float64 (LLaDA style): a float64 copy of the whole logits plus float64 noise, then argmax;
   (c) plain float32 Gumbel-max: torch.rand noise in float32 added to the logits (the baseline).
 
@@ -43,8 +44,9 @@ from mdlm.eval.bench.common import (add_output_dir_argument, is_finished, measur
 
 NAME = "sampling"
 ROOT = Path(__file__).resolve().parents[2]
-METHODS = ("a", "b", "c")
-METHOD_LABELS = {"a": "(a) chunked float64 (this)", "b": "(b) naive float64 copy", "c": "(c) float32 Gumbel-max"}
+METHODS = ("a", "b", "c", "d")
+METHOD_LABELS = {"a": "(a) chunked float64 (this)", "b": "(b) naive float64 copy", "c": "(c) float32 Gumbel-max",
+                 "d": "(d) (a) with top-1/top-2/entropy"}
 GRID = [(64, 8192), (64, 50257), (512, 8192), (512, 50257), (4096, 8192), (4096, 50257)]
 QUICK_GRID = [(64, 8192), (256, 50257)]
 SMALL_SHAPE_ENTRIES = 1 << 21
@@ -63,7 +65,13 @@ TIMING_NOTE = ("each shape in a fresh process with OMP_NUM_THREADS=1 and torch.s
 def draw_chunked_float64(logits: torch.Tensor, seed: int) -> torch.Tensor:
     from mdlm.kernels import sample_categorical
 
-    return sample_categorical(logits, seed=seed, backend="torch").tokens
+    return sample_categorical(logits, seed=seed, backend="torch", statistics=False).tokens
+
+
+def draw_chunked_float64_with_statistics(logits: torch.Tensor, seed: int) -> torch.Tensor:
+    from mdlm.kernels import sample_categorical
+
+    return sample_categorical(logits, seed=seed, backend="torch", statistics=True).tokens
 
 
 def draw_triton_float64(logits: torch.Tensor, seed: int) -> torch.Tensor:
@@ -87,7 +95,8 @@ def draw_float32(logits: torch.Tensor, seed: int) -> torch.Tensor:
     return noise.log_().neg_().log_().neg_().add_(logits).argmax(-1)
 
 
-DRAWS = {"a": draw_chunked_float64, "b": draw_naive_float64, "c": draw_float32}
+DRAWS = {"a": draw_chunked_float64, "b": draw_naive_float64, "c": draw_float32,
+         "d": draw_chunked_float64_with_statistics}
 
 
 def resident_bytes() -> int:
@@ -127,7 +136,7 @@ def measure_in_this_process(rows: int, vocab: int, repeats: int) -> dict:
         DRAWS[method](logits[:2], 0)  # load libraries, warm the allocator
     for repeat in range(repeats):
         for method in METHODS:
-            if method == "a":
+            if method in ("a", "d"):
                 _ChunkBuffers.release()
                 _, peak = timed_draw(DRAWS[method], logits, repeats + repeat)
                 seconds, _ = timed_draw(DRAWS[method], logits, repeat)
@@ -158,7 +167,8 @@ def run_grid(grid, repeats: int) -> list[dict]:
         # Memory freed by an earlier draw and reused is already resident, so the measured peak can miss
         # (a)'s workspace: its size is counted as the least (a) needs.
         workspace = min(rows, rows_per_chunk(vocab)) * vocab * WORKING_BYTES_PER_ELEMENT
-        measured["a"]["peak_extra_bytes"] = max(measured["a"]["peak_extra_bytes"], workspace)
+        for chunked in ("a", "d"):
+            measured[chunked]["peak_extra_bytes"] = max(measured[chunked]["peak_extra_bytes"], workspace)
         base = measured["c"]
         entry = dict(rows=rows, vocab=vocab, repeats=count, logits_mb=base["logits_bytes"] / 2**20,
                      workspace_mb_a=workspace / 2**20, methods={})
@@ -178,7 +188,7 @@ def measure_on_device(device: str, grid, repeats: int) -> list[dict]:
     peak extra device memory (torch.cuda.max_memory_allocated over the draw). Off CUDA (used by the tests)
     only the torch methods are timed and memory is not measured."""
     cuda = torch.device(device).type == "cuda"
-    draws = {"a": draw_chunked_float64, "b": draw_naive_float64, "c": draw_float32}
+    draws = dict(DRAWS)
     if cuda:
         draws = {"a-triton": draw_triton_float64, **draws}
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -291,9 +301,9 @@ def plot(results: dict, path: Path) -> None:
     labels = [f"{g['rows']}x{g['vocab']}" for g in grid]
     entropy = results.get("entropy", {}).get("methods")
     fig, axes = plt.subplots(1, 3 if entropy else 2, figsize=(17 if entropy else 12, 4.2))
-    width = 0.27
+    width = 0.2
     for i, method in enumerate(METHODS):
-        xs = [j + (i - 1) * width for j in range(len(grid))]
+        xs = [j + (i - 1.5) * width for j in range(len(grid))]
         axes[0].bar(xs, [g["methods"][method]["time_vs_c"] for g in grid], width, label=METHOD_LABELS[method])
         axes[1].bar(xs, [g["methods"][method]["memory_vs_logits"] for g in grid], width, label=METHOD_LABELS[method])
     axes[0].axhline(1.5, color="gray", ls="--", lw=1, label="1.5x target for (a)")
@@ -332,9 +342,10 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 def markdown_table(results: dict) -> str:
     lines = _table(
-        ["rows x vocab", "logits (MB)", "(a) time vs (c)", "(b) time vs (c)", "(a) peak extra / logits",
-         "(b) peak extra / logits", "(c) peak extra / logits", "(c) ms"],
+        ["rows x vocab", "logits (MB)", "(a) time vs (c)", "(d) time vs (c)", "(b) time vs (c)",
+         "(a) peak extra / logits", "(b) peak extra / logits", "(c) peak extra / logits", "(c) ms"],
         [[f"{g['rows']} x {g['vocab']}", f"{g['logits_mb']:.0f}", f"{g['methods']['a']['time_vs_c']:.2f}",
+          f"{g['methods']['d']['time_vs_c']:.2f}" if "d" in g["methods"] else "",
           f"{g['methods']['b']['time_vs_c']:.2f}", f"{g['methods']['a']['memory_vs_logits']:.3f}",
           f"{g['methods']['b']['memory_vs_logits']:.2f}", f"{g['methods']['c']['memory_vs_logits']:.2f}",
           f"{g['methods']['c']['seconds'] * 1e3:.0f}"] for g in results["grid"]])
