@@ -14,10 +14,12 @@ exceeds a fixed budget: there is never a float64 copy of the whole (rows, vocab)
 Within a chunk the draw uses the exponential-race form of Gumbel-max, which is the same argmax:
 argmax_v (x_v / T - log E_v) = argmax_v exp((x_v - max x) / T) / E_v. It needs one float64 log per entry
 instead of two, and at temperature 1 the exponentials are the ones the softmax statistics need anyway.
-The first of the two 32-bit hashes of an entry already bounds its race value from above; only the entry
-with the largest bound gets its second hash, and a row is raced exactly, entry by entry, only when another
-bound comes within 1e-9 of that entry's exact value (`_race_bounds`, `_settle_race`): the same token,
-half the hashing.
+The first of the two 32-bit hashes of an entry already bounds its race value from above (computed in
+float32, with an allowance for its rounding); only the entry with the largest bound gets its second hash,
+and a row is raced exactly, entry by entry, only when another bound comes within 1e-9 of that entry's
+exact value (`negative_race_bounds`, `_settle_race`): the same token, half the hashing, and no float64
+log or division per entry. The top-1/top-2 log-probabilities and the entropy cost three more passes and
+are computed only when asked for (`statistics`).
 
 Top-k / top-p are a per-row threshold on the logits (`filter_threshold`): an entry is kept when its logit is
 >= the threshold, so entries tied with the last kept one are kept too. The order is the ecosystem's
