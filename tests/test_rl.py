@@ -208,3 +208,29 @@ def test_a_completion_that_does_not_fit_names_the_numbers(sudoku_setup):
     ids, mask = _prompts(tok, data["prompt"][:2])
     with pytest.raises(ValueError, match=rf"{ids.shape[1]} tokens.*max_completion_length=60.*context of 64"):
         rollout(model, ids, mask, 60, DecodeConfig(), tok.eos_token_id)
+
+
+@pytest.mark.parametrize("algorithm, steps, options, min_gain", [
+    ("diffu-grpo", 30, dict(num_iterations=2, diffusion_steps=6), 0.15),
+    ("mdpo", 30, dict(num_iterations=1, diffusion_steps=6, sample_train_steps=4), 0.3),
+    ("cj-grpo", 30, dict(num_iterations=2), 0.05),
+])
+def test_each_trainer_raises_a_reward_that_is_easy_to_learn(sudoku_setup, tmp_path, algorithm, steps, options,
+                                                            min_gain):
+    """The arithmetic tests cannot see a policy gradient with the wrong sign or the advantages paired with
+    the wrong rows: the training reward must rise. The reward (mean token id) varies in every group even for
+    a random model; from one untrained start, 30 updates at lr 3e-3 (measured gains: diffu-GRPO 0.50 ->
+    0.74, MDPO 0.51 -> 0.92, CJ-GRPO, whose few ascending steps reveal most tokens late, 0.48 -> 0.57)."""
+    import copy
+
+    from mdlm.train.rl import ALGORITHMS
+
+    task, data, tok, model = sudoku_setup
+    config_class, trainer_class = ALGORITHMS[algorithm]()
+    args = config_class(output_dir=str(tmp_path / algorithm), per_device_train_batch_size=16, num_generations=4,
+                        max_completion_length=24, max_steps=steps, logging_steps=2, learning_rate=3e-3,
+                        use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True, report_to=[], **options)
+    trainer = trainer_class(copy.deepcopy(model), _ones_reward, args, data, tok, accuracy_fn=task.accuracy)
+    trainer.train()
+    rewards = [r["reward"] for r in trainer.state.log_history if "reward" in r]
+    assert sum(rewards[-3:]) / 3 >= rewards[0] + min_gain, rewards
