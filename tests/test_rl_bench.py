@@ -77,3 +77,4 @@ def test_a_baselines_only_process_keeps_its_numbers(tmp_path, monkeypatch):
     partial = json.loads((tmp_path / "runs" / "rl-quick" / "partial.json").read_text())
     assert partial["methods"] == {} and partial["best_of_n"]["n"] == 2
     assert set(partial["sft"]["decoders"]) == {"one-per-step", "half-steps", "ass-eoser", "rcr"}
+    assert partial["seconds"] > 0  # --assemble reports the longest process's wall time from these

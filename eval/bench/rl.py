@@ -34,11 +34,12 @@ from mdlm.eval.bench.common import REPO_ROOT, add_output_dir_argument, quick_res
 NAME = "rl"
 METHODS = ("diffu-grpo", "mdpo", "cj-grpo")
 
-# Sizes: FULL fits 90 minutes on 2 cores (12 RL runs of R = 160 rollouts, about 3-5 minutes each with
-# their evaluations); QUICK is a smoke run of a few minutes.
+# Sizes: FULL is 15 RL runs of R = 160 rollouts (a 3-point lr sweep per method at seed 0, then 2 more
+# seeds at the best lr), 3-5 minutes each with their evaluations, plus best-of-160 of the SFT model (about
+# 10 minutes): about 45 minutes split over two processes on 2 cores (README); QUICK is a smoke run.
 FULL = dict(seeds=[0, 1, 2], rollouts=160, batch=8, num_generations=4, eval_examples=192, pass_k=4,
-            best_of_n=None, curve_every=5, lrs={"diffu-grpo": [1e-5, 3e-5], "mdpo": [1e-5, 3e-5],
-                                                 "cj-grpo": [1e-5, 3e-5]})
+            best_of_n=None, curve_every=5, lrs={"diffu-grpo": [1e-5, 3e-5, 1e-4], "mdpo": [1e-5, 3e-5, 1e-4],
+                                                 "cj-grpo": [1e-5, 3e-5, 1e-4]})
 QUICK = dict(seeds=[0, 1], rollouts=16, batch=4, num_generations=2, eval_examples=16, pass_k=2, best_of_n=4,
              curve_every=2, lrs={"diffu-grpo": [3e-5], "mdpo": [3e-5], "cj-grpo": [3e-5]})
 # Per method: passes per generation and the rollout decoder (each method's own choice).
@@ -405,6 +406,7 @@ def main(argv=None) -> dict:
                                       "seeds": seeds}
         (folder / "partial.json").write_text(json.dumps(results, indent=1, default=str))
     results["seconds"] = time.time() - start
+    (folder / "partial.json").write_text(json.dumps(results, indent=1, default=str))  # with the wall time
     if args.skip_baselines:
         print(f"RL runs only: put the results together with --assemble {folder} ...", flush=True)
         return results
