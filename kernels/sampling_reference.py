@@ -112,23 +112,15 @@ def hash_uniform(seed: int, rows: torch.Tensor, cols: torch.Tensor, precision: s
     return ((k.to(torch.float64) + 0.5) * (2.0 ** -53)).clamp_max(U64_MAX)
 
 
-@functools.lru_cache(maxsize=None)
-def _int32(value: int, device: str) -> torch.Tensor:
-    """A 0-dim int32 constant: a Python int operand costs an int64 -> int32 conversion on every call,
-    which at small shapes is a tenth of the draw's time."""
-    return torch.tensor(value, dtype=torch.int32, device=device)
-
-
 def _fmix32_int32_(x: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     """fmix32 in place on an int32 tensor holding uint32 bits (int32 multiply wraps like uint32; the
     arithmetic right shift is made logical by masking the sign-extended bits)."""
-    device = str(x.device)
     for shift, multiplier in ((16, FMIX_C1_I32), (13, FMIX_C2_I32), (16, None)):
-        torch.bitwise_right_shift(x, _int32(shift, device), out=scratch)
-        scratch.bitwise_and_(_int32((1 << (32 - shift)) - 1, device))
+        torch.bitwise_right_shift(x, shift, out=scratch)
+        scratch.bitwise_and_((1 << (32 - shift)) - 1)
         x.bitwise_xor_(scratch)
         if multiplier is not None:
-            x.mul_(_int32(multiplier, device))
+            x.mul_(multiplier)
     return x
 
 
@@ -385,9 +377,7 @@ def negative_race_bounds(weights, race, hash1) -> torch.Tensor:
     log_u_hi, weights32 = race.view(torch.float32).view(race.shape[0], 2, -1).unbind(1)
     # The logical shift (arithmetic shift, then the sign-extended bits masked off), plus one, is exact in
     # float32 (at most 2^24).
-    device = str(hash1.device)
-    hash1.bitwise_right_shift_(_int32(32 - U_HI_BITS, device)).bitwise_and_(_int32((1 << U_HI_BITS) - 1, device))
-    hash1.add_(_int32(1, device))
+    hash1.bitwise_right_shift_(32 - U_HI_BITS).bitwise_and_((1 << U_HI_BITS) - 1).add_(1)
     log_u_hi.copy_(hash1).mul_(2.0 ** -U_HI_BITS).log_()
     # u_hi = 1 has log 0, no finite bound: the largest negative float32 makes its bound huge, so the entry
     # is either the best (settled exactly) or a runner-up that sends the row to the exact race.
