@@ -32,10 +32,5 @@ if __name__ == "kernels":
     _sys.modules["kernels"] = _installed  # the import statement returns what sys.modules holds after this runs
     _spec.loader.exec_module(_installed)
 else:
-    from mdlm.kernels.dispatch import (BACKENDS, CategoricalSample, cached_attention, cached_attention_reference,
-                                       categorical_probs, filter_logits, sample_categorical,
-                                       sample_categorical_reference, triton_available)
-
-    __all__ = ["CategoricalSample", "sample_categorical", "sample_categorical_reference", "filter_logits",
-               "categorical_probs", "cached_attention", "cached_attention_reference", "triton_available",
-               "BACKENDS"]
+    from mdlm.kernels.dispatch import *  # noqa: F401,F403 (the names of dispatch.__all__)
+    from mdlm.kernels.dispatch import __all__  # noqa: F401

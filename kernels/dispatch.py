@@ -11,7 +11,7 @@ from mdlm.kernels.sampling_reference import (CategoricalSample, categorical_prob
                                              sample_categorical_reference)
 
 __all__ = ["CategoricalSample", "sample_categorical", "sample_categorical_reference", "filter_logits",
-           "categorical_probs", "cached_attention", "cached_attention_reference", "triton_available"]
+           "categorical_probs", "cached_attention", "cached_attention_reference", "triton_available", "BACKENDS"]
 
 BACKENDS = ("auto", "torch", "triton")
 
