@@ -361,13 +361,13 @@ def main(argv=None) -> dict:
     model, tok = load_policy(str(args.sft))
     results = {"task": args.task, "sft_run": str(args.sft), "sizes": sizes, "eval_examples": len(held),
                "completion_length": length, "method_options": METHOD_OPTIONS, "methods": {}}
+    folder.mkdir(parents=True, exist_ok=True)
     if not args.skip_baselines:
         results["sft"] = evaluate_model(model, tok, task, held, length, sizes["pass_k"], seed=0)
         n = sizes["best_of_n"] or sizes["rollouts"]
         rewards, correct = sample_many(model, tok, task, held, length, n, seed=1)
         results["best_of_n"] = {"n": n, "accuracy": best_of_n(rewards, correct)}
         print(json.dumps({"sft": results["sft"], "best_of_n": results["best_of_n"]}), flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
         (folder / "partial.json").write_text(json.dumps(results, indent=1, default=str))  # kept if stopped
     from mdlm import MDLMForMaskedLM
 
