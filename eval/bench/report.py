@@ -2,7 +2,9 @@
 
 Each benchmark module `mdlm.eval.bench.NAME` writes `results/NAME.json` and exposes
 `markdown_table(results) -> str`. The README holds one block per benchmark between the markers
-`<!-- results:NAME -->` and `<!-- /results:NAME -->`; this script replaces what is between them.
+`<!-- results:NAME -->` and `<!-- /results:NAME -->`; this script replaces what is between them. A
+benchmark run again into a subfolder (`--output-dir results/rl-countdown`) has the block
+`<!-- results:rl-countdown/rl -->`: the table of `results/rl-countdown/rl.json`, by the module `rl`.
 
     python -m mdlm.eval.bench.report            # rewrite README.md in place
     python -m mdlm.eval.bench.report --check    # exit 1 if README.md is out of date
@@ -18,14 +20,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+(?:/[\w-]+)*) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
 
 
 def render_block(name: str, results_dir: Path) -> str:
     path = results_dir / f"{name}.json"
+    module_name = name.rsplit("/", 1)[-1]
     if not path.exists():
-        return f"_No results yet: run `python -m mdlm.eval.bench.{name}`._\n"
-    module = importlib.import_module(f"mdlm.eval.bench.{name}")
+        return f"_No results yet: run `python -m mdlm.eval.bench.{module_name}`._\n"
+    module = importlib.import_module(f"mdlm.eval.bench.{module_name}")
     table = module.markdown_table(json.loads(path.read_text()))
     return table.rstrip("\n") + "\n"
 
