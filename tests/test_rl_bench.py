@@ -78,3 +78,38 @@ def test_a_baselines_only_process_keeps_its_numbers(tmp_path, monkeypatch):
     assert partial["methods"] == {} and partial["best_of_n"]["n"] == 2
     assert set(partial["sft"]["decoders"]) == {"one-per-step", "half-steps", "ass-eoser", "rcr"}
     assert partial["seconds"] > 0  # --assemble reports the longest process's wall time from these
+
+
+def test_training_reward_fifths_and_their_column(tmp_path):
+    """The rollout reward's first and last fifth of generations (one generation alone is a few prompts) come
+    from metrics.jsonl; the table shows them only when every method has them (older results lack them)."""
+    import json
+
+    from mdlm.eval.bench.rl import markdown_table, summarise, training_metrics
+
+    rows = [{"step": i + 1, "loss": 0.0, "reward": r, "kl": 0.0, "entropy": 0.5, "frac_reward_zero_std": 0.0,
+             "nfe_per_rollout": 12, "step_time": 0.1} for i, r in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+                                                                              0.8, 0.9, 1.0])]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics = training_metrics(tmp_path)
+    assert math.isclose(metrics["reward_first_fifth"], 0.15) and math.isclose(metrics["reward_last_fifth"], 0.95)
+    results = _fake_results()
+    results["summary"] = summarise(results)
+    assert "first -> last fifth" not in markdown_table(results)
+    for block in results["methods"].values():
+        for seed in block["seeds"]:
+            seed["training"].update(reward_first_fifth=0.5, reward_last_fifth=0.75)
+    results["summary"] = summarise(results)
+    table = markdown_table(results)
+    assert "| rollout reward, first -> last fifth | lr |" in table and "| 0.500 -> 0.750 | 3e-05 |" in table
+    header, rule, sft_row = table.splitlines()[2:5]
+    assert header.count("|") == rule.count("|") == sft_row.count("|")
+
+
+def test_a_batch_that_does_not_hold_whole_groups_is_refused(tmp_path):
+    import pytest
+
+    from mdlm.eval.bench.rl import main
+
+    with pytest.raises(SystemExit, match="multiple of --num-generations 4"):
+        main(["--sft", str(tmp_path), "--batch", "10", "--num-generations", "4"])

@@ -150,10 +150,13 @@ def training_metrics(run: Path) -> dict:
         return sum(values) / len(values) if values else None
 
     rolled = [r for r in rows if "reward" in r]  # the optimizer steps that drew a new generation
+    fifth = max(1, len(rolled) // 5)  # one generation is a handful of prompts: too noisy to compare alone
     return {"kl_final": rows[-1].get("kl", 0.0), "entropy_mean": mean("entropy"),
             "frac_reward_zero_std": mean("frac_reward_zero_std"), "nfe_per_rollout": mean("nfe_per_rollout"),
             "seconds_per_update": mean("step_time"), "reward_first": rolled[0]["reward"],
-            "reward_last": rolled[-1]["reward"], "over_denoising_rate_rollouts": mean("over_denoising_rate")}
+            "reward_last": rolled[-1]["reward"], "over_denoising_rate_rollouts": mean("over_denoising_rate"),
+            "reward_first_fifth": sum(r["reward"] for r in rolled[:fifth]) / fifth,
+            "reward_last_fifth": sum(r["reward"] for r in rolled[-fifth:]) / fifth}
 
 
 def curve(run: Path, tok, task, held, length: int, rollouts_per_step: float) -> list[dict]:
@@ -196,8 +199,10 @@ def summarise(results: dict) -> dict:
                            for name in seeds[0]["eval"]["decoders"]}
         summary[method]["pass@k"] = mean_se([s["eval"][f"pass@{results['sizes']['pass_k']}"] for s in seeds])
         summary[method]["over_denoising_rate"] = mean_se([s["eval"]["over_denoising_rate"] for s in seeds])
-        for key in ("kl_final", "entropy_mean", "frac_reward_zero_std", "seconds_per_update", "nfe_per_rollout"):
-            summary[method][key] = mean_se([s["training"][key] for s in seeds])
+        for key in ("kl_final", "entropy_mean", "frac_reward_zero_std", "seconds_per_update", "nfe_per_rollout",
+                    "reward_first_fifth", "reward_last_fifth"):
+            if all(key in s["training"] for s in seeds):  # the fifths are absent from older results
+                summary[method][key] = mean_se([s["training"][key] for s in seeds])
     sft = results["sft"]["decoders"]["one-per-step"]["accuracy"]
     checks = {}
     base = summary.get("diffu-grpo", {}).get("one-per-step", {}).get("mean")
@@ -268,17 +273,25 @@ def markdown_table(results: dict) -> str:
              "| model | " + " | ".join(f"{n} (NFE {results['sft']['decoders'][n]['nfe']})" for n in names) +
              f" | pass@{k} | over-denoising | KL | entropy | zero-spread groups | s / update | lr |",
              "| --- |" + " --- |" * (len(names) + 7)]
+    trend = bool(summary) and all("reward_last_fifth" in stat for stat in summary.values())
+    if trend:  # the training reward's first and last fifth of generations: did the objective itself move?
+        lines[2] = lines[2].replace(" | lr |", " | rollout reward, first -> last fifth | lr |")
+        lines[3] += " --- |"
+    extra = " |" if trend else ""
     sft = results["sft"]
     lines.append("| SFT | " + " | ".join(f"{100 * sft['decoders'][n]['accuracy']:.1f}%" for n in names) +
-                 f" | {100 * sft[f'pass@{k}']:.1f}% | {100 * sft['over_denoising_rate']:.1f}% | | | | | |")
+                 f" | {100 * sft[f'pass@{k}']:.1f}% | {100 * sft['over_denoising_rate']:.1f}% | | | | | |" + extra)
     bon = results["best_of_n"]
-    lines.append(f"| SFT best-of-{bon['n']} (reward-selected) | {100 * bon['accuracy']:.1f}% |" + " |" * (len(names) + 6))
+    lines.append(f"| SFT best-of-{bon['n']} (reward-selected) | {100 * bon['accuracy']:.1f}% |" +
+                 " |" * (len(names) + 6) + extra)
     for method, stat in summary.items():
         lr = results["methods"][method]["best_lr"]
+        reward = (f" {stat['reward_first_fifth']['mean']:.3f} -> {stat['reward_last_fifth']['mean']:.3f} |"
+                  if trend else "")
         lines.append(f"| {method} ({stat[names[0]]['n']} seeds) | " + " | ".join(_pm(stat[n]) for n in names) +
                      f" | {_pm(stat['pass@k'])} | {_pm(stat['over_denoising_rate'])} | {stat['kl_final']['mean']:.4f} | "
                      f"{stat['entropy_mean']['mean']:.2f} | {100 * stat['frac_reward_zero_std']['mean']:.0f}% | "
-                     f"{stat['seconds_per_update']['mean']:.1f} | {lr:g} |")
+                     f"{stat['seconds_per_update']['mean']:.1f} |{reward} {lr:g} |")
     lines += ["", "Learning-rate sweep (seed 0, held-out accuracy one token per step): " + "; ".join(
         f"{m}: " + ", ".join(f"{lr} -> {100 * acc:.1f}%" for lr, acc in block["sweep"].items())
         for m, block in results["methods"].items()), "",
@@ -330,6 +343,8 @@ def main(argv=None) -> dict:
                         help="RL methods to run (none: only the baselines, for a benchmark split over processes)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     parser.add_argument("--rollouts", type=int, help="override R, the rollouts per run")
+    parser.add_argument("--batch", type=int, help="override the rollouts per generation (prompts x G)")
+    parser.add_argument("--num-generations", dest="num_generations", type=int, help="override G, rollouts per prompt")
     parser.add_argument("--eval-examples", type=int, help="override the held-out prompts")
     parser.add_argument("--lrs", type=float, nargs="+", help="one learning-rate sweep for every method")
     parser.add_argument("--curve-every", dest="curve_every", type=int, help="checkpoint (curve point) every N updates")
@@ -343,15 +358,18 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.assemble:
         return assemble(args.assemble, quick_results_dir(args.output_dir, args.quick))
-    if not (args.sft / "config.json").is_file():
-        raise SystemExit(f"--sft {args.sft}: no SFT run there; train one with the README's recipe "
-                         "(python train/sft.py --task sudoku ... --output-dir runs/sft-sudoku)")
     sizes = dict(QUICK if args.quick else FULL)
-    for key in ("seeds", "rollouts", "eval_examples", "curve_every", "pass_k", "best_of_n"):
+    for key in ("seeds", "rollouts", "batch", "num_generations", "eval_examples", "curve_every", "pass_k", "best_of_n"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
     if args.lrs:
         sizes["lrs"] = {m: list(args.lrs) for m in METHODS}
+    if sizes["batch"] % sizes["num_generations"] or sizes["num_generations"] < 2:
+        raise SystemExit(f"--batch {sizes['batch']} must be a multiple of --num-generations {sizes['num_generations']} "
+                         "(at least 2): each generation holds whole groups")
+    if not (args.sft / "config.json").is_file():
+        raise SystemExit(f"--sft {args.sft}: no SFT run there; train one with the README's recipe "
+                         "(python train/sft.py --task sudoku ... --output-dir runs/sft-sudoku)")
     results_dir = quick_results_dir(args.output_dir, args.quick)
     folder = runs_dir() / ("rl-quick" if args.quick else "rl")
     start = time.time()
