@@ -250,7 +250,8 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("held-out accuracy (greedy, 1 token/step)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"RL on {results['task']}: {len(results['sizes']['seeds'])} seeds, R = "
+    seeds = len(results['sizes']['seeds'])
+    fig.suptitle(f"RL on {results['task']}: {seeds} seed{'s' if seeds != 1 else ''}, R = "
                  f"{results['sizes']['rollouts']} rollouts")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -288,7 +289,8 @@ def markdown_table(results: dict) -> str:
         lr = results["methods"][method]["best_lr"]
         reward = (f" {stat['reward_first_fifth']['mean']:.3f} -> {stat['reward_last_fifth']['mean']:.3f} |"
                   if trend else "")
-        lines.append(f"| {method} ({stat[names[0]]['n']} seeds) | " + " | ".join(_pm(stat[n]) for n in names) +
+        seeds = stat[names[0]]['n']
+        lines.append(f"| {method} ({seeds} seed{'s' if seeds != 1 else ''}) | " + " | ".join(_pm(stat[n]) for n in names) +
                      f" | {_pm(stat['pass@k'])} | {_pm(stat['over_denoising_rate'])} | {stat['kl_final']['mean']:.4f} | "
                      f"{stat['entropy_mean']['mean']:.2f} | {100 * stat['frac_reward_zero_std']['mean']:.0f}% | "
                      f"{stat['seconds_per_update']['mean']:.1f} |{reward} {lr:g} |")
