@@ -113,3 +113,38 @@ def test_a_batch_that_does_not_hold_whole_groups_is_refused(tmp_path):
 
     with pytest.raises(SystemExit, match="multiple of --num-generations 4"):
         main(["--sft", str(tmp_path), "--batch", "10", "--num-generations", "4"])
+
+
+def test_assemble_pools_one_methods_seeds_from_several_processes(tmp_path):
+    """A method's seeds run in separate processes (same lr, same budget) are pooled by --assemble; the sweep
+    kept is the lowest seed's; a seed given twice or a different lr is refused."""
+    import json
+
+    import pytest
+
+    from mdlm.eval.bench.rl import assemble
+
+    full = _fake_results()
+    base = {**full, "methods": {m: b for m, b in full["methods"].items() if m != "cj-grpo"}}
+    base["sizes"] = {**base["sizes"], "seeds": [0]}
+    cj = full["methods"]["cj-grpo"]
+    folders = []
+    for name, part in (("base", base),
+                       ("cj0", {"sizes": base["sizes"], "methods": {"cj-grpo": {**cj, "seeds": cj["seeds"][:1]}}}),
+                       ("cj1", {"sizes": base["sizes"], "methods": {"cj-grpo": {**cj, "sweep": {"3e-05": 0.9},
+                                                                                 "seeds": cj["seeds"][1:]}}})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "partial.json").write_text(json.dumps(part))
+        folders.append(tmp_path / name)
+    results = assemble([folders[2], folders[0], folders[1]], tmp_path / "out")
+    pooled = results["methods"]["cj-grpo"]
+    assert [s["seed"] for s in pooled["seeds"]] == [0, 1] and pooled["sweep"] == {"3e-05": 0.45}
+    assert results["summary"]["per_method"]["cj-grpo"]["one-per-step"]["n"] == 2
+    assert results["sizes"]["seeds"] == [0, 1]
+    with pytest.raises(ValueError, match=r"seed\(s\) \[0\] come from more than one process"):
+        assemble([folders[0], folders[1], folders[1]], tmp_path / "out2")
+    other = json.loads((folders[2] / "partial.json").read_text())
+    other["methods"]["cj-grpo"]["best_lr"] = 1e-4
+    (folders[2] / "partial.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="only seeds of one setting can be pooled"):
+        assemble(folders, tmp_path / "out3")

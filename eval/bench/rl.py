@@ -242,7 +242,8 @@ def plot(results: dict, path: Path) -> None:
     for method, block in results["methods"].items():
         for i, s in enumerate(block["seeds"]):
             points = [{"updates": 0, "rollouts": 0, "accuracy": sft}] + s["curve"]
-            kwargs = dict(color=f"C{METHODS.index(method)}", alpha=0.8, label=method if i == 0 else None)
+            label = f"{method} ({len(block['seeds'])} seed{'s' if len(block['seeds']) != 1 else ''})"
+            kwargs = dict(color=f"C{METHODS.index(method)}", alpha=0.8, label=label if i == 0 else None)
             axes[0].plot([p["rollouts"] for p in points], [p["accuracy"] for p in points], **kwargs)
             axes[1].plot([p["updates"] for p in points], [p["accuracy"] for p in points], **kwargs)
     for ax, label in zip(axes, ("rollouts", "gradient updates (optimizer steps)")):
@@ -250,8 +251,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("held-out accuracy (greedy, 1 token/step)")
         ax.legend(fontsize=8)
-    seeds = len(results['sizes']['seeds'])
-    fig.suptitle(f"RL on {results['task']}: {seeds} seed{'s' if seeds != 1 else ''}, R = "
+    fig.suptitle(f"RL on {results['task']}: R = "
                  f"{results['sizes']['rollouts']} rollouts")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -321,10 +321,28 @@ def assemble(folders: list[Path], results_dir: Path) -> dict:
                          "steps": part["sizes"]["rollouts"] * METHOD_OPTIONS[method]["num_iterations"] //
                          part["sizes"]["batch"], "seeds": block["seeds"]}
             if "best_lr" in block:
-                results["methods"][method] = block
+                earlier = results["methods"].get(method)
+                results["methods"][method] = block if earlier is None else merge_seeds(method, earlier, block)
+    results["sizes"] = {**base["sizes"], "seeds": sorted({record["seed"] for block in results["methods"].values()
+                                                           for record in block["seeds"]} | set(base["sizes"]["seeds"]))}
     results["seconds"] = max(p.get("seconds", 0.0) for p in parts)
     results["summary"] = summarise(results)
     return write_results(results_dir, NAME, results, plot, markdown_table)
+
+
+def merge_seeds(method: str, one: dict, other: dict) -> dict:
+    """One method's block from two processes that ran other seeds at the same lr and budget (a method's seeds
+    split over processes); the lr sweep kept is the one run at the lowest seed, as a single process does."""
+    if one["best_lr"] != other["best_lr"] or one["steps"] != other["steps"]:
+        raise ValueError(f"--assemble: the {method} runs differ (lr {one['best_lr']} vs {other['best_lr']}, "
+                         f"{one['steps']} vs {other['steps']} updates); only seeds of one setting can be pooled")
+    seeds = sorted(one["seeds"] + other["seeds"], key=lambda record: record["seed"])
+    numbers = [record["seed"] for record in seeds]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"--assemble: {method} seed(s) {sorted({n for n in numbers if numbers.count(n) > 1})} "
+                         "come from more than one process; pass each run folder once")
+    first = min((one, other), key=lambda block: min(record["seed"] for record in block["seeds"]))
+    return {**first, "seeds": seeds}
 
 
 def _write_partial(folder: Path, results: dict, method: str, seeds: list) -> None:
