@@ -242,8 +242,8 @@ def plot(results: dict, path: Path) -> None:
     for method, block in results["methods"].items():
         for i, s in enumerate(block["seeds"]):
             points = [{"updates": 0, "rollouts": 0, "accuracy": sft}] + s["curve"]
-            label = f"{method} ({len(block['seeds'])} seed{'s' if len(block['seeds']) != 1 else ''})"
-            kwargs = dict(color=f"C{METHODS.index(method)}", alpha=0.8, label=label if i == 0 else None)
+            label = f"{method} ({_seeds(len(block['seeds']))})" if i == 0 else None
+            kwargs = dict(color=f"C{METHODS.index(method)}", alpha=0.8, label=label)
             axes[0].plot([p["rollouts"] for p in points], [p["accuracy"] for p in points], **kwargs)
             axes[1].plot([p["updates"] for p in points], [p["accuracy"] for p in points], **kwargs)
     for ax, label in zip(axes, ("rollouts", "gradient updates (optimizer steps)")):
@@ -258,6 +258,10 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def _pm(stat: dict) -> str:
     if stat["n"] < 2 or math.isnan(stat["se"]):
         return f"{100 * stat['mean']:.1f}%"
@@ -268,17 +272,17 @@ def markdown_table(results: dict) -> str:
     sizes, summary = results["sizes"], results["summary"]["per_method"]
     names = list(results["sft"]["decoders"])
     k = sizes["pass_k"]
+    # the training reward's first and last fifth of generations (did the objective itself move?); older
+    # results lack it
+    trend = bool(summary) and all("reward_last_fifth" in stat for stat in summary.values())
+    extra = " |" if trend else ""
     lines = [f"Held-out {results['task']} accuracy ({results['eval_examples']} held-out prompts; mean ± s.e. over "
              f"seeds; R = {sizes['rollouts']} rollouts per run, G = {sizes['num_generations']}, "
              f"batch {sizes['batch']}; SFT start `{results['sft_run']}`):", "",
              "| model | " + " | ".join(f"{n} (NFE {results['sft']['decoders'][n]['nfe']})" for n in names) +
-             f" | pass@{k} | over-denoising | KL | entropy | zero-spread groups | s / update | lr |",
-             "| --- |" + " --- |" * (len(names) + 7)]
-    trend = bool(summary) and all("reward_last_fifth" in stat for stat in summary.values())
-    if trend:  # the training reward's first and last fifth of generations: did the objective itself move?
-        lines[2] = lines[2].replace(" | lr |", " | rollout reward, first -> last fifth | lr |")
-        lines[3] += " --- |"
-    extra = " |" if trend else ""
+             f" | pass@{k} | over-denoising | KL | entropy | zero-spread groups | s / update |" +
+             (" rollout reward, first -> last fifth |" if trend else "") + " lr |",
+             "| --- |" + " --- |" * (len(names) + 7) + (" --- |" if trend else "")]
     sft = results["sft"]
     lines.append("| SFT | " + " | ".join(f"{100 * sft['decoders'][n]['accuracy']:.1f}%" for n in names) +
                  f" | {100 * sft[f'pass@{k}']:.1f}% | {100 * sft['over_denoising_rate']:.1f}% | | | | | |" + extra)
@@ -289,8 +293,7 @@ def markdown_table(results: dict) -> str:
         lr = results["methods"][method]["best_lr"]
         reward = (f" {stat['reward_first_fifth']['mean']:.3f} -> {stat['reward_last_fifth']['mean']:.3f} |"
                   if trend else "")
-        seeds = stat[names[0]]['n']
-        lines.append(f"| {method} ({seeds} seed{'s' if seeds != 1 else ''}) | " + " | ".join(_pm(stat[n]) for n in names) +
+        lines.append(f"| {method} ({_seeds(stat[names[0]]['n'])}) | " + " | ".join(_pm(stat[n]) for n in names) +
                      f" | {_pm(stat['pass@k'])} | {_pm(stat['over_denoising_rate'])} | {stat['kl_final']['mean']:.4f} | "
                      f"{stat['entropy_mean']['mean']:.2f} | {100 * stat['frac_reward_zero_std']['mean']:.0f}% | "
                      f"{stat['seconds_per_update']['mean']:.1f} |{reward} {lr:g} |")
