@@ -11,6 +11,7 @@ else.
 
 from __future__ import annotations
 
+import copy
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -53,8 +54,7 @@ class CountedDenoiser:
     def logits(self, ids, valid, positions, cache=None, use_cache=False, at=None):
         if (cache is not None or use_cache) and not self.supports_cache:
             raise ValueError("this denoiser has no KV cache; decode with use_cache=False")
-        if at is not None and (at.dim() != 2 or at.shape[0] != ids.shape[0]):
-            raise ValueError(f"at must be (batch, K) = ({ids.shape[0]}, K) position indices, got {tuple(at.shape)}")
+        _check_at(ids, at)
         self.nfe += 1
         self.row_evaluations += ids.shape[0]
         with torch.no_grad():
@@ -63,6 +63,18 @@ class CountedDenoiser:
     def _logits(self, ids, valid, positions, cache, use_cache, at):
         """The network's logits; a wrapper whose model has no head-at-positions gathers (`gather_at`)."""
         raise NotImplementedError
+
+    def train_logits(self, ids, valid=None, positions=None, at=None, module=None):
+        """The training forward: `logits()`'s values in its convention (the family's logit shift undone,
+        its attention mask, positions and block-causal structure, the mask logit at -inf), with gradients
+        and uncounted (NFE counts decoding). `module`: what to call instead of `self.model`, the same
+        network behind a DDP/FSDP wrapper or a peft model (`mdlm.trainable` passes it)."""
+        _check_at(ids, at)
+        denoiser = self
+        if module is not None and module is not self.model:
+            denoiser = copy.copy(self)  # a view that calls the wrapper: the wrapper's forward syncs gradients
+            denoiser.model = module
+        return denoiser._logits(ids, valid, positions, None, False, at)
 
     def meter(self) -> "Meter":
         return Meter(self)
@@ -187,6 +199,11 @@ def refuse_causal_lm(model) -> None:
         raise TypeError(f"{type(model).__name__} is a causal (autoregressive) LM: it predicts the next token and cannot "
                         "fill masks, so it cannot decode here; use a masked diffusion LM (see mdlm.decode.families), or "
                         "name its family if it is one (load_denoiser(..., family=...))")
+
+
+def _check_at(ids: torch.Tensor, at: torch.Tensor | None) -> None:
+    if at is not None and (at.dim() != 2 or at.shape[0] != ids.shape[0]):
+        raise ValueError(f"at must be (batch, K) = ({ids.shape[0]}, K) position indices, got {tuple(at.shape)}")
 
 
 def gather_at(logits: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
