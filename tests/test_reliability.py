@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from mdlm.train.pretrain import PretrainArgs, main, train
-from mdlm.train.trainer import RunLock, Trainer, atomic_write_text
+from mdlm.train.run_folder import RunLock, atomic_write_text
+from mdlm.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(config="tiny", max_documents=10, seq_len=64, batch_size=4, eval_batches=1, log_every=2, progress=False)

@@ -14,7 +14,8 @@ from mdlm import MDLMForMaskedLM
 from mdlm.losses import compute_loss
 from mdlm.train.pretrain import PretrainArgs
 from mdlm.train.sft import SFTArgs
-from mdlm.train.trainer import RunFolder, Trainer, TrainerConfig, make_accelerator
+from mdlm.train.run_folder import RunFolder
+from mdlm.train.trainer import Trainer, TrainerConfig, make_accelerator
 from tests.conftest import tiny_config
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import yaml
 
 from mdlm.config import ATTENTION_MODES, PRESETS
-from mdlm.train.trainer import (RunFolder, TrainerConfig, add_option_arguments, option, options_from_dict,
-                                read_config_file, validate_options)
+from mdlm.train.options import add_option_arguments, option, options_from_dict, read_config_file, validate_options
+from mdlm.train.run_folder import RunFolder
+from mdlm.train.trainer import TrainerConfig
 
 OBJECTIVES = ("mdlm", "ar", "as-arm")
 LOSSES = ("t-dce", "lambda-dce", "k-dce")
@@ -51,51 +52,47 @@ class PretrainArgs(TrainerConfig):
     # data
     dataset: str = option("stdlib", 'stdlib | local .txt/.jsonl/.parquet file or folder | hub name[:config]')
     text_column: str | None = option(None, 'column of jsonl/parquet/hub data (default "text")')
-    max_documents: int | None = option(None, 'use only the first N training documents (tiny preset: 100)')
+    max_documents: int | None = option(None, 'use only the first N training documents (tiny preset: 100)', at_least=1)
     tokenizer: str | None = option(None, 'default: a byte-level BPE trained on the train split; or an HF name/path')
-    vocab_size: int | None = option(None, 'of the trained BPE')
-    seq_len: int | None = option(None, 'tokens per training sequence (packed block)')
+    vocab_size: int | None = option(None, 'of the trained BPE', at_least=1)
+    seq_len: int | None = option(None, 'tokens per training sequence (packed block)', at_least=1)
     # model
-    config: str = option("small", 'preset: tiny | small | gpt2')
-    hidden_size: int | None = option(None, 'model width (overrides the preset)')
-    num_hidden_layers: int | None = option(None, 'transformer blocks')
-    num_attention_heads: int | None = option(None, 'attention heads')
-    intermediate_size: int | None = option(None, 'MLP width')
-    max_position_embeddings: int | None = option(None, "the model's context in tokens")
-    dropout: float | None = option(None, 'dropout rate')
+    config: str = option("small", 'preset: tiny | small | gpt2', choices=sorted(PRESETS))
+    hidden_size: int | None = option(None, 'model width (overrides the preset)', at_least=1)
+    num_hidden_layers: int | None = option(None, 'transformer blocks', at_least=1)
+    num_attention_heads: int | None = option(None, 'attention heads', at_least=1)
+    intermediate_size: int | None = option(None, 'MLP width', at_least=1)
+    max_position_embeddings: int | None = option(None, "the model's context in tokens", at_least=1)
+    dropout: float | None = option(None, 'dropout rate', at_least=0, below=1)
     rope_theta: float | None = option(None, 'rotary embedding base')
-    objective: str = option("mdlm", 'mdlm | ar | as-arm')
-    loss: str = option("t-dce", 't-dce | lambda-dce | k-dce (masked objective only)')
-    attention: str | None = option(None, 'bidirectional | causal | block-causal (default: from the objective)')
-    block_size: int | None = option(None, 'attention block of block-causal attention')
+    objective: str = option("mdlm", 'mdlm | ar | as-arm', choices=OBJECTIVES)
+    loss: str = option("t-dce", 't-dce | lambda-dce | k-dce (masked objective only)', choices=LOSSES)
+    attention: str | None = option(None, 'bidirectional | causal | block-causal (default: from the objective)',
+                                  choices=ATTENTION_MODES)
+    block_size: int | None = option(None, 'attention block of block-causal attention', at_least=1)
     init_from: str | None = option(None, "start from another run's weights (and tokenizer)")
     config_file: str | None = option(None, 'YAML file of options (keys are option names)')
     # the loop's options whose default here is the preset's (filled in by `resolved`)
     output_dir: str | None = option(None, 'default runs/<objective>-<config>')
-    max_steps: int | None = option(None, 'optimizer steps')
-    batch_size: int | None = option(None, 'sequences per process per micro-batch')
-    lr: float | None = option(None, 'peak AdamW learning rate')
-    warmup_steps: int | None = option(None, 'linear warmup steps')
-    ema: float | None = option(None, 'EMA decay; 0 disables it (the saved model is the EMA)')
-    eval_every: int | None = option(None, 'validate every N steps')
-    eval_batches: int | None = option(None, 'validation batches per evaluation')
-    save_every: int | None = option(None, 'checkpoint every N steps')
-    log_every: int | None = option(None, 'log training loss and tokens/s every N steps')
+    max_steps: int | None = option(None, 'optimizer steps', at_least=1)
+    batch_size: int | None = option(None, 'sequences per process per micro-batch', at_least=1)
+    lr: float | None = option(None, 'peak AdamW learning rate', above=0)
+    warmup_steps: int | None = option(None, 'linear warmup steps', at_least=0)
+    ema: float | None = option(None, 'EMA decay; 0 disables it (the saved model is the EMA)', at_least=0, below=1)
+    eval_every: int | None = option(None, 'validate every N steps', at_least=1)
+    eval_batches: int | None = option(None, 'validation batches per evaluation', at_least=1)
+    save_every: int | None = option(None, 'checkpoint every N steps', at_least=1)
+    log_every: int | None = option(None, 'log training loss and tokens/s every N steps', at_least=1)
 
     @classmethod
     def from_dict(cls, options: dict) -> "PretrainArgs":
         return options_from_dict(cls, options, "train/pretrain.py")
 
     def resolved(self) -> "PretrainArgs":
-        """A copy with preset defaults filled in and the options checked."""
-        if self.config not in PRESETS:
+        """A copy with preset defaults filled in and the options checked (types, ranges and choices as the
+        fields declare them)."""
+        if self.config not in PRESETS:  # first: the preset's defaults are read from it
             raise ValueError(f"unknown --config {self.config!r}; choose one of {sorted(PRESETS)}")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown --objective {self.objective!r}; choose one of {OBJECTIVES}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown --loss {self.loss!r}; choose one of {LOSSES}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"unknown --mixed-precision {self.mixed_precision!r}; choose no, bf16 or fp16")
         args = dataclasses.replace(self)
         for key, value in PRESET_TRAINING[self.config].items():
             if getattr(args, key) is None and key != "max_documents":
@@ -117,8 +114,6 @@ class PretrainArgs(TrainerConfig):
                                  f"not --attention {args.attention}")
             args.attention = "causal"
         args.attention = args.attention or "bidirectional"
-        if args.attention not in ATTENTION_MODES:
-            raise ValueError(f"unknown --attention {args.attention!r}; choose one of {ATTENTION_MODES}")
         args.output_dir = default_output_dir(dataclasses.asdict(args))
         context = args.max_position_embeddings or PRESETS[args.config]["max_position_embeddings"]
         if args.seq_len > context and args.init_from is None:
@@ -139,9 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,  # only options actually given override the YAML file
     )
-    choices = {"config": sorted(PRESETS), "objective": OBJECTIVES, "loss": LOSSES, "attention": ATTENTION_MODES,
-               "mixed_precision": ("no", "bf16", "fp16")}
-    add_option_arguments(parser, PretrainArgs, choices, unset="preset")
+    add_option_arguments(parser, PretrainArgs, unset="preset")  # choices and ranges come from the fields
     return parser
 
 

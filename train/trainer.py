@@ -24,9 +24,9 @@ here as JSON and safetensors, never pickled, so resuming from a checkpoint canno
 
 Nothing is lost to a kill: every file of the run folder is written to a temporary name and renamed, a
 checkpoint folder is renamed when complete, and resuming a run that was killed after its final checkpoint
-finishes it (the model for use and `finished: true`). One run at a time: the main process holds an exclusive
-lock on `.run.lock` in the run folder for the whole run; a second run on the folder stops at once with
-"run folder in use by pid N".
+finishes it (the model for use and `finished: true`). The folder's lock, atomic writes, metrics log and
+the refusal of tampered checkpoints are `train/run_folder.py` (shared with SFT and RL); the options and
+their flags are `train/options.py`.
 
 Run folder layout:
     config.json, model.safetensors, tokenizer files   the EMA model for use (`from_pretrained(run_dir)`)
@@ -49,7 +49,6 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -57,17 +56,13 @@ from pathlib import Path
 import torch
 
 from mdlm.losses import LossOutput, compute_loss
+from mdlm.train.options import option
+from mdlm.train.run_folder import (CHECKPOINTS, CURVE_FILE, STATE_FILE, MetricsLog, atomic_write_text,
+                                   replace_files_from, save_errors_named, tampered_checkpoint, write_state)
 
 LossFn = Callable[[torch.nn.Module, dict, torch.Generator, int], LossOutput]
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
-OPTIONS_FILE = "run_options.yaml"
-METRICS_FILE = "metrics.jsonl"
-CURVE_FILE = "training_curve.png"
-LOCK_FILE = ".run.lock"
 EXTRA_STATE = "extra_state.json"
 EMA_FILE = "ema.safetensors"
-
 
 # AdamW: beta2 = 0.98 below torch's 0.999, as RoBERTa's masked-LM pretraining set it for stability; every run
 # in results/ used these, so changing them changes the results.
@@ -82,37 +77,36 @@ MASKING_SEED_STRIDE = 1000
 EVAL_MASKING_SEED = 10_007
 
 
-def option(default, help: str):
-    """A dataclass field with its command-line help (the TRL / transformers `metadata={"help": ...}` way)."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class TrainerConfig:
-    """The options of the training loop. Scripts subclass it and declare only their own fields, or new
-    defaults for these (`PretrainArgs(TrainerConfig)`, `SFTArgs(TrainerConfig)`)."""
+    """The options of the training loop, each with its help and range (`train/options.py` builds the flags
+    and checks from them). Scripts subclass it and declare only their own fields, or new defaults for these
+    (`PretrainArgs(TrainerConfig)`, `SFTArgs(TrainerConfig)`)."""
 
     output_dir: str = field(metadata={"help": "the run folder"})
-    max_steps: int = option(1000, "optimizer steps")
-    batch_size: int = option(16, "sequences per process per micro-batch")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    lr: float = option(1e-3, "peak AdamW learning rate")
-    min_lr_ratio: float = option(0.1, "the cosine decays to lr * min_lr_ratio")
-    weight_decay: float = option(0.01, "AdamW weight decay (matrices only)")
-    warmup_steps: int = option(100, "linear warmup steps")
-    grad_clip: float = option(1.0, "gradient-norm clipping; 0 disables it")
-    ema: float = option(0.999, "EMA decay; 0 disables it (the saved model is the EMA)")
-    mixed_precision: str = option("no", "no | bf16 | fp16")
-    eval_every: int = option(100, "validate every N steps")
-    eval_batches: int | None = option(16, "validation batches per evaluation (None: the whole validation set)")
-    save_every: int = option(200, "checkpoint every N steps")
-    first_save: int | None = option(None, "also checkpoint at this early step, so a first resume point comes soon")
-    keep_checkpoints: int = option(2, "resume checkpoints kept (the last N)")
-    log_every: int = option(10, "log training loss and tokens/s every N steps")
-    seed: int = option(0, "seed of initialisation, data order and masking")
+    max_steps: int = option(1000, "optimizer steps", at_least=1)
+    batch_size: int = option(16, "sequences per process per micro-batch", at_least=1)
+    grad_accum: int = option(1, "micro-batches per optimizer step", at_least=1)
+    lr: float = option(1e-3, "peak AdamW learning rate", above=0)
+    min_lr_ratio: float = option(0.1, "the cosine decays to lr * min_lr_ratio", at_least=0, at_most=1)
+    weight_decay: float = option(0.01, "AdamW weight decay (matrices only)", at_least=0)
+    warmup_steps: int = option(100, "linear warmup steps", at_least=0)
+    grad_clip: float = option(1.0, "gradient-norm clipping; 0 disables it", at_least=0)
+    ema: float = option(0.999, "EMA decay; 0 disables it (the saved model is the EMA)", at_least=0, below=1)
+    mixed_precision: str = option("no", "no | bf16 | fp16", choices=("no", "bf16", "fp16"))
+    eval_every: int = option(100, "validate every N steps", at_least=1)
+    eval_batches: int | None = option(16, "validation batches per evaluation (None: the whole validation set)",
+                                      at_least=1)
+    save_every: int = option(200, "checkpoint every N steps", at_least=1)
+    first_save: int | None = option(None, "also checkpoint at this early step, so a first resume point comes soon",
+                                    at_least=1)
+    keep_checkpoints: int = option(2, "resume checkpoints kept (the last N)", at_least=1)
+    log_every: int = option(10, "log training loss and tokens/s every N steps", at_least=1)
+    seed: int = option(0, "seed of initialisation, data order and masking", at_least=0)
     resume: str | None = option(None, '"latest" (bare --resume) or a checkpoint folder')
     overwrite: bool = option(False, "replace a run already in --output-dir")
-    stop_at_step: int | None = option(None, "stop after this step without finishing, as if killed (for testing --resume)")
+    stop_at_step: int | None = option(None, "stop after this step without finishing, as if killed (for testing --resume)",
+                                      at_least=1)
     progress: bool = option(True, "show a progress bar")
 
 
@@ -227,28 +221,6 @@ class EMA:
             self.shadow[name].copy_(value)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and rename it: a kill leaves the old file or the
-    new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def replace_files_from(staging: Path, target: Path) -> None:
-    """Move every file of `staging` into `target` (each by one rename), then remove `staging`."""
-    for file in sorted(staging.iterdir()):
-        os.replace(file, target / file.name)
-    staging.rmdir()
-
-
 @contextmanager
 def quiet_transformers_progress():
     """No "Writing model shards" bar from save_pretrained: it would break into the training bar's line and
@@ -262,116 +234,6 @@ def quiet_transformers_progress():
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
-
-
-class RunFolderBusy(ValueError):
-    pass
-
-
-class RunLock:
-    """An exclusive `flock` on `<run>/.run.lock` for the whole run (released by the kernel if the process
-    dies, so a kill never leaves a stale lock). Only the main process takes it."""
-
-    def __init__(self, output_dir: Path, active: bool = True):
-        self.path, self.active, self.file = Path(output_dir) / LOCK_FILE, active, None
-
-    def __enter__(self):
-        import fcntl
-
-        if not self.active:
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            pid = self.file.read().strip() or "?"
-            self.file.close()
-            raise RunFolderBusy(f"run folder {self.path.parent} in use by pid {pid}; wait for that run to end "
-                                "(then --resume it) or pass another --output-dir") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(str(os.getpid()))
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc):
-        if self.file is not None:
-            self.file.close()  # closing releases the flock; the file stays (removing it would race)
-            self.file = None
-
-
-# Options whose values must be >= 1, >= 0, or in [0, 1), by name; shared by pretrain.py and sft.py.
-POSITIVE = ("max_steps", "batch_size", "grad_accum", "eval_every", "eval_batches", "save_every", "log_every",
-            "keep_checkpoints", "seq_len", "vocab_size", "max_documents", "max_examples", "first_save",
-            "stop_at_step", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-            "max_position_embeddings", "block_size")
-NON_NEGATIVE = ("warmup_steps", "weight_decay", "grad_clip", "seed", "min_lr_ratio")
-FRACTION = ("ema", "dropout")
-
-
-def validate_options(options, script: str) -> None:
-    """Check every field of the options dataclass `options` against its annotation (int, float, str, bool,
-    optionally None) and its range, before any work; the error names the option and the fix."""
-    for f in dataclasses.fields(options):
-        value, kind = getattr(options, f.name), str(f.type)
-        flag = "--" + f.name.replace("_", "-")
-        if value is None:
-            if "None" in kind:
-                continue
-            raise ValueError(f"{flag} needs a value ({kind}); see `python {script} --help`")
-        base = kind.replace(" | None", "")
-        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-              "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-              "str": isinstance(value, str), "bool": isinstance(value, bool)}.get(base, True)
-        if not ok:
-            raise ValueError(f"{flag} must be {'an' if base == 'int' else 'a'} {base}, got {value!r} "
-                             f"({type(value).__name__}); fix it on the command line or in the YAML file")
-        if base == "float" and not math.isfinite(value):
-            raise ValueError(f"{flag} must be a finite number, got {value!r}")
-        if f.name in POSITIVE and value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value!r}")
-        if f.name in NON_NEGATIVE and value < 0:
-            raise ValueError(f"{flag} must be >= 0, got {value!r}")
-        if f.name in FRACTION and not 0 <= value < 1:
-            raise ValueError(f"{flag} must be in [0, 1), got {value!r}")
-    if getattr(options, "lr", None) is not None and not options.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {options.lr!r}")
-    if getattr(options, "min_lr_ratio", 0) > 1:
-        raise ValueError(f"--min-lr-ratio must be in [0, 1], got {options.min_lr_ratio!r}")
-    if getattr(options, "mixed_precision", "no") == "fp16" and not torch.cuda.is_available():
-        raise ValueError("--mixed-precision fp16 needs a CUDA GPU (its loss scaling has no CPU path); on CPU use "
-                         "--mixed-precision bf16 or no")
-
-
-def describe(f: dataclasses.Field, unset: str = "None") -> str:
-    """The --help line of an option field: its help text and default (`unset` names what None means)."""
-    text = f.metadata.get("help", "")
-    if "default" not in text:
-        text += f" (default: {unset if f.default is None else f.default})"
-    return text
-
-
-def add_option_arguments(parser, cls, choices: dict | None = None, unset: str = "None") -> None:
-    """One typed --flag per field of the options dataclass `cls`, with the field's help; --resume (bare:
-    "latest"), --overwrite and --no-progress are flags. Pair with `argument_default=argparse.SUPPRESS` so
-    that only the options given override a YAML file or saved options."""
-    import argparse
-
-    choices = choices or {}
-    for f in dataclasses.fields(cls):
-        if f.name in ("resume", "overwrite", "progress"):
-            continue
-        kind = {"int | None": int, "int": int, "float | None": float, "float": float}.get(str(f.type), str)
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, choices=choices.get(f.name),
-                            help=describe(f, unset))
-    parser.add_argument("--resume", nargs="?", const="latest", dest="resume", default=argparse.SUPPRESS,
-                        help="continue the run in --output-dir from its last checkpoint, or from the given one")
-    parser.add_argument("--overwrite", action="store_true", dest="overwrite", default=argparse.SUPPRESS,
-                        help="replace a run already in --output-dir")
-    parser.add_argument("--no-progress", action="store_false", dest="progress", default=argparse.SUPPRESS,
-                        help="no progress bar")
 
 
 def is_checkpoint(folder: Path) -> bool:
@@ -397,104 +259,6 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
         raise ValueError(f"--resume {resume}: not a checkpoint folder (expected {STATE_FILE} and model "
                          f"weights written by accelerator.save_state, like {output_dir / CHECKPOINTS}/step-NNNNNNN)")
     return folder
-
-
-RUN_FILES = (STATE_FILE, OPTIONS_FILE, METRICS_FILE, CURVE_FILE, CHECKPOINTS)
-
-
-def holds_run(folder: Path) -> bool:
-    """Whether `folder` holds something a run saved (a checkpoint or a model); a run that died before its
-    first save left at most its options and log, which nothing would be lost by starting over."""
-    return any((folder / name).exists() for name in (STATE_FILE, CHECKPOINTS))
-
-
-def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool, is_main: bool = True) -> None:
-    """Refuse to mix two runs in one folder unless asked to resume or overwrite. Every process checks (so
-    all of them stop with the error); only the main one deletes or creates."""
-    if output_dir.exists() and not resume:
-        if holds_run(output_dir) and not overwrite:
-            raise FileExistsError(f"{output_dir} already holds a training run; pass --resume to continue it, "
-                                  "--overwrite to replace it, or another --output-dir")
-        if not is_main:
-            return
-        for name in RUN_FILES:
-            path = output_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-
-
-# Options that may change when a run is resumed; any other change would make it a different run.
-RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "max_steps", "eval_every", "save_every", "first_save",
-                               "log_every", "progress", "stop_at_step", "config_file", "eval_batches",
-                               "output_dir"})  # a run folder may be moved
-# Saved options that belonged to the invocation that saved them, not to the run.
-ONE_OFF_OPTIONS = ("stop_at_step", "overwrite", "config_file")
-
-
-class RunFolder:
-    """The folder of one run, held for the whole run: the lock, the refusal to mix two runs, the options
-    saved as `run_options.yaml`, and the check that a resumed run keeps them.
-
-        with RunFolder(output_dir, options, accelerator.is_main_process, accelerator.wait_for_everyone) as run:
-            ...set up the model and data...
-            run.save_options()     # a fresh run, once setup has succeeded
-
-    Entering takes the lock (main process), prepares the folder (`prepare_output_dir`) and, when resuming,
-    compares `options` with the saved ones on every process, so that all processes stop on a mismatch
-    rather than the others waiting for a main process that has left."""
-
-    def __init__(self, path, options: dict, is_main: bool = True, barrier: Callable[[], None] = lambda: None):
-        self.path, self.options, self.is_main, self.barrier = Path(path), options, is_main, barrier
-        self.lock = RunLock(self.path, is_main)
-        self.resuming = False
-
-    @staticmethod
-    def read_options(path) -> dict | None:
-        """The options a run saved in folder `path` (without the one-off ones), or None."""
-        import yaml
-
-        saved = Path(path) / OPTIONS_FILE
-        if not saved.is_file():
-            return None
-        options = yaml.safe_load(saved.read_text()) or {}
-        for one_off in ONE_OFF_OPTIONS:
-            options.pop(one_off, None)
-        return options
-
-    def __enter__(self) -> "RunFolder":
-        self.lock.__enter__()
-        try:
-            resume, overwrite = self.options.get("resume"), self.options.get("overwrite", False)
-            prepare_output_dir(self.path, resume, overwrite, self.is_main)
-            self.barrier()
-            saved = self.read_options(self.path) if resume else None
-            self.resuming = saved is not None
-            if self.resuming:
-                check_resume_options(saved, self.options)
-        except BaseException:
-            self.lock.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.lock.__exit__(*exc)
-
-    def save_options(self) -> None:
-        """Write the options of a fresh run (main process; a resumed run keeps the ones it started with)."""
-        import yaml
-
-        if self.is_main and not self.resuming:
-            atomic_write_text(self.path / OPTIONS_FILE, yaml.safe_dump(self.options, sort_keys=False))
-
-
-def check_resume_options(saved: dict, now: dict) -> None:
-    """Refuse a resume whose options differ from the saved ones, except RESUMABLE_CHANGES. An option the
-    saved run does not list is newer than that run, which ran with its default: not a change."""
-    changed = {k: (saved[k], v) for k, v in now.items() if k not in RESUMABLE_CHANGES and k in saved and saved[k] != v}
-    if changed:
-        raise ValueError(f"--resume with options that differ from the run's ({json.dumps(changed)}); "
-                         "resume with the same options, or start a new --output-dir")
 
 
 def plot_curves(records: list[dict], path: Path, title: str = "") -> None:
@@ -553,7 +317,7 @@ class Trainer:
         self.ema = EMA(acc.unwrap_model(self.model), config.ema) if config.ema > 0 else None
         self.generator = torch.Generator(device=acc.device).manual_seed(config.seed * MASKING_SEED_STRIDE + acc.process_index)
         self.step, self.tokens_seen = 0, 0
-        self.records: list[dict] = []
+        self.metrics = MetricsLog(self.output_dir, self.accelerator.is_main_process, records=[])
 
     def compute_loss(self, model, batch: dict, generator: torch.Generator, step: int) -> LossOutput:
         """The loss of one batch, for training (`model` is the prepared one) and validation (the EMA weights,
@@ -618,9 +382,8 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _write_state(self, folder: Path, finished: bool) -> None:
-        state = {"step": self.step, "tokens": self.tokens_seen, "max_steps": self.config.max_steps,
-                 "finished": finished}
-        atomic_write_text(folder / STATE_FILE, json.dumps(state, indent=1))
+        write_state(folder, step=self.step, tokens=self.tokens_seen, max_steps=self.config.max_steps,
+                    finished=finished)
 
     def save_for_use(self, finished: bool = False) -> None:
         """The EMA model + tokenizer (safetensors) at the top of the run folder, the curve, the state. All
@@ -631,11 +394,12 @@ class Trainer:
         with self.weights_for_use() as model, quiet_transformers_progress():
             if acc.is_main_process:
                 shutil.rmtree(staging, ignore_errors=True)
-                model.save_pretrained(staging, safe_serialization=True)
+                with save_errors_named(staging, "the model"):
+                    model.save_pretrained(staging, safe_serialization=True)
                 if self.tokenizer is not None:
                     self.tokenizer.save_pretrained(staging)
         if acc.is_main_process:
-            plot_curves(self.records, staging / CURVE_FILE, self.title)
+            plot_curves(self.metrics.records, staging / CURVE_FILE, self.title)
             replace_files_from(staging, self.output_dir)
             self._write_state(self.output_dir, finished)
         acc.wait_for_everyone()
@@ -647,8 +411,9 @@ class Trainer:
         if acc.is_main_process and partial.exists():
             shutil.rmtree(partial)
         acc.wait_for_everyone()
-        acc.save_state(str(partial))
-        self._save_extra_state(partial)
+        with save_errors_named(partial):
+            acc.save_state(str(partial))
+            self._save_extra_state(partial)
         acc.wait_for_everyone()
         if acc.is_main_process:
             self._write_state(partial, finished=False)
@@ -714,27 +479,20 @@ class Trainer:
             self.accelerator.load_state(str(folder))
             self._load_extra_state(folder)
         except pickle.UnpicklingError as error:
-            raise ValueError(f"--resume {folder}: a file in it holds pickled objects that are not plain tensors, so "
-                             f"it was refused unread ({str(error).splitlines()[0][:120]}); the checkpoint is tampered "
-                             "or foreign: resume from another checkpoint or start over") from None
+            raise tampered_checkpoint(folder, error) from None
         except (SafetensorError, EOFError, RuntimeError, KeyError, OSError) as error:
             raise ValueError(f"--resume {folder}: the checkpoint is damaged or belongs to another model "
                              f"({type(error).__name__}: {str(error).splitlines()[0][:160]}); resume from another "
                              "checkpoint (pass its folder) or start over with --overwrite") from None
         state = json.loads((folder / STATE_FILE).read_text())
         self.step, self.tokens_seen = state["step"], state["tokens"]
-        metrics = self.output_dir / METRICS_FILE
-        if metrics.exists():  # drop what the killed run logged after its checkpoint
-            self.records = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["step"] <= self.step]
-            if self.accelerator.is_main_process:
-                atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in self.records))
+        if self.metrics.path.exists():  # drop what the killed run logged after its checkpoint
+            self.metrics = MetricsLog(self.output_dir, self.accelerator.is_main_process)
+            self.metrics.keep_until(self.step)
         self.accelerator.print(f"resumed from {folder} at step {self.step}")
 
     def log(self, record: dict) -> None:
-        self.records.append(record)
-        if self.accelerator.is_main_process:
-            with open(self.output_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        self.metrics.append(record)
 
     # -- training --------------------------------------------------------------------------------
     def train(self) -> Path:
@@ -811,24 +569,8 @@ class Trainer:
         return self.output_dir
 
 
-def read_config_file(path) -> dict:
-    """The options of a `--config-file` YAML (keys are option names), checked to be a mapping."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--config-file {path} does not exist")
-    options = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(options, dict):
-        raise ValueError(f"--config-file {path} must hold a mapping of option names to values")
-    return options
-
-
-def options_from_dict(cls, options: dict, script: str):
-    """Build the options dataclass `cls` from a dict whose keys may use dashes (YAML / CLI spelling)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    normalised = {key.replace("-", "_"): value for key, value in options.items()}
-    unknown = sorted(set(normalised) - names)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; run `python {script} --help` for the list")
-    return cls(**normalised)
+# Short-lived re-exports: the options and run-folder helpers moved to train/options.py and
+# train/run_folder.py; train/sft.py still imports them from here.
+from mdlm.train.options import (add_option_arguments, options_from_dict, read_config_file,  # noqa: E402,F401
+                                validate_options)
+from mdlm.train.run_folder import RunFolder, RunLock  # noqa: E402,F401
