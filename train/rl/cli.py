@@ -28,12 +28,17 @@ from types import SimpleNamespace
 
 import yaml
 
-METRICS_FILE = "metrics.jsonl"
+from mdlm.train.run_folder import (METRICS_FILE, OPTIONS_FILE, STATE_FILE, MetricsLog, RunFolder, atomic_write_text,
+                                   read_state, refuse_pickled, save_errors_named, write_state)
+
 CURVE_FILE = "reward_curve.png"
-OPTIONS_FILE = "run_options.yaml"
 EVAL_FILE = "eval.json"
 CHECKPOINT_DONE = "checkpoint_complete"  # written last into a checkpoint folder
 ROLLOUT_RNG_FILE = "rollout_rng_{}.pt"  # per process
+# The run folder (train/run_folder.py) with RL's files: what an overwritten run's clearing removes, and what
+# marks a folder as holding a run (a checkpoint, the final model, or the evaluation before training).
+RUN_FILES = (STATE_FILE, OPTIONS_FILE, METRICS_FILE, CURVE_FILE, EVAL_FILE, "checkpoint-*")
+SAVED_FILES = (STATE_FILE, "checkpoint-*", "model.safetensors", EVAL_FILE)
 
 # Options of this script (not of the trainer's config), with their defaults.
 SCRIPT_OPTIONS = {"algorithm": "diffu-grpo", "task": None, "model": None, "output_dir": None, "resume": False,
@@ -45,6 +50,22 @@ CONFIG_FLAGS = {"num_generations": int, "per_device_train_batch_size": int, "gra
                 "max_completion_length": int, "temperature": float, "diffusion_steps": int, "block_length": int,
                 "remasking": str, "unmasking_schedule": str, "logging_steps": int, "save_steps": int,
                 "seed": int, "report_to": str, "prompt_mask_prob": float, "sample_train_steps": int}
+# Ranges of the options (as `train/options.py` declares them). Three of the zeros refused here meant a
+# default elsewhere, so each error says which: HINTS.
+RANGES = {**{name: {"at_least": 1} for name in ("max_steps", "diffusion_steps", "train_examples", "eval_examples",
+                                                "per_device_train_batch_size", "gradient_accumulation_steps",
+                                                "num_iterations", "max_completion_length", "block_length",
+                                                "logging_steps", "save_steps", "sample_train_steps")},
+          "learning_rate": {"above": 0}, "beta": {"at_least": 0}, "epsilon": {"at_least": 0},
+          "seed": {"at_least": 0}, "prompt_mask_prob": {"at_least": 0, "at_most": 1}}
+HINTS = {"max_steps": " (TRL reads 0 or less as 'train num_train_epochs epochs'); pass the optimizer steps to train",
+         "diffusion_steps": " (0 would fall back to max_completion_length // 2 denoising steps); pass the steps "
+                            "of a rollout, or leave it unset for that default",
+         "train_examples": " (0 would mean all of them); pass how many train prompts to use",
+         "eval_examples": "; pass how many held-out prompts to score, or leave it unset for all of them"}
+# --report-to integrations and the module each needs.
+INTEGRATIONS = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                "trackio": "trackio", "swanlab": "swanlab", "clearml": "clearml", "neptune": "neptune"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,12 +92,12 @@ def resolve_options(given: dict) -> tuple[dict, dict, type, type]:
     """(script options, config options, config class, trainer class) from the YAML file and the CLI."""
     from mdlm.train.rl import get_algorithm
 
-    from mdlm.train.trainer import read_config_file
+    from mdlm.train.options import read_config_file
 
     options = {}
     if given.get("config_file"):
         options = read_config_file(given["config_file"])
-    options = {k.replace("-", "_"): v for k, v in {**options, **given}.items()}
+    options = {str(k).replace("-", "_"): v for k, v in {**options, **given}.items()}
     script = {k: options.pop(k, default) for k, default in SCRIPT_OPTIONS.items()}
     config_cls, trainer_cls = get_algorithm(script["algorithm"])
     fields = {f.name for f in dataclasses.fields(config_cls)}
@@ -91,7 +112,84 @@ def resolve_options(given: dict) -> tuple[dict, dict, type, type]:
     if not script["model"]:
         raise ValueError("--model is required: the run folder to finetune (e.g. runs/sft-sudoku from train/sft.py)")
     script["output_dir"] = script["output_dir"] or f"runs/rl-{script['task']}"
+    check_options(script, options, config_cls)
     return script, options, config_cls, trainer_cls
+
+
+def annotation_name(annotation) -> str:
+    """"int", "float | None", ... for a dataclass field's annotation; "" where it is not one plain type."""
+    import types
+    import typing
+
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    args = typing.get_args(annotation)
+    plain = [a for a in args if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        if len(plain) == 1 and isinstance(plain[0], type):
+            return plain[0].__name__ + (" | None" if len(plain) < len(args) else "")
+    return ""
+
+
+def check_options(script: dict, options: dict, config_cls: type) -> None:
+    """Types (a YAML file can give any) and ranges of the options, and the integrations --report-to needs,
+    before anything is loaded; each error names the option and the fix."""
+    import importlib.util
+
+    from mdlm.train.options import flag_of, range_error, type_error
+
+    kinds = {f.name: annotation_name(f.type) for f in dataclasses.fields(config_cls)}
+    kinds.update(train_examples="int", eval_examples="int | None")
+    for name, value in {**options, "train_examples": script["train_examples"],
+                        "eval_examples": script["eval_examples"]}.items():
+        problem = type_error(flag_of(name), value, kinds[name]) if kinds.get(name) else None
+        if problem is None and name in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            problem = range_error(flag_of(name), value, RANGES[name])
+            problem = problem and problem + HINTS.get(name, "")
+        if problem:
+            raise ValueError(problem)
+    report_to = options.get("report_to") or []
+    for integration in [report_to] if isinstance(report_to, str) else report_to:
+        module = INTEGRATIONS.get(integration)
+        if module and importlib.util.find_spec(module) is None:
+            raise ValueError(f"--report-to {integration}: {module} is not installed; `pip install {module}`, or "
+                             "--report-to none (the metrics are in metrics.jsonl and reward_curve.png either way)")
+
+
+def build_config(config_cls: type, folder: Path, options: dict):
+    """The algorithm's config; TRL's complaint about the rollout batch is restated with the flags to change."""
+    import torch
+
+    try:
+        return config_cls(output_dir=str(folder), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+                          **options)
+    except ValueError as error:
+        if "divisible by num_generations" not in str(error):
+            raise
+        defaults = {f.name: f.default for f in dataclasses.fields(config_cls)}
+        size, accum, group = (options.get(k, defaults[k]) for k in ("per_device_train_batch_size",
+                                                                     "gradient_accumulation_steps", "num_generations"))
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        raise ValueError(f"--per-device-train-batch-size {size} x {world} process(es) x --gradient-accumulation-steps "
+                         f"{accum} = {size * world * accum} completions per rollout batch, not a multiple of "
+                         f"--num-generations {group} (each prompt gets a group of {group}); pass "
+                         f"--per-device-train-batch-size {group}, or a --num-generations that divides "
+                         f"{size * world * accum}") from None
+
+
+def check_not_autoregressive(run: str) -> None:
+    """RL here trains masked diffusion runs (rollouts unmask in any order); an autoregressive run of this
+    stack is refused, as mdlm-generate refuses it, rather than trained through the wrong objective."""
+    try:
+        config = json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # missing or unreadable: the loader names it
+    if isinstance(config, dict) and (config.get("objective") == "ar" or config.get("attention") == "causal"):
+        raise ValueError(f"--model {run} is an autoregressive run (causal attention, next-token objective); RL here "
+                         "finetunes masked diffusion runs: pass a run of mdlm-pretrain --objective mdlm or "
+                         "train/sft.py")
 
 
 def load_policy(run: str):
@@ -113,27 +211,9 @@ def load_policy(run: str):
     return denoiser.model, tokenizer
 
 
-class RunLog:
-    """metrics.jsonl (appended and flushed per record, so a kill loses nothing written) and the curve."""
-
-    def __init__(self, folder: Path, enabled: bool):
-        self.folder, self.enabled = folder, enabled
-        self.path = folder / METRICS_FILE
-        self.records = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.exists() else []
-
-    def keep_until(self, step: int) -> None:
-        """On resume: drop what the killed run logged after its checkpoint."""
-        self.records = [r for r in self.records if r.get("step", 0) <= step]
-        if self.enabled:
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-
-    def append(self, record: dict) -> None:
-        self.records.append(record)
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+class RunLog(MetricsLog):
+    """metrics.jsonl (`train/run_folder.py`: appended and flushed per record, so a kill loses nothing
+    written) and the reward curve."""
 
     def plot(self, title: str) -> None:
         if not self.enabled:
@@ -173,6 +253,10 @@ def progress_callback(log: RunLog, title: str, show: bool):
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
+                if args.max_steps <= 0:  # TRL's default: epochs over the train prompts, often a day of steps
+                    print(f"no --max-steps: TRL trains num_train_epochs={args.num_train_epochs:g} epochs of the "
+                          f"train prompts, {state.max_steps} optimizer steps; pass --max-steps to train fewer",
+                          file=sys.stderr, flush=True)
                 self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=title, disable=not show,
                                 dynamic_ncols=True)
 
@@ -276,7 +360,9 @@ def run(given: dict) -> Path:
         options = {**run_options["config"], **options}
         script = {**run_options["script"], **{k: v for k, v in script.items() if k in given}, "resume": True}
     options.setdefault("max_completion_length", task.max_completion_length)
-    options.setdefault("per_device_train_batch_size", options.get("num_generations", 6))
+    # One group per batch by default: the algorithm's own G (MDPO's 8, d1's 6), so batch and G agree.
+    default_generations = {f.name: f.default for f in dataclasses.fields(config_cls)}["num_generations"]
+    options.setdefault("per_device_train_batch_size", options.get("num_generations", default_generations))
     options.setdefault("logging_steps", 1)
     options.setdefault("save_steps", 50)
     config = config_cls(output_dir=str(folder), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
