@@ -1,0 +1,185 @@
+"""The confidence sampler as a state machine of one network call per step, over rows that come and go.
+
+Same method as `mdlm.decode.confidence` (LLaDA, Nie et al. 2025; Fast-dLLM's threshold; MDPO's RCR;
+EOSER/ASS of Yang et al. 2025): per step, draw x0 at the masked positions of the row's current block,
+score the draws with the remasking policy (EOS scores times EOSER's gamma), commit the step's count (or
+every score >= tau), and move to the next block when this one has no mask left. What differs is who
+drives the loop: `mdlm.decode.confidence` runs one batch from start to end; here each row keeps its own
+block, step and random stream (`RowDecoder`), and `step_rows` advances any set of rows by one network
+call, so rows can join and leave the batch between calls (step-level continuous batching).
+
+    rows = [RowDecoder(prompt_ids, 32, config, denoiser, seed=0)]
+    while rows:
+        step_rows(denoiser, rows, pad_id)              # one network call for all of them
+        rows = [r for r in rows if not r.done]
+
+A row's tokens never depend on its neighbours: its blocks are planned as if it were alone (the plan of a
+one-row `decode_blocks` call), its draws and random scores come from its own `torch.Generator` seeded by
+the request (the counter-based noise of `mdlm.kernels` is keyed by the seed each draw takes from it and
+by the row's own position index, never by its index in the batch), and everything else is per row
+(argmax, stable top-k, threshold). Left padding leaves a row's positions and attention unchanged. With
+the same seed and one row, the tokens equal `mdlm.decode.generate`'s.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mdlm.decode.blocks import plan_rank_blocks
+from mdlm.decode.canvas import default_position_ids, pad_rows
+from mdlm.decode.config import DecodeConfig
+from mdlm.decode.denoiser import active_positions
+from mdlm.decode.draw import draw
+from mdlm.decode.remasking import remasking_policy
+from mdlm.decode.schedules import ascending_num_steps, eoser_gamma
+
+NEG_INF = float("-inf")
+
+
+class RowDecoder:
+    """One sequence being decoded: prompt + `max_new_tokens` masks, and where its decoding stands.
+
+    tokens (1, L) long: the row's canvas now. block / step: the current block and the step within it.
+    policy: the row's remasking policy object (`mdlm.decode.remasking`; RCR keeps per-block state).
+    nfe: network calls this row took part in. revealed / remasked: generated-position indices of the last
+    step (for the live view). done: no mask left (or `finish` was called)."""
+
+    def __init__(self, prompt_ids: list[int], max_new_tokens: int, config: DecodeConfig, denoiser, seed: int):
+        if config.sampler != "confidence":
+            raise ValueError(f"the step-wise decoder runs sampler='confidence', not {config.sampler!r}")
+        self.config = config
+        self.mask_id = denoiser.require_mask_id()
+        self.prompt_length = len(prompt_ids)
+        self.max_new_tokens = max_new_tokens
+        self.tokens = torch.tensor([list(prompt_ids) + [self.mask_id] * max_new_tokens], dtype=torch.long)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.policy = remasking_policy(config)
+        to_generate = self.tokens == self.mask_id
+        to_generate[:, :self.prompt_length] = False  # a mask id inside the prompt is text
+        self.blocks = plan_rank_blocks(to_generate, config, self.policy.sets_own_steps)  # this row's plan alone
+        self.total_steps = sum(b.counts.shape[1] for b in self.blocks)
+        if config.schedule == "ascending":
+            self.total_steps = ascending_num_steps(max_new_tokens)
+        self.eos_id = config.eos_token_id if config.eos_token_id is not None else denoiser.eos_token_id
+        self.block, self.step, self.global_step, self.nfe = 0, 0, 0, 0
+        self.revealed: list[int] = []
+        self.remasked: list[int] = []
+        self.done = False
+        self.policy.start_block(self.tokens)
+        self._skip_empty_steps()
+
+    @property
+    def length(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def generated(self) -> torch.Tensor:
+        return self.tokens[0, self.prompt_length:]
+
+    def masked_in_block(self) -> torch.Tensor:
+        """(1, L) bool: the masked positions of the current block."""
+        return (self.tokens == self.mask_id) & self.blocks[self.block].members
+
+    def final_before(self) -> int:
+        """Generated positions [0, k) that no later step can change: up to the first mask, and for a policy
+        that remasks (RCR) no further than the current block's start."""
+        masked = (self.generated == self.mask_id).nonzero()
+        k = int(masked[0, 0]) if len(masked) else self.max_new_tokens
+        if self.config.remasking == "rcr" and not self.done:
+            start = self.blocks[self.block].members[0, self.prompt_length:].nonzero()
+            k = min(k, int(start[0, 0]) if len(start) else k)
+        return k
+
+    def finish(self) -> None:
+        self.done = True
+
+    def _skip_empty_steps(self) -> None:
+        """Move past finished blocks and steps that reveal nothing (no network call for them), as the
+        batch loop does."""
+        while not self.done:
+            if not bool(self.masked_in_block().any()):
+                self.block, self.step = self.block + 1, 0
+                if self.block >= len(self.blocks):
+                    self.done = True
+                else:
+                    self.policy.start_block(self.tokens)
+                continue
+            if not self.policy.sets_own_steps:
+                counts = self.blocks[self.block].counts
+                if self.step >= counts.shape[1]:
+                    raise RuntimeError("the unmasking schedule ended with masks left in the block (a bug)")
+                if not bool(counts[:, self.step].any()):
+                    self.step, self.global_step = self.step + 1, self.global_step + 1
+                    continue
+            return
+
+    def apply(self, masked: torch.Tensor, sample, score: torch.Tensor) -> None:
+        """Commit this step given the draw at the `masked` (1, L) positions and their scores (1, L), -inf
+        elsewhere, then advance to the next step that needs a network call."""
+        x0 = self.tokens.clone()
+        x0[masked] = sample.tokens
+        if self.config.eoser and self.eos_id is not None:
+            gamma = eoser_gamma(self.global_step, self.total_steps, self.config.schedule, self.config.eoser_gamma_min)
+            score = torch.where(masked & (x0 == self.eos_id), score * gamma, score)
+        self.tokens, revealed, remasked = self.policy.commit(self.tokens, x0, masked, score, self.blocks[self.block],
+                                                             self.step, self.mask_id)
+        offset = self.prompt_length
+        self.revealed = revealed[0, offset:].nonzero()[:, 0].tolist()
+        self.remasked = [] if remasked is None else remasked[0, offset:].nonzero()[:, 0].tolist()
+        self.nfe += 1
+        self.step, self.global_step = self.step + 1, self.global_step + 1
+        self._skip_empty_steps()
+
+
+def _batched_draw_allowed(row: RowDecoder) -> bool:
+    """At temperature 0 a draw is an argmax per position, the same alone or batched; the random policy
+    still takes its scores from the row's own generator, so it draws alone."""
+    return row.config.temperature == 0 and row.config.remasking != "random"
+
+
+def step_rows(denoiser, rows: list[RowDecoder], pad_id: int) -> None:
+    """Advance every row (none done) by one step: one network call for all of them, left-padded."""
+    if not rows:
+        return
+    tokens, valid = pad_rows([r.tokens[0].tolist() for r in rows], pad_id, "left")
+    width = tokens.shape[1]
+    shifts = [width - r.length for r in rows]
+    wanted = torch.zeros_like(valid)  # (B, W): each row's masked positions in its current block
+    masked_of = [r.masked_in_block() for r in rows]
+    for b, (shift, masked) in enumerate(zip(shifts, masked_of)):
+        wanted[b, shift:] = masked[0]
+    device = denoiser.device
+    positions = default_position_ids(valid)
+    full_logits = any(r.config.full_logits for r in rows)
+    ids, valid_d, positions_d = tokens.to(device), valid.to(device), positions.to(device)
+    if full_logits:
+        logits = denoiser.logits(ids, valid_d, positions_d)[wanted.to(device)]
+    else:
+        at, present = active_positions(wanted.to(device))
+        logits = denoiser.logits(ids, valid_d, positions_d, at=at)[present]  # (N, V), row-major
+    per_row = logits.split(wanted.sum(-1).tolist())
+    samples = [None] * len(rows)
+    batched = [b for b, r in enumerate(rows) if _batched_draw_allowed(r)]
+    if batched:
+        # One argmax draw for all temperature-0 rows (statistics when any policy needs them).
+        stats = any(rows[b].policy.needs_statistics for b in batched)
+        together = draw(torch.cat([per_row[b] for b in batched]), rows[batched[0]].config, statistics=stats)
+        start = 0
+        for b in batched:
+            n = per_row[b].shape[0]
+            samples[b] = _slice_sample(together, start, start + n)
+            start += n
+    for b, row in enumerate(rows):
+        if samples[b] is None:
+            samples[b] = draw(per_row[b], row.config, row.generator, statistics=row.policy.needs_statistics)
+        sample = samples[b]
+        score = torch.full(row.tokens.shape, NEG_INF, dtype=torch.float64)  # (1, L)
+        score[masked_of[b]] = row.policy.scores(sample, row.generator).cpu()
+        sample.tokens = sample.tokens.cpu()
+        row.apply(masked_of[b], sample, score)
+
+
+def _slice_sample(sample, start: int, end: int):
+    pick = lambda t: None if t is None else t[start:end]  # noqa: E731
+    return type(sample)(pick(sample.tokens), pick(sample.logprob), pick(sample.top1_logprob),
+                        pick(sample.top2_logprob), pick(sample.entropy))
