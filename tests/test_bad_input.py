@@ -215,7 +215,7 @@ CASES = [
     ("bench speculative missing run", bench("speculative"), lambda r, t: ["--run", "/nonexistent/run"],
      "/nonexistent/run does not exist"),
     ("bench speculative bogus order", bench("speculative"), lambda r, t: ["--order", "bogus"], "invalid choice"),
-    ("bench report missing readme", bench("report"), lambda r, t: ["--readme", str(t / "x.md")], "x.md"),
+    ("bench report missing page", bench("report"), lambda r, t: ["--pages", str(t / "x.md")], "x.md"),
     ("bench sampling missing run", bench("sampling"), lambda r, t: ["--run", "/nonexistent", "--output-dir", str(t)],
      "not a run folder"),
 ]

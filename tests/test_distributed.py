@@ -27,12 +27,12 @@ EXPECTED = {"ddp_cpu.yaml": ("MULTI_GPU", 1, 2), "ddp_gpus.yaml": ("MULTI_GPU", 
 
 def test_every_shipped_accelerate_config_loads_as_documented():
     assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
-    readme = (REPO / "README.md").read_text()
+    docs = (REPO / "docs" / "pretraining.md").read_text()
     for name, (kind, machines, processes) in EXPECTED.items():
         config = load_config_from_file(str(CONFIGS / name))
         assert (config.distributed_type.value, config.num_machines, config.num_processes) == (kind, machines,
                                                                                                processes)
-        assert f"configs/accelerate/{name}" in readme, f"{name} has no launch command in the README"
+        assert f"configs/accelerate/{name}" in docs, f"{name} has no launch command in docs/pretraining.md"
     fsdp = load_config_from_file(str(CONFIGS / "fsdp_gpus.yaml")).fsdp_config
     assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "Block"
     from mdlm.model import Block  # the class the FSDP config names as its shard unit exists

@@ -1,5 +1,5 @@
 """The LM-head benchmark measures what it says: the active-positions variant returns (B, K, V) logits and
-needs less memory than the (B, L, V) head; its committed results render into the README table."""
+needs less memory than the (B, L, V) head; its committed results render into the docs table."""
 
 import json
 from pathlib import Path
@@ -21,6 +21,6 @@ def test_measurement_compares_the_full_head_with_the_block_head():
 def test_committed_results_render(tmp_path):
     results = json.loads((REPO / "results" / "lm_head.json").read_text())
     table = lm_head.markdown_table(results)
-    assert "126,464" in table and table in (REPO / "README.md").read_text()
+    assert "126,464" in table and table in (REPO / "docs" / "benchmarks.md").read_text()
     lm_head.plot(results, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000
