@@ -213,6 +213,7 @@ class LiveCanvas:
         self.tokenizer, self.mask_id = tokenizer, mask_id
         self.live = Live(console=console, refresh_per_second=12, transient=False)
         self.valid = None
+        self.noise = False  # re-noised positions are shown as their noise tokens (uniform-noise models)
         self.step = 0
 
     def __enter__(self):
@@ -231,7 +232,8 @@ class LiveCanvas:
         after = trace_step.state.clone()
         if trace_step.x0 is not None:
             after[trace_step.revealed] = trace_step.x0[trace_step.revealed]
-        after[trace_step.remasked] = self.mask_id
+        # uniform noise (DiffusionGemma): a re-noised position holds a fresh noise token (x0), not a mask
+        after[trace_step.remasked] = trace_step.x0[trace_step.remasked] if self.noise else self.mask_id
         for b in range(after.shape[0]):
             line = Text()
             for i, token in enumerate(after[b].tolist()):
@@ -241,6 +243,8 @@ class LiveCanvas:
                     line.append("_", style="dim")
                 elif bool(trace_step.revealed[b, i]):
                     line.append(self.tokenizer.decode([token]), style="bold green")
+                elif self.noise and bool(trace_step.remasked[b, i]):
+                    line.append(self.tokenizer.decode([token]), style="dim red")
                 else:
                     line.append(self.tokenizer.decode([token]))
             lines.append(line)
@@ -266,7 +270,7 @@ def generate_rows(model, tokenizer, rows, args, config, console):
         began = time.perf_counter()
         if args.live:
             live = LiveCanvas(tokenizer, console, model.mask_token_id)
-            live.valid = canvas.valid
+            live.valid, live.noise = canvas.valid, getattr(model, "corruption", "absorbing") == "uniform"
             show = ShowWhenNextArrives(live)
             with live:
                 result = decode(model, canvas, replace(batch_config, step_callback=show))
@@ -377,6 +381,8 @@ def _main(args) -> int:
     model, tokenizer, profile = load_run(args.model, args.device, args.family, args.trust_remote_code, args.dtype)
     args.model_config = model.model.config  # the run's training objective (ASSD needs an as-arm run)
     args.profile_name, args.eos_token_id = profile.name, stop_ids_of(model, tokenizer)[0]
+    if getattr(model, "corruption", "absorbing") == "uniform" and args.sampler == "confidence":
+        args.sampler = "uniform-noise"  # a uniform-noise model (DiffusionGemma) has one decoder, and no masks to fill
     config = config_from_args(args, tokenizer)
     prompts = chat_prompts(tokenizer, prompts, profile, not args.no_chat_template)
     rows = [pair for pair in prompts for _ in range(args.num_samples)]
@@ -436,6 +442,8 @@ def write_trace(path, trace_rows, tokenizer, config, mask_id: int) -> None:
                                   ("state", "revealed", "remasked", "logprob"))))
     final = torch.cat([_pad_tensor(f, width, tokenizer.pad_token_id) for f in finals])
     valid = torch.cat([_pad_tensor(v, width, False) for v in valids])
+    if config.sampler == "uniform-noise":  # re-noised tokens replay as noise; only the prompt is fixed
+        from mdlm.decode.uniform_noise import render_uniform_trace_html as render_trace_html
     page = render_trace_html(merged, final, valid, lambda i: tokenizer.decode([i]), mask_id, titles,
                              title=f"mdlm-generate: {config.sampler} sampler")
     Path(path).write_text(page, encoding="utf-8")

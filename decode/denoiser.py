@@ -19,11 +19,15 @@ import torch
 from mdlm.decode.canvas import default_position_ids  # noqa: F401  (train/rl imports it from here)
 
 ATTENTION_PATTERNS = ("bidirectional", "causal", "block-causal")
+# "absorbing": tokens are replaced by the mask id (masked diffusion); "uniform": by uniform random tokens
+# (DiffusionGemma, decoded by mdlm.decode.uniform_noise; its canvas marks slots with an id past the vocabulary).
+CORRUPTIONS = ("absorbing", "uniform")
 
 
 @runtime_checkable
 class Denoiser(Protocol):
     mask_token_id: int | None
+    corruption: str  # one of CORRUPTIONS: what the model was trained to undo
     attention: str  # one of ATTENTION_PATTERNS
     block_size: int | None  # attention block of a block-causal model
     context: int | None  # most positions the model takes
@@ -40,6 +44,7 @@ class Denoiser(Protocol):
 class CountedDenoiser:
     """What every wrapper shares: the counters, the device and the eval/train switch of its module."""
 
+    corruption = "absorbing"
     attention = "bidirectional"
     block_size = None
     supports_cache = False
@@ -181,6 +186,10 @@ def as_denoiser(model, mask_token_id: int | None = None, **kwargs) -> CountedDen
         from mdlm.decode.families import HFMaskedLMDenoiser, ProfiledDenoiser, detect_family
 
         profile = detect_family(config)
+        if profile is not None and profile.name == "diffusion-gemma":
+            from mdlm.decode.diffusion_gemma import DiffusionGemmaDenoiser
+
+            return DiffusionGemmaDenoiser(model)
         if profile is not None and profile.name != "ours" and not kwargs:
             return ProfiledDenoiser(model, profile, mask_token_id)
         refuse_causal_lm(model)

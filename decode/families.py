@@ -129,6 +129,14 @@ FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
                   examples=("kuleshov-group/bd3lm-owt-block_size4",), features=_features()),
     FamilyProfile("masked-lm", "any other transformers masked LM whose config or tokenizer has a mask token "
                   "(never detected: the fallback)", ban_special_tokens=True, features=_features()),
+    FamilyProfile("diffusion-gemma", "DiffusionGemma (transformers' own DiffusionGemmaForBlockDiffusion): uniform-noise "
+                  "block diffusion, no mask token; canvases of `canvas_length` denoised with the entropy-bound sampler "
+                  "(mdlm.decode.uniform_noise)", ("DiffusionGemmaForBlockDiffusion",), ("diffusion_gemma",),
+                  auto_class="DiffusionGemmaForBlockDiffusion", attention_mask="none", attention="block-causal",
+                  block_size=256, block_size_key="canvas_length", stop_tokens=("<end_of_turn>", "<turn|>", "<eos>"),
+                  chat_template=True, examples=("google/diffusiongemma-26B-A4B-it",),
+                  features=_features("encoder KV cache of committed canvases", "no (uniform noise)",
+                                     "no (uniform noise)", "generate_until (no likelihood)")),
 )}
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from mdlm.decode.families import FAMILY_REGISTRY, FamilyProfile, ProfiledDenoiser, detect_family, get_family
+from mdlm.decode.families import (FAMILY_REGISTRY, FamilyProfile, ProfiledDenoiser, detect_family, get_family,
+                                  stop_token_ids)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CAUSAL_ARCHITECTURE = re.compile(r"(ForCausalLM|LMHeadModel)$")
@@ -66,6 +67,10 @@ def denoiser_of(model, profile: FamilyProfile, tokenizer=None, mask_token_id: in
         if mask_id is not None:
             model.config.mask_token_id = int(mask_id)
         return MDLMDenoiser(model)
+    if profile.name == "diffusion-gemma":  # uniform noise: no mask id; its own encoder / decoder calls
+        from mdlm.decode.diffusion_gemma import DiffusionGemmaDenoiser
+
+        return DiffusionGemmaDenoiser(model, tokenizer, stop_token_ids(profile, tokenizer, model.config.text_config))
     return ProfiledDenoiser(model, profile, mask_token_id, tokenizer)
 
 

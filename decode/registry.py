@@ -20,6 +20,8 @@ SAMPLER_REGISTRY: dict[str, str] = {
     # ASSD's two baselines: one token per call (its distribution), and conditionally independent drafts.
     "assd-sequential": "mdlm.decode.speculative:sequential_decode",
     "assd-parallel": "mdlm.decode.speculative:parallel_decode",
+    # Uniform-noise block diffusion (DiffusionGemma): random canvases, entropy-bound acceptance, re-noising.
+    "uniform-noise": "mdlm.decode.uniform_noise:uniform_noise_decode",
 }
 
 

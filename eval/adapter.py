@@ -184,6 +184,8 @@ class MDLMEvalModel(LM):
             raise ValueError(f"max_gen_toks must be >= 1, got {max_gen_toks}")
         from mdlm.decode import DecodeConfig
 
+        if self.uniform_noise:  # DiffusionGemma: its one decoder, whatever the masked default is
+            decode_args.setdefault("sampler", "uniform-noise")
         self.decode_config = DecodeConfig(**{"temperature": 0.0, **decode_args}, eos_token_id=self.eos_token_id)
         if self.decode_config.sampler == "assd" and (self.profile.name != "ours"
                                                      or getattr(self.config, "objective", None) != "as-arm"):
@@ -240,6 +242,16 @@ class MDLMEvalModel(LM):
     @property
     def is_autoregressive(self) -> bool:
         return self.denoiser.attention == "causal"
+
+    @property
+    def uniform_noise(self) -> bool:
+        return getattr(self.denoiser, "corruption", "absorbing") == "uniform"
+
+    def _refuse_likelihood(self) -> None:
+        if self.uniform_noise:
+            raise ValueError(f"{self.profile.name} is a uniform-noise diffusion model: mdlm has no likelihood bound for "
+                             "uniform noise (the masked ELBO does not apply), so loglikelihood tasks cannot be scored; "
+                             "evaluate it on generate_until tasks")
 
     @property
     def prefix_token_id(self) -> int:
@@ -303,6 +315,7 @@ class MDLMEvalModel(LM):
                              progress=progress)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        self._refuse_likelihood()
         pairs = [self._encode_pair(*request.args) for request in requests]
         if self.is_autoregressive:
             scored = autoregressive_nll(self.model, pairs, self.batch_size, not disable_tqdm)
@@ -341,6 +354,7 @@ class MDLMEvalModel(LM):
         return [tuple(make_disjoint_window(window)) for window in windows]
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        self._refuse_likelihood()
         windows, owners = [], []
         for index, request in enumerate(requests):
             for window in self.rolling_windows(request.args[0]):
@@ -400,7 +414,8 @@ class MDLMEvalModel(LM):
                              "an infill context has exactly one hole")
         prefix, _, suffix = context.partition(INFILL_HOLE)
         prefix_ids = self.tok_encode(prefix) or [self.prefix_token_id]
-        suffix_ids = self.tok_encode(suffix) if self.infill_suffix and not self.is_autoregressive else []
+        sees_suffix = self.infill_suffix and not (self.is_autoregressive or self.uniform_noise)  # those continue the prefix
+        suffix_ids = self.tok_encode(suffix) if sees_suffix else []
         room = self.max_length - max_gen_toks
         suffix_ids = suffix_ids[: max(room - len(prefix_ids), room // 2)]
         return prefix_ids[-(room - len(suffix_ids)):], suffix_ids
