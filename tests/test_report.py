@@ -78,3 +78,10 @@ def test_check_fails_on_a_stale_page_and_passes_once_it_is_regenerated(tmp_path,
     assert "out of date" in capsys.readouterr().err and "hand-edited" in page.read_text()
     assert report.main(common) == 0
     assert "hand-edited" not in page.read_text() and report.main(common + ["--check"]) == 0
+
+
+def test_the_families_table_is_generated_from_the_registry(tmp_path):
+    from mdlm.decode.families import families_table
+
+    out = report.render_text("x\n<!-- families -->\n| stale |\n<!-- /families -->\ny\n", tmp_path)
+    assert out == f"x\n<!-- families -->\n{families_table()}\n<!-- /families -->\ny\n"

@@ -7,7 +7,8 @@ how it was run) live beside the data as `results/NAME.md`, written by whoever ra
 `<!-- /results:NAME -->`; this script replaces what is between them with the table followed by the
 narrative. A benchmark run again into a subfolder (`--output-dir results/rl-countdown`) has the block
 `<!-- results:rl-countdown/rl -->`: the table of `results/rl-countdown/rl.json` by the module `rl`, and the
-narrative `results/rl-countdown/rl.md`.
+narrative `results/rl-countdown/rl.md`. Tables generated from code rather than results live between
+`<!-- NAME -->` and `<!-- /NAME -->` for the NAMEs of `CODE_TABLES` (the model families' table).
 
     python -m mdlm.eval.bench.report            # rewrite the pages in place
     python -m mdlm.eval.bench.report --check    # exit 1 if a page is out of date
@@ -24,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+(?:/[\w-]+)*) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+# Tables that code computes (no results file): marker name -> "module:function" returning the table.
+CODE_TABLES = {"families": "mdlm.decode.families:families_table"}
+CODE_BLOCK = re.compile(r"(<!-- (?P<name>%s) -->\n)(?P<body>.*?)(<!-- /(?P=name) -->)" % "|".join(CODE_TABLES), re.S)
 
 
 def pages(root: Path = ROOT) -> list[Path]:
@@ -46,9 +50,15 @@ def render_block(name: str, results_dir: Path) -> str:
     return body
 
 
+def render_code_table(name: str) -> str:
+    module_name, function_name = CODE_TABLES[name].split(":")
+    return getattr(importlib.import_module(module_name), function_name)().rstrip("\n") + "\n"
+
+
 def render_text(text: str, results_dir: Path) -> str:
-    """`text` with every result block regenerated from `results_dir`."""
-    return BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name"), results_dir) + m.group(4), text)
+    """`text` with every result block regenerated from `results_dir`, and every code table from its code."""
+    text = BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name"), results_dir) + m.group(4), text)
+    return CODE_BLOCK.sub(lambda m: m.group(1) + render_code_table(m.group("name")) + m.group(4), text)
 
 
 render_readme = render_text  # the name this function had while the blocks lived in the README
