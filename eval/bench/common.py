@@ -109,8 +109,8 @@ def write_json(path: Path, results: dict) -> dict:
 def add_output_dir_argument(parser) -> None:
     """The one output flag of every benchmark: `--output-dir`, the folder of NAME.json and NAME.png."""
     parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "results",
-                        help="folder of the results JSON and plot (default: results/, which the README tables "
-                             "are generated from)")
+                        help="folder of the results JSON and plot (default: results/, which the tables of "
+                             "docs/benchmarks.md are generated from)")
 
 
 def write_results(results_dir: Path, name: str, results: dict, plot, markdown_table) -> dict:
@@ -125,7 +125,7 @@ def write_results(results_dir: Path, name: str, results: dict, plot, markdown_ta
 
 def quick_results_dir(results_dir: Path, quick: bool) -> Path:
     """Where a benchmark writes: a --quick (smoke) run aimed at the committed results/ writes beside them,
-    in results/quick/, so that it never replaces the numbers the README is generated from."""
+    in results/quick/, so that it never replaces the numbers the docs are generated from."""
     results_dir = Path(results_dir)
     if quick and results_dir.resolve() == (REPO_ROOT / "results").resolve():
         results_dir = results_dir / "quick"

@@ -36,7 +36,7 @@ METHODS = ("diffu-grpo", "mdpo", "cj-grpo")
 
 # Sizes: FULL is 15 RL runs of R = 160 rollouts (a 3-point lr sweep per method at seed 0, then 2 more
 # seeds at the best lr), 3-5 minutes each with their evaluations, plus best-of-160 of the SFT model (about
-# 10 minutes): about 45 minutes split over two processes on 2 cores (README); QUICK is a smoke run.
+# 10 minutes): about 45 minutes split over two processes on 2 cores (docs/benchmarks.md); QUICK is a smoke run.
 FULL = dict(seeds=[0, 1, 2], rollouts=160, batch=8, num_generations=4, eval_examples=192, pass_k=4,
             best_of_n=None, curve_every=5, lrs={"diffu-grpo": [1e-5, 3e-5, 1e-4], "mdpo": [1e-5, 3e-5, 1e-4],
                                                  "cj-grpo": [1e-5, 3e-5, 1e-4]})
@@ -391,7 +391,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--batch {sizes['batch']} must be a multiple of --num-generations {sizes['num_generations']} "
                          "(at least 2): each generation holds whole groups")
     if not (args.sft / "config.json").is_file():
-        raise SystemExit(f"--sft {args.sft}: no SFT run there; train one with the README's recipe "
+        raise SystemExit(f"--sft {args.sft}: no SFT run there; train one with the recipe of docs/finetuning.md "
                          "(python train/sft.py --task sudoku ... --output-dir runs/sft-sudoku)")
     results_dir = quick_results_dir(args.output_dir, args.quick)
     folder = runs_dir() / ("rl-quick" if args.quick else "rl")

@@ -1,4 +1,4 @@
-"""The README table of RL finetuning: held-out accuracy of the SFT model and of diffu-GRPO over seeds.
+"""The table of RL finetuning in docs/rl.md: held-out accuracy of the SFT model and of diffu-GRPO over seeds.
 
     python -m mdlm.train.rl.table --task sudoku --sft runs/sft-sudoku --seeds 0 1 2 -- --max-steps 20 ...
     python -m mdlm.train.rl.table --task sudoku --sft runs/sft-sudoku-seed0 runs/sft-sudoku-seed1 \
