@@ -144,6 +144,32 @@ def test_unsupported_schemas_name_the_keyword_and_its_path(stdlib_tokenizer, sch
         Scaffold(schema, stdlib_tokenizer)
 
 
+def _nested(schema, levels, **array):
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema, **array} if array else \
+            {"type": "object", "properties": {"a": schema}, "required": ["a"]}
+    return schema
+
+
+@pytest.mark.parametrize("schema, expected", [
+    # issue 30: these built (or tried to build) the whole scaffold before any check: 60 s and 1 GB, growing
+    ({"type": "array", "items": {"type": "integer"}, "maxItems": 1_000_000_000}, "more than 512 values"),
+    (_nested({"type": "integer"}, 4, maxItems=100), "nested arrays multiply"),
+    # a RecursionError from the cycle check, jsonschema and the tree builder
+    (_nested({"type": "integer"}, 5000), "nests deeper than 100 levels"),
+    (_nested({"type": "integer"}, 5000, maxItems=1), "nests deeper than 100 levels"),
+])
+def test_schema_bounds_are_checked_before_the_scaffold_is_built(model, stdlib_tokenizer, schema, expected):
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(UnsupportedSchemaError, match=expected):
+        generate_json(model, stdlib_tokenizer, "x", schema)
+    with pytest.raises(UnsupportedSchemaError, match=expected.replace("512", "4096")):
+        Scaffold(schema, stdlib_tokenizer)  # no model, no context: the fixed bound
+    assert time.perf_counter() - started < 5
+
+
 # --- reading a slot back --------------------------------------------------------------------------------
 
 def _ids(tokenizer, text):

@@ -62,6 +62,23 @@ def test_countdown_parser_is_exact_and_safe():
             countdown.evaluate(bad)
 
 
+def test_countdown_reward_is_total_over_any_input():
+    """Issue 30: 5,000 nested parentheses raised RecursionError (aborting an RL step), None and bytes raised
+    TypeError, and Arabic-Indic digits were read as numbers. Every one scores 0, and fast."""
+    import time
+
+    deep = "(" * 5000 + "3" + ")" * 5000
+    assert countdown.evaluate("(" * 100 + "1+2" + ")" * 100) == (Fraction(3), [1, 2])  # deep but short: parsed
+    hostile = [deep, "(" * 5000, None, b"1+2", 12, [{"role": "assistant"}], "١+٢", "1+\u0662", "²+1",
+               "9**9**9", "999999*" * 2000 + "1"]
+    started = time.perf_counter()
+    rewards = countdown.countdown_reward(None, hostile, None, numbers=["1 2"] * len(hostile), target=[3] * len(hostile))
+    assert rewards == [0.0] * len(hostile)
+    assert time.perf_counter() - started < 1.0
+    assert countdown.countdown_reward(None, ["1+2", [{"content": "2+1"}]], None, numbers=["1 2"] * 2,
+                                      target=[3] * 2) == [1.0, 1.0]
+
+
 def test_countdown_targets_against_brute_force():
     # Brute force over every ordering, every pair of operators and both bracketings.
     numbers = (3, 5, 8)

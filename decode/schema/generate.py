@@ -100,7 +100,7 @@ def generate_json(model, tokenizer, prompt: str, schema: dict, config: DecodeCon
                          "mdlm.decode.loading.load_denoiser (its family knows the mask id) or the tokenizer with "
                          "mdlm.tokenizer.load_tokenizer")
     meter = denoiser.meter()
-    scaffold = scaffold or Scaffold(schema, tokenizer, slot_tokens)
+    scaffold = scaffold or Scaffold(schema, tokenizer, slot_tokens, context=denoiser.context)
     scaffold.mask_token_id = denoiser.require_mask_id()  # a family's mask id need not be its tokenizer's
     profile = getattr(denoiser, "profile", None)
     if constrain and profile is not None and profile.shifted_logits:

@@ -24,31 +24,78 @@ class SlotState:
     attempts: int = 0
 
 
-def _refuse_cycles(value, path: str = "", open_ids: frozenset = frozenset()) -> None:
-    """A schema dict that contains itself (built in Python; JSON text cannot) would recurse without end in
-    the validator and the tree builder: refuse it with the place where it loops back."""
-    if isinstance(value, (dict, list)):
+# Bounds checked before anything is built. The schema document may nest at most MAX_SCHEMA_NESTING levels of
+# objects/arrays (jsonschema's own check and the tree builder recurse once per level; Python's stack ends
+# near 200 array levels), and the scaffold may hold at most MAX_SCAFFOLD_VALUES values once arrays are
+# expanded to their maxItems (nested arrays multiply: four levels of maxItems 100 are 10^8 values, which
+# would take minutes and gigabytes to build before any context check could refuse them).
+MAX_SCHEMA_NESTING = 100
+MAX_SCAFFOLD_VALUES = 4096
+
+
+def _check_shape(schema) -> None:
+    """Refuse, without recursion, a schema that contains itself (a Python object built that way; JSON text
+    cannot) or nests deeper than MAX_SCHEMA_NESTING levels, naming the place."""
+    stack = [(schema, "", 0, frozenset())]
+    while stack:
+        value, path, depth, open_ids = stack.pop()
+        if not isinstance(value, (dict, list)):
+            continue
         if id(value) in open_ids:
             raise UnsupportedSchemaError(f"the schema refers to itself at {path or '/'} (a Python object that "
                                          "contains itself); recursive schemas cannot be scaffolded")
+        if depth >= MAX_SCHEMA_NESTING:
+            raise UnsupportedSchemaError(f"the schema nests deeper than {MAX_SCHEMA_NESTING} levels (at "
+                                         f"{path[:120]}...); scaffolds are built for shallower schemas: flatten it")
         items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            _refuse_cycles(item, f"{path}/{key}", open_ids | {id(value)})
+        stack.extend((item, f"{path}/{key}", depth + 1, open_ids | {id(value)}) for key, item in items)
+
+
+def expanded_values(schema: dict, limit: int = MAX_SCAFFOLD_VALUES) -> int:
+    """How many values (objects, arrays, scalars) the scaffold of `schema` holds with every array at its
+    maxItems, counted without building it; counting stops once past `limit`. Call on a checked schema."""
+    total, stack = 0, [(schema, 1)]
+    while stack and total <= limit:
+        node, copies = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        total += copies
+        for sub in (node.get("properties") or {}).values() if isinstance(node.get("properties"), dict) else ():
+            stack.append((sub, copies))
+        max_items = node.get("maxItems")
+        if isinstance(node.get("items"), dict) and isinstance(max_items, int) and max_items > 0:
+            total += copies * max_items  # an item's "one more / the end" choice
+            stack.append((node["items"], copies * max_items))
+    return total
+
+
+def check_scaffold_size(schema: dict, context: int | None = None) -> None:
+    """Refuse a schema whose scaffold would hold more than MAX_SCAFFOLD_VALUES values, or more values than
+    the model's `context` has tokens (every value takes at least one), before it is built."""
+    limit = MAX_SCAFFOLD_VALUES if context is None else min(MAX_SCAFFOLD_VALUES, context)
+    count = expanded_values(schema, limit)
+    if count > limit:
+        bound = (f"the model's context of {context} tokens (each value takes one at least)" if limit == context
+                 else f"the {MAX_SCAFFOLD_VALUES} a scaffold is built for")
+        raise UnsupportedSchemaError(f"the schema's scaffold would hold more than {limit} values with every array at "
+                                     f"its maxItems (nested arrays multiply), more than {bound}; lower maxItems")
 
 
 class Scaffold:
     """A compiled schema bound to a tokenizer: renders canvases and reads slots back."""
 
-    def __init__(self, schema: dict, tokenizer, slot_tokens: int = DEFAULT_SLOT_TOKENS):
+    def __init__(self, schema: dict, tokenizer, slot_tokens: int = DEFAULT_SLOT_TOKENS, context: int | None = None):
+        """`context`: the model's, when known: a scaffold that cannot fit it is refused before it is built."""
         if not isinstance(schema, dict):
             raise UnsupportedSchemaError(f"the schema must be a JSON object, got {type(schema).__name__}")
-        _refuse_cycles(schema)
+        _check_shape(schema)
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as error:
             where = "".join(pointer("", part) for part in error.path) or "/"
             raise UnsupportedSchemaError(f"the schema itself is not valid JSON Schema at {where}: "
                                          f"{error.message}") from None
+        check_scaffold_size(schema, context)
         self.schema = schema
         self.tokenizer = tokenizer
         builder = TreeBuilder(slot_tokens)

@@ -17,8 +17,9 @@ each number sits the same distance before its place in a parenthesis-free answer
 by relative position, as the sudoku model copies its givens.
 
 Reward (TRL signature): 1 for a valid expression that uses each number exactly once and equals the
-target, 0.1 for a well-formed expression that does not, 0 for anything that does not parse. The parser
-is a small recursive-descent one over integers, + - * / and parentheses (never `eval`).
+target, 0.1 for a well-formed expression that does not, 0 for anything that does not parse (or is not a
+string). The parser is a small operator-precedence one over integers, + - * / and parentheses (never
+`eval`, no recursion).
 `reachable_targets` enumerates every target of a multiset (any order) by brute force.
 """
 
@@ -39,10 +40,15 @@ WELL_FORMED_REWARD = 0.1
 
 # ----------------------------------------------------------------------------------------------------
 # The safe parser: expr := term (('+'|'-') term)*; term := factor (('*'|'/') factor)*;
-# factor := integer | '(' expr ')'
+# factor := integer | '(' expr ')'. Total over any input: no recursion (5,000 nested parentheses are one
+# loop, not 5,000 stack frames), ASCII digits only (str.isdigit and \d accept Arabic-Indic and other digits,
+# which int() would then read), at most MAX_TOKENS tokens and 6-digit numbers, so every answer is parsed
+# in well under a millisecond per token and a bad one scores 0.
 # ----------------------------------------------------------------------------------------------------
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|(.))")
+_TOKEN = re.compile(r"\s*(?:([0-9]+)|(.))", re.DOTALL)
+MAX_TOKENS = 256  # a countdown answer over 4 numbers has about 15
+PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 
 
 class ParseError(ValueError):
@@ -58,64 +64,65 @@ def _tokens(text: str) -> list[str]:
             out.append(other)
         elif other.strip():
             raise ParseError(f"unexpected character {other!r}")
+        if len(out) > MAX_TOKENS:
+            raise ParseError(f"longer than {MAX_TOKENS} tokens")
     return out
+
+
+def _apply(values: list[Fraction], op: str) -> None:
+    right, left = values.pop(), values.pop()
+    if op == "/" and right == 0:
+        raise ParseError("division by zero")
+    values.append(left + right if op == "+" else left - right if op == "-" else left * right if op == "*"
+                  else left / right)
 
 
 def evaluate(text: str) -> tuple[Fraction, list[int]]:
     """(exact value, the integers used in order) of an arithmetic expression; ParseError if it is not
-    one (including division by zero and numbers longer than 6 digits)."""
-    tokens, pos = _tokens(text), 0
-    numbers: list[int] = []
+    one (including division by zero, numbers longer than 6 digits and more than MAX_TOKENS tokens).
 
-    def peek():
-        return tokens[pos] if pos < len(tokens) else None
-
-    def take():
-        nonlocal pos
-        pos += 1
-        return tokens[pos - 1]
-
-    def factor() -> Fraction:
-        token = peek()
-        if token is None:
-            raise ParseError("the expression ends early")
-        if token == "(":
-            take()
-            value = expr()
-            if peek() != ")":
-                raise ParseError("missing ')'")
-            take()
-            return value
-        if token.isdigit():
-            if len(token) > 6:
-                raise ParseError("number too long")
-            take()
-            numbers.append(int(token))
-            return Fraction(int(token))
-        raise ParseError(f"unexpected {token!r}")
-
-    def term() -> Fraction:
-        value = factor()
-        while peek() in ("*", "/"):
-            op, right = take(), factor()
-            if op == "/" and right == 0:
-                raise ParseError("division by zero")
-            value = value * right if op == "*" else value / right
-        return value
-
-    def expr() -> Fraction:
-        value = term()
-        while peek() in ("+", "-"):
-            op, right = take(), term()
-            value = value + right if op == "+" else value - right
-        return value
-
+    Operator precedence parsing with two stacks (Dijkstra's shunting yard), left-associative, evaluated
+    as it goes: the grammar above without recursion. `expect_value` alternates: a number or '(' where a
+    value must come, an operator or ')' after one."""
+    tokens = _tokens(text)
     if not tokens:
         raise ParseError("empty expression")
-    value = expr()
-    if pos != len(tokens):
-        raise ParseError(f"unexpected {tokens[pos]!r} after the expression")
-    return value, numbers
+    values: list[Fraction] = []
+    operators: list[str] = []
+    numbers: list[int] = []
+    expect_value = True
+    for token in tokens:
+        if expect_value:
+            if token == "(":
+                operators.append(token)
+            elif token.isdigit():
+                if len(token) > 6:
+                    raise ParseError("number too long")
+                numbers.append(int(token))
+                values.append(Fraction(int(token)))
+                expect_value = False
+            else:
+                raise ParseError(f"unexpected {token!r}")
+        elif token == ")":
+            while operators and operators[-1] != "(":
+                _apply(values, operators.pop())
+            if not operators:
+                raise ParseError("unexpected ')' after the expression")
+            operators.pop()
+        elif token in PRECEDENCE:
+            while operators and operators[-1] != "(" and PRECEDENCE[operators[-1]] >= PRECEDENCE[token]:
+                _apply(values, operators.pop())
+            operators.append(token)
+            expect_value = True
+        else:
+            raise ParseError(f"unexpected {token!r} after the expression")
+    if expect_value:
+        raise ParseError("the expression ends early")
+    while operators:
+        if operators[-1] == "(":
+            raise ParseError("missing ')'")
+        _apply(values, operators.pop())
+    return values[0], numbers
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -251,14 +258,20 @@ def build_dataset(split: str, num_examples: int | None = None, seed: int = 0, nu
     return datasets.Dataset.from_dict(rows)
 
 
-def _text(completion) -> str:
+def _text(completion) -> str | None:
+    """The completion's text (TRL passes a string, or a conversation whose last message holds it); None for
+    anything else, which scores 0."""
     if isinstance(completion, list):
-        return completion[-1]["content"] if completion else ""
+        last = completion[-1] if completion else {"content": ""}
+        return last.get("content") if isinstance(last, dict) else None
     return completion
 
 
 def score(completion: str, numbers: str | list[int], target: int) -> float:
+    """The reward of one answer: total over any input (not a string, bytes, None: 0)."""
     given = sorted(int(n) for n in (numbers.split() if isinstance(numbers, str) else numbers))
+    if not isinstance(completion, str):
+        return 0.0
     try:
         value, used = evaluate(completion)
     except ParseError:
