@@ -177,3 +177,29 @@ class DiffusionGemmaDenoiser(CountedDenoiser):
     def embedding_dtype(self) -> torch.dtype:
         """The dtype the self-conditioning logits are fed back in (the decoder's embeddings')."""
         return self.model.model.decoder.embed_tokens.weight.dtype
+
+
+def tiny_diffusion_gemma(vocab_size: int, canvas_length: int = 8, hidden_size: int = 32, layers: int = 2,
+                         seed: int = 0, sharpness: float = 1.0, **text_fields):
+    """A small random `DiffusionGemmaForBlockDiffusion` built from its config (tests and benchmarks; nothing
+    is downloaded): text sizes of a few dozen and a one-layer vision tower the text path never runs (the
+    class always builds one). `sharpness` scales the weight matrices: random weights at the 0.02 init
+    give near-uniform predictions; larger ones spread the entropies over the bound's range."""
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+
+    text = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=hidden_size // 2,
+                global_head_dim=hidden_size // 2, max_position_embeddings=1024, sliding_window=16,
+                layer_types=["sliding_attention"] * (layers - 1) + ["full_attention"], num_experts=2, top_k_experts=1,
+                moe_intermediate_size=hidden_size, **text_fields)
+    vision = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=2, head_dim=8, position_embedding_size=64)
+    torch.manual_seed(seed)
+    model = DiffusionGemmaForBlockDiffusion(DiffusionGemmaConfig(text_config=text, vision_config=vision,
+                                                                 canvas_length=canvas_length)).eval()
+    if sharpness != 1.0:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.dim() == 2:
+                    parameter.mul_(sharpness)
+    return model

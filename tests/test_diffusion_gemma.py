@@ -17,12 +17,11 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion  # noqa: E402
 from transformers.models.diffusion_gemma import generation_diffusion_gemma as reference  # noqa: E402
 
 from mdlm.decode import DecodeConfig  # noqa: E402
 from mdlm.decode.canvas import Canvas, pad_rows  # noqa: E402
-from mdlm.decode.diffusion_gemma import DiffusionGemmaDenoiser, UniformNoiseSettings  # noqa: E402
+from mdlm.decode.diffusion_gemma import DiffusionGemmaDenoiser, UniformNoiseSettings, tiny_diffusion_gemma  # noqa: E402
 from mdlm.decode.uniform_noise import entropy_bound_accept, uniform_noise_decode  # noqa: E402
 
 CANVAS = 8
@@ -30,21 +29,12 @@ CHAT_TEMPLATE = ("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['c
                  "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 
-def tiny_diffusion_gemma(tokenizer, seed: int = 0, steps: int = 4) -> DiffusionGemmaForBlockDiffusion:
-    text = dict(vocab_size=len(tokenizer) + 6, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=16,
-                max_position_embeddings=256, sliding_window=16, layer_types=["sliding_attention", "full_attention"],
-                num_experts=2, top_k_experts=1, moe_intermediate_size=32, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
-    vision = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                  num_attention_heads=2, num_key_value_heads=2, head_dim=8, position_embedding_size=64)
-    torch.manual_seed(seed)
-    model = DiffusionGemmaForBlockDiffusion(DiffusionGemmaConfig(text_config=text, vision_config=vision,
-                                                                 canvas_length=CANVAS)).eval()
-    with torch.no_grad():  # sharper than the 0.02 init, so that entropies spread over the bound's range
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.mul_(40.0)
+def tiny_gemma_for(tokenizer, seed: int = 0, steps: int = 4):
+    """The tiny checkpoint over `tokenizer` (a few ids to spare), as a checkpoint would ship it: eos ids
+    (end of text, end of turn), pad id and the step count in its generation config."""
+    model = tiny_diffusion_gemma(len(tokenizer) + 6, CANVAS, seed=seed, sharpness=40.0,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                 bos_token_id=tokenizer.bos_token_id)
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
     generation = model.generation_config
     generation.eos_token_id, generation.pad_token_id = [tokenizer.eos_token_id, end_of_turn], tokenizer.pad_token_id
@@ -71,7 +61,7 @@ def gemma_tokenizer(stdlib_tokenizer):
 
 @pytest.fixture(scope="module")
 def gemma_model(gemma_tokenizer):
-    return tiny_diffusion_gemma(gemma_tokenizer)
+    return tiny_gemma_for(gemma_tokenizer)
 
 
 @pytest.fixture(scope="module")
