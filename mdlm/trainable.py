@@ -21,6 +21,8 @@ tests/test_finetune_forward.py checks per family that the two agree at the maske
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import weakref
 from pathlib import Path
 
@@ -36,7 +38,8 @@ from mdlm.decode.denoiser import CountedDenoiser, as_denoiser
 LLAMA_STYLE = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_TARGETS: dict[str, tuple[str, ...]] = {
     "ours": ("qkv", "out", "mlp.0", "mlp.2"),
-    "llada": ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"),
+    # LLaDA's published names and the Llama names of its native module (mdlm.families.llada)
+    "llada": ("q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out", *LLAMA_STYLE[3:]),
     "llada-moe": LLAMA_STYLE,
     "llada2": ("query_key_value", "dense", "gate_proj", "up_proj", "down_proj"),
     "dream": LLAMA_STYLE,
@@ -135,13 +138,15 @@ class TrainableDenoiser(torch.nn.Module):
     `config` is the network's own config with `mask_token_id` set to the denoiser's (the losses read
     it); `context` the most positions the network takes. After `add_lora`, `model` is the peft model."""
 
-    def __init__(self, denoiser: CountedDenoiser):
+    def __init__(self, denoiser: CountedDenoiser, source=None):
         super().__init__()
         self.model = denoiser.model
         object.__setattr__(self, "denoiser", denoiser)  # not a submodule: its model already is one
         bind(self.model, denoiser)
         self.config = self.model.config
         self.config.mask_token_id = denoiser.require_mask_id()
+        # a native module (mdlm.families) is saved under the published names with the checkpoint's config
+        self.published_config = published_config(source)
 
     @property
     def context(self) -> int | None:
@@ -179,19 +184,77 @@ class TrainableDenoiser(torch.nn.Module):
     def save_pretrained(self, folder, **kwargs) -> None:
         """The network's weights as its family saves them (loadable by `load_denoiser`); with LoRA the
         merged weights, and the adapter alone in `folder/adapter`."""
-        save_network(self.model, folder, **kwargs)
+        save_network(self.model, folder, self.published_config, getattr(self.denoiser, "profile", None), **kwargs)
 
 
-def save_network(model, folder, **kwargs) -> None:
-    """`model` (bare or peft) saved as its family saves it; a peft model's merged weights at the top and
-    its adapter in `folder/adapter` (adapter_config.json + adapter_model.safetensors)."""
+def published_config(source) -> dict | None:
+    """The config.json fields of the checkpoint `source` (a local folder or a hub name), or None."""
+    if source is None:
+        return None
+    path = Path(str(source)) / "config.json"
+    if not path.is_file() and not Path(str(source)).exists():  # a hub name: its config, cached by the load
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(str(source), "config.json"))
+        except Exception:  # offline or not on the hub: a native module then cannot be saved (said there)
+            return None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def save_network(model, folder, fields: dict | None = None, profile=None, **kwargs) -> None:
+    """`model` (bare or peft) saved as its family saves it, so that `load_denoiser` reads it as it read the
+    checkpoint: transformers' `save_pretrained`, or a native module's weights under the published names
+    with the checkpoint's config.json `fields`. A peft model's merged weights go at the top and its adapter
+    alone in `folder/adapter` (adapter_config.json + adapter_model.safetensors)."""
     model = unwrap_parallel(model)
-    if not is_lora(model):
-        model.save_pretrained(folder, **kwargs)
-        return
-    network = model.get_base_model()
-    network.save_pretrained(folder, state_dict=merged_state_dict(model), **kwargs)
-    model.save_pretrained(str(Path(folder) / "adapter"))
+    lora = is_lora(model)
+    network = model.get_base_model() if lora else model
+    state = merged_state_dict(model) if lora else None
+    if hasattr(network, "save_pretrained"):
+        network.save_pretrained(folder, **({"state_dict": state} if state is not None else {}), **kwargs)
+    else:
+        save_published(network, folder, fields, getattr(profile, "name", None), state)
+    if lora:
+        model.save_pretrained(str(Path(folder) / "adapter"))
+
+
+def save_published(network, folder, fields: dict | None, family: str | None, state: dict | None = None) -> None:
+    """A native module of `mdlm.families` as the published checkpoint it was loaded from: model.safetensors
+    under the published weight names (the family's WEIGHT_NAMES read backwards) and config.json."""
+    from safetensors.torch import save_file
+
+    from mdlm.families import NATIVE
+
+    if family not in NATIVE or fields is None:
+        raise ValueError(f"cannot save a {type(network).__name__}: it has no save_pretrained and is no native family "
+                         "module loaded from a local checkpoint folder (whose config.json is written back)")
+    state = dict(network.state_dict() if state is None else state)
+    if getattr(network.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # the published checkpoint holds the tied matrix once
+    table = NATIVE[family][0].WEIGHT_NAMES
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({published_name(k, table): v.detach().contiguous() for k, v in state.items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(fields, indent=1), encoding="utf-8")
+
+
+def published_name(name: str, table) -> str:
+    """Our name of a weight -> the published one, by a (published pattern, our template) table as
+    `mdlm.families` loads with (groups such as `(\\d+)` become the template's `\\1`, and back)."""
+    for published, ours in table:
+        groups = re.findall(r"\((.*?)\)", published)
+        pattern = re.escape(ours)
+        for number, group in enumerate(groups, 1):
+            pattern = pattern.replace(re.escape(f"\\{number}"), f"({group})")
+        match = re.fullmatch(pattern, name)
+        if match:
+            template = published
+            for number, group in enumerate(groups, 1):
+                template = template.replace(f"({group})", f"\\{number}", 1)
+            return match.expand(template.replace("\\.", "."))
+    return name
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def test_tiny_sft_lowers_the_response_loss_and_resumes_exactly_in_few_steps(tmp_
 
 
 def test_bad_input_gets_clear_errors(tmp_path, tiny_run_dir, capsys):
-    with pytest.raises(ValueError, match="--init-from is required"):
+    with pytest.raises(ValueError, match="--model is required"):
         finetune(SFTArgs(task="signatures"))
     with pytest.raises(ValueError, match="exactly one of --data"):
         finetune(SFTArgs(init_from=str(tiny_run_dir)))

@@ -1,6 +1,8 @@
 """Supervised finetuning of a masked diffusion model on prompt/response pairs (LLaDA's SFT recipe).
 
-    accelerate launch train/sft.py --init-from runs/mdlm-small --task signatures
+    accelerate launch train/sft.py --model runs/mdlm-small --task signatures
+    accelerate launch train/sft.py --model GSAI-ML/LLaDA-8B-Instruct --data pairs.jsonl --lora-r 32 \
+        --mixed-precision bf16 --gradient-checkpointing        # any family of mdlm.decode.families
     python train/sft.py --task sudoku --preset tiny --output-dir runs/sft-sudoku    # from scratch
     python train/sft.py --init-from runs/mdlm-small --data pairs.jsonl --prompt-column question \
         --response-column answer --max-steps 500
@@ -21,7 +23,17 @@ held-out grids / number sets). With `--preset` instead of `--init-from` the mode
 a byte-level tokenizer trained on the task's text (sudoku and countdown, whose text is digits and symbols). Examples longer than the model's context are dropped (and counted).
 
 The training loop, checkpoints, `--resume`, progress bar, metrics.jsonl and error handling are the
-pretraining ones (`train/trainer.py`). Python API: `finetune(SFTArgs(...))` returns the run folder.
+pretraining ones (`train/trainer.py`); `--resume` alone continues the run in --output-dir with its saved
+options. Python API: `finetune(SFTArgs(...))` returns the run folder.
+
+Any family (`--model`: a run of this stack, a public diffusion LM's folder or hub name) trains through its
+trainable denoiser (`mdlm.trainable.TrainableDenoiser`): the family's calling convention and logit shift,
+the same logits the decoders read. Instruct checkpoints of a chat family read each prompt as one user turn
+of the tokenizer's chat template (`--no-chat-template` turns it off). `--lora-r N` trains LoRA adapters
+only (peft; `--lora-alpha`, `--lora-target`, per-family default targets); the run folder then holds the
+merged weights (loaded by mdlm-generate, mdlm-eval and mdlm-rl like any checkpoint) and the adapter alone
+in `adapter/`. `--gradient-checkpointing` recomputes activations; bf16 autocast is the default on a GPU
+that has it.
 """
 
 from __future__ import annotations
@@ -48,7 +60,22 @@ class SFTArgs(TrainerConfig):
     """Every option of a finetuning run: the training loop's (`TrainerConfig`, some with finetuning
     defaults here) and these."""
 
-    init_from: str | None = option(None, "the run to finetune (model + tokenizer folder); or --preset")
+    model: str | None = option(None, "the model to finetune: a run folder of this stack, or a public diffusion LM's "
+                               "folder or hub name (LLaDA, Dream, SDAR, ...); or --preset")
+    init_from: str | None = option(None, "the older name of --model")
+    family: str | None = option(None, "the --model's family (default: detected from its config)")
+    trust_remote_code: bool = option(False, "run the modeling code shipped with a --model of a family without a "
+                                     "native implementation")
+    dtype: str = option("float32", "float32 | bfloat16: the weights as loaded (bfloat16 base weights suit LoRA "
+                        "on a GPU)")
+    chat_template: bool = option(True, "instruct checkpoints of a chat family read prompts through the "
+                                 "tokenizer's chat template")
+    lora_r: int | None = option(None, "LoRA rank: train low-rank adapters only (default: full finetuning)")
+    lora_alpha: float | None = option(None, "LoRA scale numerator (default: 2 x --lora-r)")
+    lora_target: str | None = option(None, "comma-separated names of the linear layers LoRA adapts, or all-linear "
+                                     "(default: the family's attention and MLP projections)")
+    lora_dropout: float = option(0.0, "dropout on the LoRA path")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory)")
     preset: str | None = option(None, "from scratch: this model preset with a byte-level tokenizer of the task text")
     hidden_size: int | None = option(None, "with --preset: model width (default: the preset's)")
     num_hidden_layers: int | None = option(None, "with --preset: transformer blocks (default: the preset's)")
@@ -64,7 +91,10 @@ class SFTArgs(TrainerConfig):
     max_steps: int = option(500, "optimizer steps")
     lr: float = option(1e-4, "peak AdamW learning rate")
     warmup_steps: int = option(50, "linear warmup steps")
-    ema: float = option(0.99, "EMA decay; 0 disables it (the saved model is the EMA)")
+    ema: float | None = option(None, "EMA decay; 0 disables it (the saved model is the EMA). Default: 0.99 for a "
+                               "run of this stack, 0 for a public model or LoRA (the EMA is a float32 copy of "
+                               "every weight)")
+    mixed_precision: str | None = option(None, "no | bf16 | fp16 (default: bf16 on a GPU that has it, else no)")
     eval_batches: int | None = option(8, "validation batches per evaluation (None: the whole validation set)")
     save_every: int = option(100, "checkpoint every N steps")
 
@@ -74,32 +104,61 @@ class SFTArgs(TrainerConfig):
 
     def resolved(self) -> "SFTArgs":
         validate_options(self, "train/sft.py")
+        if self.init_from and self.model and self.init_from != self.model:
+            raise ValueError("give --model (or its older name --init-from), not both")
+        model = self.model or self.init_from
         if self.preset is not None:
             from mdlm.config import PRESETS
 
-            if self.init_from:
-                raise ValueError("give --init-from (finetune a run) or --preset (train from scratch), not both")
+            if model:
+                raise ValueError("give --model (finetune a model) or --preset (train from scratch), not both")
             if self.preset not in PRESETS:
                 raise ValueError(f"unknown --preset {self.preset!r}; choose one of {sorted(PRESETS)}")
             if self.task not in ("sudoku", "countdown"):
                 raise ValueError("--preset (from scratch, tokenizer trained on the task text) needs --task sudoku "
                                  "or --task countdown")
-        elif not self.init_from:
-            raise ValueError("--init-from is required: the run folder to finetune (e.g. runs/mdlm-small); or "
-                             "--preset tiny with --task sudoku/countdown to train from scratch")
-        elif not Path(self.init_from).is_dir() or not (Path(self.init_from) / "config.json").is_file():
-            raise ValueError(f"--init-from {self.init_from}: not a run folder (expected config.json and weights "
-                             "as train/pretrain.py saves them)")
+        elif not model:
+            raise ValueError("--model is required: the model to finetune (a run folder such as runs/mdlm-small, or a "
+                             "public model's folder or hub name); or --preset tiny with --task sudoku/countdown to "
+                             "train from scratch")
+        elif Path(model).exists() and not (Path(model) / "config.json").is_file():
+            raise ValueError(f"--model {model}: not a run folder (expected config.json and weights as "
+                             "train/pretrain.py or save_pretrained write them)")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"--dtype {self.dtype!r}: choose float32 or bfloat16")
+        if self.lora_r is not None and self.lora_r < 1:
+            raise ValueError(f"--lora-r must be >= 1, got {self.lora_r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if (self.data is None) == (self.task is None):
             raise ValueError("give exactly one of --data (a jsonl/parquet file or a hub dataset) or --task "
                              f"({', '.join(TASKS)})")
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"unknown --task {self.task!r}; choose one of {TASKS}")
-        args = dataclasses.replace(self)
+        args = dataclasses.replace(self, model=model, init_from=None)
+        if args.ema is None:  # the EMA copies every weight: worth it for our small runs, not for a public model
+            args.ema = 0.99 if args.lora_r is None and (args.preset or is_our_run(model)) else 0.0
+        if args.mixed_precision is None:
+            args.mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         if args.output_dir is None:
             name = args.task or Path(args.data).stem.replace("/", "-")
             args.output_dir = f"runs/sft-{name}"
         return args
+
+
+def is_our_run(model: str | None) -> bool:
+    """Whether `model` is a local run folder of this stack's own model (by its config.json)."""
+    from types import SimpleNamespace
+
+    from mdlm.decode.families import detect_family
+
+    config = Path(model or "") / "config.json"
+    if not config.is_file():
+        return False
+    fields = json.loads(config.read_text(encoding="utf-8"))
+    profile = detect_family(SimpleNamespace(architectures=fields.get("architectures"),
+                                            model_type=fields.get("model_type")))
+    return profile is not None and profile.name == "ours"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -225,7 +284,16 @@ def task_pairs(task: str, tokenizer, seq_len: int, max_examples: int | None, see
     return [(e.prompt, e.response) for e in train], [(e.prompt, e.response) for e in held]
 
 
-def build_data(args: SFTArgs, tokenizer, seq_len: int, print_fn=print):
+def with_chat_template(pairs: list[tuple[str, str]], tokenizer, profile, enabled: bool) -> list[tuple[str, str]]:
+    """Each prompt as one user turn of the tokenizer's chat template, for an instruct checkpoint of a chat
+    family (as mdlm-generate reads prompts), so that the model is trained on what it will be shown."""
+    from mdlm.decode.cli import chat_prompts
+
+    templated = chat_prompts(tokenizer, [(p, None) for p, _ in pairs], profile, enabled)
+    return [(prompt, response) for (prompt, _), (_, response) in zip(templated, pairs)]
+
+
+def build_data(args: SFTArgs, tokenizer, seq_len: int, print_fn=print, profile=None):
     if args.task:
         train, held = task_pairs(args.task, tokenizer, seq_len, args.max_examples, args.seed)
     elif Path(args.data).exists():
@@ -234,6 +302,9 @@ def build_data(args: SFTArgs, tokenizer, seq_len: int, print_fn=print):
         train, held = hub_pairs(args.data, args.prompt_column, args.response_column)
     if args.max_examples:
         train = train[: args.max_examples]
+    if profile is not None:
+        train = with_chat_template(train, tokenizer, profile, args.chat_template)
+        held = with_chat_template(held, tokenizer, profile, args.chat_template)
     train_data, dropped_train = tokenize_pairs(train, tokenizer, seq_len)
     eval_data, dropped_eval = tokenize_pairs(held, tokenizer, seq_len)
     if dropped_train or dropped_eval:
@@ -256,8 +327,6 @@ def finetune(args: SFTArgs | dict) -> Path:
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
-    from mdlm.tokenizer import load_tokenizer
-    from mdlm.train.pretrain import load_model
     from mdlm.train.trainer import Trainer, make_accelerator, objective_loss_fn
 
     args = SFTArgs.from_dict(args) if isinstance(args, dict) else args
@@ -270,21 +339,17 @@ def finetune(args: SFTArgs | dict) -> Path:
     with RunFolder(output_dir, options, accelerator.is_main_process, accelerator.wait_for_everyone) as run:
         set_seed(args.seed)
         accelerator.print("options:\n" + yaml.safe_dump(options, sort_keys=False))
-        if args.preset:
-            tokenizer, model = scratch_model(args)
-        else:
-            tokenizer = load_tokenizer(args.init_from)
-            model = load_model(args.init_from)
-        if model.config.objective not in ("mdlm", None) or model.config.attention == "causal":
-            raise ValueError(f"--init-from {args.init_from} is a {model.config.objective}/{model.config.attention} "
-                             "model; SFT here trains masked diffusion models")
-        context = model.config.max_position_embeddings
+        model, tokenizer, profile = trainable_model(args)
+        context = model.context
         seq_len = args.seq_len or context
-        if seq_len > context:
+        if seq_len is None:
+            raise ValueError(f"--model {args.model}: its config states no context length; pass --seq-len")
+        if context is not None and seq_len > context:
             raise ValueError(f"--seq-len {seq_len} is larger than the model's context of {context} tokens")
         with accelerator.main_process_first():
-            train_data, eval_data = build_data(args, tokenizer, seq_len, accelerator.print)
-        source = args.init_from or f"a fresh {args.preset} model"
+            train_data, eval_data = build_data(args, tokenizer, seq_len, accelerator.print, profile)
+        lora = f", LoRA rank {args.lora_r}" if args.lora_r else ""
+        source = f"{args.model} ({profile.name}{lora})" if args.model else f"a fresh {args.preset} model"
         accelerator.print(f"SFT of {source}: {len(train_data)} train and {len(eval_data)} validation pairs "
                           f"(at most {seq_len} tokens); {accelerator.num_processes} process(es) on "
                           f"{accelerator.device}")
@@ -294,6 +359,35 @@ def finetune(args: SFTArgs | dict) -> Path:
         result = trainer.train()
         accelerator.wait_for_everyone()
     return result
+
+
+def trainable_model(args: SFTArgs):
+    """(TrainableDenoiser, tokenizer, family profile) of the run's starting point, with LoRA and
+    gradient checkpointing applied as asked. Every family loads through `mdlm.decode.loading`."""
+    from mdlm.decode.denoiser import as_denoiser
+    from mdlm.decode.families import get_family
+    from mdlm.decode.loading import load_denoiser
+    from mdlm.tokenizer import load_tokenizer
+    from mdlm.trainable import TrainableDenoiser
+
+    if args.preset:
+        tokenizer, network = scratch_model(args)
+        denoiser, profile = as_denoiser(network), get_family("ours")
+    else:
+        ours = is_our_run(args.model)  # our runs keep the mask / EOS tokens mdlm.tokenizer ensures
+        denoiser, tokenizer, profile = load_denoiser(args.model, family=args.family, dtype=args.dtype,
+                                                     trust_remote_code=args.trust_remote_code,
+                                                     tokenizer=load_tokenizer(args.model) if ours else None)
+        config = denoiser.model.config
+        if profile.name == "ours" and (config.objective not in ("mdlm", None) or config.attention == "causal"):
+            raise ValueError(f"--model {args.model} is a {config.objective}/{config.attention} model; SFT here "
+                             "trains masked diffusion models")
+    model = TrainableDenoiser(denoiser, source=args.model)
+    if args.lora_r:
+        model.add_lora(args.lora_r, args.lora_alpha, args.lora_target, args.lora_dropout)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model.train(), tokenizer, profile
 
 
 def scratch_model(args: SFTArgs):
@@ -318,17 +412,42 @@ def scratch_model(args: SFTArgs):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     argument_default=argparse.SUPPRESS)
+                                     argument_default=argparse.SUPPRESS, conflict_handler="resolve")
     choices = {"task": TASKS, "preset": ("tiny", "small", "gpt2"), "loss": ("t-dce", "lambda-dce", "k-dce"),
-               "mixed_precision": ("no", "bf16", "fp16")}
+               "mixed_precision": ("no", "bf16", "fp16"), "dtype": ("float32", "bfloat16")}
     add_option_arguments(parser, SFTArgs, choices)
+    # switches (they replace the typed flags add_option_arguments made for these bool fields)
+    parser.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true",
+                        help="run the modeling code shipped with a --model whose family has no native implementation")
+    parser.add_argument("--no-chat-template", dest="chat_template", action="store_false",
+                        help="feed prompts as they are, not through an instruct checkpoint's chat template")
+    parser.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (less memory, slower)")
     return parser
+
+
+def with_saved_options(given: dict) -> dict:
+    """With --resume, the run's own saved options under the ones given: `--resume --output-dir RUN` (or bare
+    `--resume` for the default folder of the given task/data) continues it without the whole command."""
+    given = {key.replace("-", "_"): value for key, value in given.items()}
+    if not given.get("resume"):
+        return given
+    output_dir = given.get("output_dir")
+    if output_dir is None and (given.get("task") or given.get("data")):
+        output_dir = f"runs/sft-{given.get('task') or Path(given['data']).stem.replace('/', '-')}"
+    if output_dir is None:
+        raise ValueError("--resume needs --output-dir: the run folder to continue")
+    saved = RunFolder.read_options(output_dir)
+    if saved is None:
+        return given  # nothing saved yet: the given options start the run (the trainer says so)
+    saved.pop("init_from", None)
+    return {**saved, **given}
 
 
 def main(argv: list[str] | None = None) -> None:
     from mdlm.errors import run_main
 
-    run_main("sft", lambda: finetune(SFTArgs.from_dict(vars(build_parser().parse_args(argv)))))
+    run_main("sft", lambda: finetune(SFTArgs.from_dict(with_saved_options(vars(build_parser().parse_args(argv))))))
 
 
 if __name__ == "__main__":
