@@ -13,10 +13,11 @@ from typing import Callable
 import torch
 
 from mdlm.decode.registry import SAMPLER_REGISTRY
+from mdlm.decode.remasking import POLICIES
 from mdlm.decode.trace import TraceStep
 
 UNMASKING_SCHEDULES = ("uniform", "cosine", "ascending")
-REMASKING_POLICIES = ("random", "low-confidence", "margin", "entropy", "threshold", "rcr")
+REMASKING_POLICIES = tuple(POLICIES)  # the names of `mdlm.decode.remasking.POLICIES`
 ASSD_ORDERS = ("left-to-right", "random", "right-to-left", "confidence")
 MASKING_SCHEDULES = ("linear", "cosine")
 

@@ -1,12 +1,17 @@
-"""Position choice ("remasking" in LLaDA's terms): which of the predicted tokens a step commits.
+"""Remasking policies ("remasking" in LLaDA's terms): which of a step's drawn tokens the step commits.
 
-Each policy turns the step's draw into a score in [0, 1]; the step commits the highest scores.
+Each policy is an object the block loop (`mdlm.decode.confidence`) calls twice per step:
+`scores(sample)` turns the step's draw into a score per drawn position (higher = commit earlier), and
+`commit(...)` decides from the scores what becomes a token, what stays masked and what goes back to the
+mask. Policies differ only in data (their score and their selection rule), never in the loop.
 - random: uniform scores (LLaDA's "random" remasking).
 - low-confidence (LLaDA): p(x0_i) of the drawn token under the model (never the Gumbel-noised score).
-- margin: p(top1) - p(top2). entropy: exp(-H(p_i)), so confident rows score high.
-- threshold (Fast-dLLM, Wu et al. 2025): commit every position whose confidence is >= tau, at least one.
-- rcr (MDPO, running confidence remasking): uses the confidence too; the confidence sampler fills every
-  masked position and remasks the lowest running confidences (see decode/confidence.py).
+- margin: p(top1) - p(top2). entropy: exp(-H(p_i)), so confident positions score high.
+  These four commit the n_s highest scores, n_s from the unmasking schedule.
+- threshold (Fast-dLLM, Wu et al. 2025): commit every position whose confidence is >= tau, at least one;
+  it sets its own number of steps.
+- rcr (MDPO, He et al. 2025, running confidence remasking): fill every masked position of the block, then
+  send the lowest running confidences back to the mask so that the schedule's cumulative count stays.
 """
 
 from __future__ import annotations
@@ -14,23 +19,6 @@ from __future__ import annotations
 import torch
 
 from mdlm.kernels import CategoricalSample
-
-# The policies that rank by more of the distribution than the drawn token's probability (the draw computes
-# those statistics only when asked).
-STATISTICS_POLICIES = ("margin", "entropy")
-
-
-def position_scores(policy: str, sample: CategoricalSample, generator: torch.Generator | None = None):
-    """Scores (N,) float64 in [0, 1] for N drawn positions; higher = commit earlier."""
-    if policy == "random":
-        return torch.rand(sample.tokens.shape, generator=generator, dtype=torch.float64).to(sample.tokens.device)
-    if policy in ("low-confidence", "threshold", "rcr"):
-        return sample.logprob.exp()
-    if policy == "margin":
-        return sample.top1_logprob.exp() - sample.top2_logprob.exp()
-    if policy == "entropy":
-        return torch.exp(-sample.entropy)
-    raise ValueError(f"unknown remasking policy {policy!r}")
 
 
 def select_top(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -47,3 +35,102 @@ def select_above_threshold(scores: torch.Tensor, threshold: float) -> torch.Tens
     chosen = (scores >= threshold) & candidates
     best = select_top(scores, candidates.any(-1).long())
     return chosen | best
+
+
+def model_confidence(sample: CategoricalSample, generator=None) -> torch.Tensor:
+    return sample.logprob.exp()
+
+
+def uniform_scores(sample: CategoricalSample, generator=None) -> torch.Tensor:
+    return torch.rand(sample.tokens.shape, generator=generator, dtype=torch.float64).to(sample.tokens.device)
+
+
+def top_two_margin(sample: CategoricalSample, generator=None) -> torch.Tensor:
+    return sample.top1_logprob.exp() - sample.top2_logprob.exp()
+
+
+def negative_entropy(sample: CategoricalSample, generator=None) -> torch.Tensor:
+    return torch.exp(-sample.entropy)
+
+
+class RemaskingPolicy:
+    """Commit the schedule's n_s highest scores of the step (LLaDA's rule).
+
+    score: (sample, generator) -> (N,) float64 in [0, 1]. needs_statistics: the score reads the top-2
+    log-probabilities or the entropy (the draw computes them only when asked). sets_own_steps: the policy
+    decides how many tokens a step reveals, the unmasking schedule's counts do not apply."""
+
+    needs_statistics = False
+    sets_own_steps = False
+
+    def __init__(self, name: str, score, needs_statistics: bool = False):
+        self.name, self.score, self.needs_statistics = name, score, needs_statistics
+
+    def start_block(self, x: torch.Tensor) -> None:
+        """Called before the first step of each block (policies with per-block state reset it)."""
+
+    def scores(self, sample: CategoricalSample, generator=None) -> torch.Tensor:
+        return self.score(sample, generator)
+
+    def commit(self, x, x0, masked, score, block, step: int, mask_id: int):
+        """-> (tokens after the step, revealed (B, L), remasked (B, L) or None). `score` (B, L) is -inf
+        outside `masked`; `block.counts[:, step]` is what the schedule reveals at this step."""
+        chosen = self.select(score, block.counts[:, step] if not self.sets_own_steps else None)
+        return torch.where(chosen, x0, x), chosen, None
+
+    def select(self, score, count):
+        return select_top(score, count)
+
+
+class ThresholdPolicy(RemaskingPolicy):
+    """Fast-dLLM: commit every masked position with confidence >= threshold, at least one per step."""
+
+    sets_own_steps = True
+
+    def __init__(self, threshold: float):
+        super().__init__("threshold", model_confidence)
+        self.threshold = threshold
+
+    def select(self, score, count):
+        return select_above_threshold(score, self.threshold)
+
+
+class RunningConfidencePolicy(RemaskingPolicy):
+    """MDPO RCR: fill every masked position, then remask the lowest running confidences so that exactly
+    the schedule's cumulative count stays revealed (nothing is remasked at the last step)."""
+
+    def __init__(self):
+        super().__init__("rcr", model_confidence)
+        self.running_confidence = None
+
+    def start_block(self, x):
+        self.running_confidence = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
+
+    def commit(self, x, x0, masked, score, block, step: int, mask_id: int):
+        self.running_confidence[masked] = score[masked]
+        filled = torch.where(masked, x0, x)
+        still_to_reveal = block.counts[:, step + 1:].sum(-1)
+        candidates = torch.where(block.members, -self.running_confidence,
+                                 torch.tensor(float("-inf"), dtype=torch.float64, device=x.device))
+        remask = select_top(candidates, still_to_reveal)
+        revealed = masked & ~remask
+        remasked = ~masked & remask
+        return filled.masked_fill(remask, mask_id), revealed, remasked
+
+
+# name -> the policy of a DecodeConfig; adding a policy is one entry here (DecodeConfig and the CLI read the names).
+POLICIES = {
+    "random": lambda config: RemaskingPolicy("random", uniform_scores),
+    "low-confidence": lambda config: RemaskingPolicy("low-confidence", model_confidence),
+    "margin": lambda config: RemaskingPolicy("margin", top_two_margin, needs_statistics=True),
+    "entropy": lambda config: RemaskingPolicy("entropy", negative_entropy, needs_statistics=True),
+    "threshold": lambda config: ThresholdPolicy(config.threshold),
+    "rcr": lambda config: RunningConfidencePolicy(),
+}
+
+
+def remasking_policy(config) -> RemaskingPolicy:
+    """The policy object of `config.remasking` (a fresh one per decoding run: RCR keeps per-block state)."""
+    if config.remasking not in POLICIES:
+        raise ValueError(f"unknown remasking policy {config.remasking!r}; choose one of {', '.join(POLICIES)}")
+    return POLICIES[config.remasking](config)
