@@ -24,6 +24,7 @@ BD3-LM; inclusionAI 2025 LLaDA-MoE / LLaDA2).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +61,11 @@ class FamilyProfile:
     block_size: int | None = None  # attention block of a block-causal family
     block_size_key: str | None = None  # config field that overrides block_size
     kv_cache: bool = False  # forward takes and returns a Hugging Face Cache (`past_key_values`)
+    schedule: str | None = None  # the family's own unmasking schedule, used unless --schedule is given
+    native: bool = False  # loaded into mdlm.families' own module (no code of the checkpoint runs)
+    # the calling convention of the family's published modeling code (a model the user loaded with
+    # trust_remote_code): overrides of the fields above, applied when the model is not our native module
+    published_code: tuple[tuple[str, object], ...] = ()
     examples: tuple[str, ...] = ()  # hub checkpoints of the family
     features: dict = field(default_factory=dict)  # what of this stack runs on it (README table)
 
@@ -70,8 +76,18 @@ class FamilyProfile:
         if self.attention == "block-causal" and self.attention_mask in ("2d-long", "2d-bool"):
             raise ValueError(f"family {self.name}: block-causal attention is passed as a 4-D mask (or built by "
                              "the model itself with attention_mask='none')")
-        if self.kv_cache and (self.shifted_logits or not self.attention_mask.startswith("4d")):
-            raise ValueError(f"family {self.name}: the block KV cache needs a 4-D mask and unshifted logits")
+        if self.kv_cache and not self.attention_mask.startswith("4d"):
+            raise ValueError(f"family {self.name}: a KV cache needs a 4-D mask (the cached keys' attention)")
+        if self.kv_cache and self.shifted_logits and self.attention == "block-causal":
+            raise ValueError(f"family {self.name}: the exact block KV cache needs unshifted logits")
+
+    def for_model(self, model) -> "FamilyProfile":
+        """This profile for `model`: the published code's calling convention unless it is our native module."""
+        from mdlm.families import NativeDiffusionLM
+
+        if not self.native or isinstance(model, NativeDiffusionLM) or not self.published_code:
+            return self
+        return dataclasses.replace(self, **dict(self.published_code), native=False, published_code=())
 
 
 def _features(kv_cache="RADD reuse", assd="no", schema="yes", lm_eval="yes", rl="no"):
@@ -92,10 +108,13 @@ FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
     FamilyProfile("modernbert", "ModernBERT (transformers ModernBertForMaskedLM)", ("ModernBertForMaskedLM",),
                   ("modernbert",), position_ids=True, ban_special_tokens=True, examples=("answerdotai/ModernBERT-base",),
                   features=_features()),
-    FamilyProfile("llada", "LLaDA 8B (Nie et al. 2025): bidirectional, no position ids", ("LLaDAModelLM",),
-                  ("llada",), auto_class="AutoModel", trust_remote_code=True, known_mask_token_id=126336,
-                  stop_tokens=LLADA_STOPS, chat_template=True,
-                  examples=("GSAI-ML/LLaDA-8B-Base", "GSAI-ML/LLaDA-8B-Instruct"), features=_features()),
+    FamilyProfile("llada", "LLaDA 8B / 1.5 (Nie et al. 2025): Llama blocks, bidirectional; native (mdlm.families.llada)",
+                  ("LLaDAModelLM",), ("llada",), attention_mask="4d-bool", position_ids=True,
+                  known_mask_token_id=126336, stop_tokens=LLADA_STOPS, chat_template=True, kv_cache=True, native=True,
+                  published_code=(("attention_mask", "2d-long"), ("position_ids", False), ("kv_cache", False),
+                                  ("trust_remote_code", True), ("auto_class", "AutoModel")),
+                  examples=("GSAI-ML/LLaDA-8B-Base", "GSAI-ML/LLaDA-8B-Instruct", "GSAI-ML/LLaDA-1.5"),
+                  features=_features("RADD reuse, Fast-dLLM prefix + dual (approximate)")),
     FamilyProfile("llada-moe", "LLaDA-MoE (inclusionAI): bidirectional MoE", ("LLaDAMoEModelLM",),
                   ("lladamoe", "llada_moe"), auto_class="AutoModel", trust_remote_code=True,
                   known_mask_token_id=156895, stop_tokens=("<|endoftext|>", "<|role_end|>"), chat_template=True,
@@ -106,17 +125,22 @@ FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
                   stop_tokens=("<|endoftext|>", "<|role_end|>"), chat_template=True, attention="block-causal",
                   block_size=32, kv_cache=True, examples=("inclusionAI/LLaDA2.0-mini-preview",),
                   features=_features("RADD reuse, exact block KV")),
-    FamilyProfile("dream", "Dream / DiffuCoder (Qwen2.5-initialised): shifted logits, 4-D mask + positions",
-                  ("DreamModel",), ("Dream", "dream"), auto_class="AutoModel", trust_remote_code=True,
-                  attention_mask="4d-bool", position_ids=True, shifted_logits=True, known_mask_token_id=151666,
-                  stop_tokens=QWEN_STOPS, chat_template=True,
+    FamilyProfile("dream", "Dream / DiffuCoder (Qwen2.5-initialised): Qwen2 blocks, shifted logits; native "
+                  "(mdlm.families.dream)", ("DreamModel",), ("Dream", "dream"), attention_mask="4d-bool",
+                  position_ids=True, shifted_logits=True, known_mask_token_id=151666, stop_tokens=QWEN_STOPS,
+                  chat_template=True, kv_cache=True, native=True, schedule="dream",
+                  published_code=(("kv_cache", False), ("trust_remote_code", True), ("auto_class", "AutoModel"),
+                                  ("schedule", None)),
                   examples=("Dream-org/Dream-v0-Instruct-7B", "apple/DiffuCoder-7B-Instruct"),
-                  features=_features(schema="unconstrained (shifted logits)")),
-    FamilyProfile("sdar", "SDAR (Qwen3-initialised): block diffusion, block 4, 4-D mask, HF cache",
-                  ("SDARForCausalLM",), ("sdar",), auto_class="AutoModelForCausalLM", trust_remote_code=True,
-                  attention_mask="4d-bool", position_ids=True, known_mask_token_id=151669, stop_tokens=QWEN_STOPS,
-                  chat_template=True, attention="block-causal", block_size=4, block_size_key="block_size",
-                  kv_cache=True, examples=("JetLM/SDAR-1.7B-Chat",), features=_features("RADD reuse, exact block KV")),
+                  features=_features("RADD reuse, Fast-dLLM prefix + dual (approximate)",
+                                     schema="unconstrained (shifted logits)")),
+    FamilyProfile("sdar", "SDAR (Qwen3-initialised): Qwen3 blocks, block diffusion (block 4); native "
+                  "(mdlm.families.sdar)", ("SDARForCausalLM",), ("sdar",), attention_mask="4d-bool", position_ids=True,
+                  known_mask_token_id=151669, stop_tokens=QWEN_STOPS, chat_template=True, attention="block-causal",
+                  block_size=4, block_size_key="block_size", kv_cache=True, native=True,
+                  published_code=(("kv_cache", False), ("trust_remote_code", True),
+                                  ("auto_class", "AutoModelForCausalLM")),
+                  examples=("JetLM/SDAR-1.7B-Chat",), features=_features("RADD reuse, exact block KV")),
     FamilyProfile("mdlm-owt", "MDLM on OpenWebText (Sahoo et al. 2024): no attention mask, timesteps input, "
                   "tensor output", ("MDLM",), auto_class="AutoModelForMaskedLM", trust_remote_code=True,
                   attention_mask="none", time_input="timesteps", known_mask_token_id=50257,
@@ -151,7 +175,8 @@ def families_table() -> str:
         convention = [f"mask {p.attention_mask}"] + (["positions"] if p.position_ids else []) + \
             ([f"`{p.time_input}`=0"] if p.time_input else []) + (["shifted logits"] if p.shifted_logits else []) + \
             ([f"block-causal ({p.block_size})"] if p.attention == "block-causal" else []) + \
-            (["remote code"] if p.trust_remote_code else []) + (["chat template"] if p.chat_template else [])
+            (["remote code"] if p.trust_remote_code else []) + (["native (no remote code)"] if p.native else []) + \
+            ([f"{p.schedule} schedule"] if p.schedule else []) + (["chat template"] if p.chat_template else [])
         if p.name == "ours":
             convention = ["any mask, positions, own KV cache"]
         lines.append(f"| `{p.name}` | {detected} | {mask} | {', '.join(convention)} | " +
@@ -223,6 +248,7 @@ class ProfiledDenoiser(CountedDenoiser):
     def __init__(self, model, profile: FamilyProfile, mask_token_id: int | None = None, tokenizer=None,
                  block_size: int | None = None, banned_token_ids=()):
         config = getattr(model, "config", None)
+        profile = profile.for_model(model)
         super().__init__(model, resolve_mask_token_id(profile, config, tokenizer, mask_token_id),
                          getattr(config, "max_position_embeddings", None))
         self.profile, self.config = profile, config

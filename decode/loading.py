@@ -19,10 +19,12 @@ import torch
 
 from mdlm.decode.families import (FAMILY_REGISTRY, FamilyProfile, ProfiledDenoiser, detect_family, get_family,
                                   stop_token_ids)
+from mdlm.families import has_native, load_native
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CAUSAL_ARCHITECTURE = re.compile(r"(ForCausalLM|LMHeadModel)$")
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+RUN_FOLDER_PARENTS = ("runs", "checkpoints", "outputs", "output", "models", "logs", "results")
 
 
 def load_denoiser(name_or_path, family: str | None = None, dtype="float32", device=None,
@@ -36,15 +38,24 @@ def load_denoiser(name_or_path, family: str | None = None, dtype="float32", devi
     tokenizer: a tokenizer object to use instead of the checkpoint's. mask_token_id: overrides every source.
     flag: how the caller names the argument in its errors (`--model`, `pretrained=`)."""
     path = Path(str(name_or_path)).expanduser()
-    local = path.exists() or not HUB_NAME.fullmatch(str(name_or_path))
+    local = is_local_name(str(name_or_path))
     config_json = check_local_folder(path, flag, tokenizer is None) if local else None
     profile = _choose_profile(config_json, family, flag, name_or_path)
-    if profile is not None and profile.trust_remote_code and not trust_remote_code:
-        raise ValueError(f"{flag} {name_or_path}: the {profile.name} family's modeling code ships with the checkpoint; "
-                         "loading it runs that code, so pass trust_remote_code=True (--trust-remote-code) if you "
-                         "trust it")
-    source = str(path) if local else str(name_or_path)
-    model, tokenizer = _load(source, profile, dtype, trust_remote_code, tokenizer, flag)
+    if not local and (profile is None or profile.native):
+        path, config_json, profile = _native_hub_snapshot(str(name_or_path), family, profile, flag)
+        local = path is not None
+    if profile is not None and local and has_native(profile.name, config_json):
+        model = _load_native(path, profile, config_json, dtype)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path, flag)
+    else:
+        if profile is not None and profile.trust_remote_code and not trust_remote_code:
+            raise ValueError(f"{flag} {name_or_path}: the {profile.name} family's modeling code ships with the "
+                             "checkpoint; loading it runs that code, so pass trust_remote_code=True "
+                             "(--trust-remote-code) if you trust it")
+        source = str(path) if local else str(name_or_path)
+        model, tokenizer = _load(source, profile, dtype, trust_remote_code, tokenizer, flag)
+        if trust_remote_code:
+            check_remote_code_model(model, source, flag)
     if profile is None:
         profile = _profile_of_loaded(model, tokenizer, mask_token_id, flag, name_or_path)
     _check_vocabulary(model, tokenizer, flag, name_or_path)
@@ -72,6 +83,18 @@ def denoiser_of(model, profile: FamilyProfile, tokenizer=None, mask_token_id: in
 
         return DiffusionGemmaDenoiser(model, tokenizer, stop_token_ids(profile, tokenizer, model.config.text_config))
     return ProfiledDenoiser(model, profile, mask_token_id, tokenizer)
+
+
+def is_local_name(name: str) -> bool:
+    """Whether `name` means a folder here rather than a hub id: it exists, or it is not of the form
+    owner/name, or it reads as a path (./x, ../x, ~/x, /x, a backslash), or its first part is a folder here
+    or one that runs are written to (runs/mdlm-small before training must not go to the hub: five retries
+    and a misleading error later)."""
+    path = Path(name).expanduser()
+    if path.exists() or not HUB_NAME.fullmatch(name):
+        return True
+    first = name.split("/")[0]
+    return first in (".", "..") or first in RUN_FOLDER_PARENTS or Path(first).is_dir()
 
 
 def check_local_folder(run: Path, flag: str, needs_tokenizer: bool) -> dict:
@@ -148,8 +171,104 @@ def _load(source, profile, dtype, trust_remote_code, tokenizer, flag):
                              "trust_remote_code=True (--trust-remote-code) if you trust it") from None
         raise _load_error(source, error) from None
     except Exception as error:  # a bad config value or a damaged file surfaces as many types
+        if trust_remote_code and (_raised_in_remote_code(error) or (profile is not None and profile.trust_remote_code)):
+            detail = " ".join(str(error).split())[:160]
+            raise ValueError(f"{flag} {source}: the checkpoint's own modeling code fails under transformers "
+                             f"{transformers.__version__} ({type(error).__name__}: {detail}); use a family with a "
+                             "native implementation (see docs/public-models.md) or the transformers version its "
+                             "code was written for") from None
         raise _load_error(source, error) from None
     return model, tokenizer
+
+
+def _raised_in_remote_code(error: BaseException) -> bool:
+    """Whether the traceback passes through a module transformers loaded from a checkpoint folder."""
+    traceback = error.__traceback__
+    while traceback is not None:
+        if "transformers_modules" in traceback.tb_frame.f_code.co_filename:
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def _load_native(path: Path, profile: FamilyProfile, config_json: dict, dtype):
+    """The published checkpoint in `path` as mdlm.families' module of its family (no code of the folder runs)."""
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    try:
+        return load_native(path, profile.name, torch_dtype, config_json)
+    except ValueError:
+        raise
+    except (KeyError, TypeError) as error:  # a config field missing or of the wrong type
+        raise ValueError(f"{path}: its config.json is not a {profile.name} config ({type(error).__name__}: {error}); "
+                         "pass the checkpoint's config.json as published") from None
+    except Exception as error:
+        raise _load_error(str(path), error) from None
+
+
+def load_tokenizer(path: Path, flag: str = "--model"):
+    """The folder's tokenizer without running code from it: a tokenizer_config that names its own class
+    through auto_map (Dream's DreamTokenizer, a Qwen2 tokenizer) is read as the fast tokenizer its
+    tokenizer.json (or vocab.json + merges.txt) defines, with its special tokens."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except ValueError as error:
+        if "custom code" not in str(error) and "trust_remote_code" not in str(error):
+            raise _load_error(str(path), error) from None
+    try:
+        if (path / "tokenizer.json").is_file():
+            return PreTrainedTokenizerFast.from_pretrained(str(path))
+        if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            from transformers import Qwen2Tokenizer
+
+            return Qwen2Tokenizer.from_pretrained(str(path))
+    except Exception as error:
+        raise _load_error(str(path), error) from None
+    raise ValueError(f"{flag} {path}: its tokenizer is defined by code in the folder and it has no tokenizer.json "
+                     "(or vocab.json + merges.txt) to read instead; pass the family's tokenizer folder with --tokenizer")
+
+
+def _native_hub_snapshot(name: str, family: str | None, profile, flag):
+    """(local folder, config fields, profile) of a hub checkpoint of a native family, downloaded without its
+    code files; (None, None, profile) when the hub cannot be reached or the family is not native."""
+    try:
+        from huggingface_hub import hf_hub_download, snapshot_download
+
+        config_json = json.loads(Path(hf_hub_download(name, "config.json")).read_text(encoding="utf-8"))
+    except Exception as error:
+        detail = " ".join(str(error).split())[:160]
+        raise FileNotFoundError(f"{flag} {name}: no such folder here, and as a hub id it could not be fetched "
+                                f"({type(error).__name__}: {detail}); pass an existing checkpoint folder, or a hub id "
+                                "with the hub reachable") from None
+    profile = profile or detect_family(_ConfigView(config_json))
+    if profile is None or not has_native(profile.name, config_json):
+        return None, None, profile
+    folder = snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+    return Path(folder), config_json, profile
+
+
+def check_remote_code_model(model, source, flag) -> None:
+    """Remote modeling code written for another transformers can load "successfully" and still be wrong:
+    tensors left on the meta device, or a rotary `inv_freq` buffer never computed (this transformers
+    builds models on the meta device and only materialises what it knows to initialise), which decodes
+    garbage that changes from process to process. Refused in one line naming the cause and the fix."""
+    import transformers
+
+    fix = (f"the checkpoint's own code does not work under transformers {transformers.__version__}; use a family "
+           "with a native implementation (see docs/public-models.md) or the transformers version its code was written for")
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.device.type == "meta":
+            raise ValueError(f"{flag} {source}: {name} was left on the meta device (never loaded): {fix}")
+    for name, buffer in model.named_buffers():
+        if name.endswith("inv_freq") and buffer.is_floating_point() and buffer.numel():
+            frequencies = buffer.detach().float().flatten()
+            # 1 / theta^(2i/d): starts at 1 and falls strictly, all finite and positive
+            ok = bool(torch.isfinite(frequencies).all()) and abs(float(frequencies[0]) - 1.0) < 1e-3 and \
+                bool((frequencies > 0).all()) and bool((frequencies[1:] < frequencies[:-1]).all())
+            if not ok:
+                raise ValueError(f"{flag} {source}: its rotary buffer {name} was left uninitialised by the checkpoint's "
+                                 f"code (values {frequencies[:3].tolist()}...): {fix}")
 
 
 def _load_error(source, error) -> ValueError:

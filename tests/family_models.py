@@ -10,6 +10,8 @@ checked against it. Nothing is downloaded: the weights are random and the config
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -158,8 +160,14 @@ def block_causal_mask(length: int, block_size: int, additive: bool, dtype=torch.
 
 def reference_logits(family: str, model, ids: torch.Tensor, mask_id: int, block_size: int | None = None):
     """(B, L, V) logits of full-valid rows as the family's own generation code reads them, mask at -inf."""
+    from mdlm.families import NativeDiffusionLM
+
     with torch.no_grad():
-        if family in ("llada", "llada-moe"):
+        if isinstance(model, NativeDiffusionLM):  # its own mask: bidirectional, or block-causal by config.block_size
+            logits = model(ids).logits
+            if family == "dream":
+                logits = torch.cat([logits[:, :1], logits[:, :-1]], 1)
+        elif family in ("llada", "llada-moe"):
             logits = model(ids).logits
         elif family == "dream":
             raw = model(ids, attention_mask=None, position_ids=None).logits
@@ -179,3 +187,254 @@ def reference_logits(family: str, model, ids: torch.Tensor, mask_id: int, block_
     logits = logits.float().clone()
     logits[..., mask_id] = float("-inf")
     return logits
+
+
+# ------------------------------------------------------------------------------------------------------
+# Tiny checkpoints in the PUBLISHED layout of the native families (LLaDA, Dream, SDAR), and a reference
+# forward written from the published architectures (not from mdlm.families), reading the published names.
+
+PUBLISHED = {
+    # family: (config.json fields at tiny sizes, the published names and values otherwise; special tokens)
+    "llada": (dict(
+        architectures=["LLaDAModelLM"], model_type="llada",
+        auto_map={"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModel": "modeling_llada.LLaDAModelLM",
+                  "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM"},
+        activation_type="silu", alibi=False, attention_layer_norm=False, block_type="llama", d_model=32,
+        embedding_size=126464, vocab_size=126464, eos_token_id=126081, pad_token_id=126081, include_bias=False,
+        include_qkv_bias=False, input_emb_norm=False, layer_norm_type="rms", mask_token_id=126336,
+        max_sequence_length=4096, mlp_hidden_size=96, mlp_ratio=4, n_heads=4, n_kv_heads=4, n_layers=2,
+        rms_norm_eps=1e-5, rope=True, rope_full_precision=True, rope_theta=500000.0, scale_logits=False,
+        weight_tying=False, torch_dtype="bfloat16"),
+        {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mask|>": 126336, "<|start_header_id|>": 126346,
+         "<|end_header_id|>": 126347, "<|eot_id|>": 126348},
+        dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+             mask_token="<|mdm_mask|>")),
+    "dream": (dict(
+        architectures=["DreamModel"], model_type="Dream",
+        auto_map={"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+        attention_dropout=0.0, bos_token_id=151643, eos_token_id=151643, pad_token_id=151643, hidden_act="silu",
+        hidden_size=32, intermediate_size=96, mask_token_id=151666, max_position_embeddings=131072,
+        max_window_layers=2, num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=2, rms_norm_eps=1e-6,
+        rope_scaling=None, rope_theta=1000000.0, sliding_window=None, tie_word_embeddings=False,
+        use_sliding_window=False, vocab_size=152064, torch_dtype="bfloat16"),
+        {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|beginoftext|>": 151665,
+         "<|mask|>": 151666},
+        dict(bos_token="<|beginoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>", mask_token="<|mask|>")),
+    "sdar": (dict(
+        architectures=["SDARForCausalLM"], model_type="sdar",
+        auto_map={"AutoConfig": "configuration_sdar.SDARConfig", "AutoModel": "modeling_sdar.SDARModel",
+                  "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"},
+        attention_bias=False, attention_dropout=0.0, block_size=4, bos_token_id=151643, eos_token_id=151645,
+        head_dim=12, hidden_act="silu", hidden_size=32, intermediate_size=96, max_position_embeddings=32768,
+        max_window_layers=2, num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=2, rms_norm_eps=1e-6,
+        rope_scaling=None, rope_theta=1000000.0, sliding_window=None, tie_word_embeddings=True,
+        use_sliding_window=False, vocab_size=151936, torch_dtype="bfloat16"),
+        {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|MASK|>": 151669},
+        dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", mask_token="<|MASK|>")),
+}
+WORDS = 60  # ordinary tokens w0..w59 at ids 0..59
+CODE_THAT_MUST_NOT_RUN = "raise RuntimeError('the checkpoint folder\\'s code was run')\n"
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
+
+
+def published_weights(family: str, fields: dict, seed: int = 0, scale: float = 0.2) -> dict:
+    """Random weights under the family's published names (large enough for sharp conditionals)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def w(*shape):
+        return torch.randn(*shape, generator=g) * (scale if len(shape) == 2 else 0.1)
+
+    def norm(n):
+        return 1 + torch.randn(n, generator=g) * 0.1
+
+    state = {}
+    if family == "llada":
+        d, heads, f = fields["d_model"], fields["n_heads"], fields["mlp_hidden_size"]
+        kv = fields["n_kv_heads"] * d // heads
+        state["model.transformer.wte.weight"] = w(fields["embedding_size"], d)
+        for i in range(fields["n_layers"]):
+            p = f"model.transformer.blocks.{i}."
+            state.update({p + "attn_norm.weight": norm(d), p + "ff_norm.weight": norm(d),
+                          p + "q_proj.weight": w(d, d), p + "k_proj.weight": w(kv, d), p + "v_proj.weight": w(kv, d),
+                          p + "attn_out.weight": w(d, d), p + "ff_proj.weight": w(f, d), p + "up_proj.weight": w(f, d),
+                          p + "ff_out.weight": w(d, f)})
+        state["model.transformer.ln_f.weight"] = norm(d)
+        state["model.transformer.ff_out.weight"] = w(fields["embedding_size"], d)
+        return state
+    d, heads, f = fields["hidden_size"], fields["num_attention_heads"], fields["intermediate_size"]
+    head_dim = fields.get("head_dim") or d // heads
+    q, kv = heads * head_dim, fields["num_key_value_heads"] * head_dim
+    state["model.embed_tokens.weight"] = w(fields["vocab_size"], d)
+    for i in range(fields["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        state.update({p + "input_layernorm.weight": norm(d), p + "post_attention_layernorm.weight": norm(d),
+                      p + "self_attn.q_proj.weight": w(q, d), p + "self_attn.k_proj.weight": w(kv, d),
+                      p + "self_attn.v_proj.weight": w(kv, d), p + "self_attn.o_proj.weight": w(d, q),
+                      p + "mlp.gate_proj.weight": w(f, d), p + "mlp.up_proj.weight": w(f, d),
+                      p + "mlp.down_proj.weight": w(d, f)})
+        if family == "dream":  # Qwen2: q/k/v biases
+            state.update({p + "self_attn.q_proj.bias": w(q), p + "self_attn.k_proj.bias": w(kv),
+                          p + "self_attn.v_proj.bias": w(kv)})
+        if family == "sdar":  # Qwen3: per-head q/k RMSNorm
+            state.update({p + "self_attn.q_norm.weight": norm(head_dim), p + "self_attn.k_norm.weight": norm(head_dim)})
+    state["model.norm.weight"] = norm(d)
+    if not fields.get("tie_word_embeddings"):
+        state["lm_head.weight"] = w(fields["vocab_size"], d)
+    return state
+
+
+def published_tokenizer(family: str):
+    """A small real tokenizer (word level) whose special tokens sit at the family's real ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    _, specials, roles = PUBLISHED[family]
+    vocab = {f"w{i}": i for i in range(WORDS)}
+    vocab["<unk>"] = WORDS
+    vocab.update(specials)
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.add_special_tokens(list(specials))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", **roles)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def write_published_checkpoint(folder, family: str, seed: int = 0, **overrides):
+    """`folder` as the hub holds a checkpoint of `family`: config.json with auto_map, modeling files beside
+    it (which raise if anything runs them), model.safetensors under the published names, tokenizer files
+    (Dream's tokenizer_config names its own tokenizer class through auto_map, as published)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = {**PUBLISHED[family][0], **overrides}
+    (folder / "config.json").write_text(json.dumps(fields, indent=1))
+    for target in fields["auto_map"].values():
+        (folder / f"{target.split('.')[0]}.py").write_text(CODE_THAT_MUST_NOT_RUN)
+    state = published_weights(family, fields, seed)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    published_tokenizer(family).save_pretrained(folder)
+    if family == "dream":
+        config_path = folder / "tokenizer_config.json"
+        tokenizer_config = json.loads(config_path.read_text())
+        tokenizer_config.update(tokenizer_class="DreamTokenizer",
+                                auto_map={"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]})
+        config_path.write_text(json.dumps(tokenizer_config))
+        (folder / "tokenization_dream.py").write_text(CODE_THAT_MUST_NOT_RUN)
+    return folder
+
+
+def published_reference_logits(family: str, fields: dict, state: dict, ids: torch.Tensor) -> torch.Tensor:
+    """(B, L, V) float32 logits of full rows at positions 0..L-1, computed from the published weight names
+    the way the published modeling files compute them (Dream's in its AR layout, unshifted): RMSNorm in
+    float32, rotary by halves with rope_theta, softmax attention (bidirectional; SDAR block-causal over
+    `block_size` position blocks), SwiGLU; written without transformers or mdlm.families."""
+    def rms(x, weight, eps):
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+    def rope(x, theta):
+        dim = x.shape[-1]
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        angles = torch.arange(x.shape[-2], dtype=torch.float32)[:, None] * inv_freq[None, :]
+        angles = torch.cat([angles, angles], -1)
+        half = dim // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
+        return x * angles.cos() + rotated * angles.sin()
+
+    B, L = ids.shape
+    if family == "llada":
+        d, heads, layers = fields["d_model"], fields["n_heads"], fields["n_layers"]
+        kv_heads, eps, theta = fields["n_kv_heads"], fields["rms_norm_eps"], fields["rope_theta"]
+        names = lambda i: {k: f"model.transformer.blocks.{i}.{v}" for k, v in dict(  # noqa: E731
+            n1="attn_norm.weight", n2="ff_norm.weight", q="q_proj", k="k_proj", v="v_proj", o="attn_out",
+            gate="ff_proj", up="up_proj", down="ff_out").items()}
+        embed, final, head = "model.transformer.wte.weight", "model.transformer.ln_f.weight", "model.transformer.ff_out.weight"
+    else:
+        d, heads, layers = fields["hidden_size"], fields["num_attention_heads"], fields["num_hidden_layers"]
+        kv_heads, eps, theta = fields["num_key_value_heads"], fields["rms_norm_eps"], fields["rope_theta"]
+        names = lambda i: {k: f"model.layers.{i}.{v}" for k, v in dict(  # noqa: E731
+            n1="input_layernorm.weight", n2="post_attention_layernorm.weight", q="self_attn.q_proj",
+            k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj", gate="mlp.gate_proj",
+            up="mlp.up_proj", down="mlp.down_proj", qn="self_attn.q_norm.weight", kn="self_attn.k_norm.weight").items()}
+        embed, final = "model.embed_tokens.weight", "model.norm.weight"
+        head = "model.embed_tokens.weight" if fields.get("tie_word_embeddings") else "lm_head.weight"
+    head_dim = fields.get("head_dim") or d // heads
+
+    def linear(x, name):
+        y = x @ state[name + ".weight"].T
+        return y + state[name + ".bias"] if name + ".bias" in state else y
+
+    allowed = torch.ones(L, L, dtype=torch.bool)
+    if family == "sdar":
+        block = torch.arange(L) // fields["block_size"]
+        allowed = block[None, :] <= block[:, None]
+    x = state[embed][ids]
+    for i in range(layers):
+        n = names(i)
+        h = rms(x, state[n["n1"]], eps)
+        q = linear(h, n["q"]).view(B, L, heads, head_dim).transpose(1, 2)
+        k = linear(h, n["k"]).view(B, L, kv_heads, head_dim).transpose(1, 2)
+        v = linear(h, n["v"]).view(B, L, kv_heads, head_dim).transpose(1, 2)
+        if family == "sdar":
+            q, k = rms(q, state[n["qn"]], eps), rms(k, state[n["kn"]], eps)
+        q, k = rope(q, theta), rope(k, theta)
+        k, v = k.repeat_interleave(heads // kv_heads, 1), v.repeat_interleave(heads // kv_heads, 1)
+        scores = (q @ k.transpose(-1, -2)) / head_dim ** 0.5
+        attended = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+        x = x + linear(attended.transpose(1, 2).reshape(B, L, heads * head_dim), n["o"])
+        m = rms(x, state[n["n2"]], eps)
+        x = x + linear(torch.nn.functional.silu(linear(m, n["gate"])) * linear(m, n["up"]), n["down"])
+    return rms(x, state[final], eps) @ state[head].T
+
+
+def native_family_model(family: str, vocab_size: int, seed: int = 0, scale: float = 1.0, block_size: int = 4,
+                        **overrides):
+    """Our native module of `family` at tiny sizes with `vocab_size` tokens, its
+    weights those `published_weights` draws under the published names, loaded through the family's
+    weight-name table."""
+    from mdlm.families import NATIVE, build_native
+    from mdlm.families.base import rename
+
+    # the special ids come from the caller (the test's tokenizer or mask_token_id=), not the published ones
+    fields = {**PUBLISHED[family][0], "vocab_size": vocab_size, "mask_token_id": None, "eos_token_id": None,
+              "bos_token_id": None, "pad_token_id": None, **overrides}
+    if family == "llada":
+        fields["embedding_size"] = vocab_size
+    if family == "sdar":
+        fields["block_size"] = block_size
+    model = build_native(family, fields)
+    state = rename(published_weights(family, fields, seed, scale), NATIVE[family][0].WEIGHT_NAMES, family)
+    model.load_state_dict(state, strict=not fields.get("tie_word_embeddings"))
+    return model.eval()
+
+
+def remote_code_module(folder, source: str, monkeypatch, modules_cache):
+    """`folder`/modeling_tiny.py holding `source`, imported here (to build and save the model), with
+    transformers' copy of remote code going to `modules_cache` (a temporary folder) instead of ~/.cache."""
+    import importlib.util
+
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(modules_cache))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "modeling_tiny.py").write_text(source)
+    spec = importlib.util.spec_from_file_location("modeling_tiny", folder / "modeling_tiny.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def one_intra_op_thread():
+    """Tiny matrices: one intra-op thread is ~1000x faster than two spinning on a shared, loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

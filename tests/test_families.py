@@ -20,7 +20,7 @@ import torch
 from mdlm.decode import DecodeConfig, decode
 from mdlm.decode.families import FAMILY_REGISTRY, ProfiledDenoiser, detect_family, get_family, resolve_mask_token_id
 from tests.family_models import (BD3LMLike, BlockDiffusionLike, DreamLike, LLaDALike, MDLMOWTLike, family_config,
-                                 reference_logits)
+                                 native_family_model, reference_logits, remote_code_module)
 from tests.test_decode_exactness import chi_square_p_value, histogram, order_mixture
 
 TOKENS, LENGTH, MASK = 3, 3, 3  # the vocabulary of test_decode_exactness: 3 tokens + the mask
@@ -64,7 +64,12 @@ FAMILIES = ["bert", "roberta", "modernbert", *STAND_INS]
 BLOCK_CAUSAL = ("llada2", "sdar", "bd3lm")
 
 
+NATIVE_FAMILIES = ("llada", "dream", "sdar")  # loaded into mdlm.families' modules (test_native_families.py)
+
+
 def family_model(family: str, vocab_size: int = TOKENS + 1, seed: int = 0):
+    if family in NATIVE_FAMILIES:
+        return native_family_model(family, vocab_size, seed, block_size=BLOCK)
     if family not in STAND_INS:
         return transformers_model(family, vocab_size, seed)
     cls, architecture, model_type = STAND_INS[family]
@@ -257,13 +262,14 @@ def test_the_lm_eval_likelihood_through_the_adapter_equals_direct_scoring(family
 # ----------------------------------------------------------------------------------------------------
 
 def test_every_family_is_registered_and_known_mask_ids_are_the_published_ones():
-    assert set(FAMILIES) | {"ours", "masked-lm"} == set(FAMILY_REGISTRY)
+    assert set(FAMILIES) | {"ours", "masked-lm", "diffusion-gemma"} == set(FAMILY_REGISTRY)
     known = {"llada": 126336, "llada-moe": 156895, "llada2": 156895, "dream": 151666, "sdar": 151669,
              "mdlm-owt": 50257, "bd3lm": 50257}
     for family, mask_id in known.items():
         profile = get_family(family)
         assert resolve_mask_token_id(profile, family_config("X", "x", 10)) == mask_id
-        assert profile.trust_remote_code
+        assert profile.native != profile.trust_remote_code  # ours, or the checkpoint's code as the fallback
+    assert {p.name for p in FAMILY_REGISTRY.values() if p.native} == set(NATIVE_FAMILIES)
     assert get_family("llada2").block_size == 32 and get_family("sdar").block_size == 4
     assert get_family("dream").shifted_logits and not get_family("llada").shifted_logits
     # MDLM-OWT shares model_type "mdlm" with this stack: the architectures tell them apart
@@ -314,12 +320,13 @@ def test_a_model_with_no_mask_token_and_no_known_family_names_family_and_mask_to
 def test_a_family_that_ships_its_code_needs_trust_remote_code(tmp_path):
     from mdlm.decode.loading import load_denoiser
 
-    folder = save_folder(tmp_path, "dream", config={"architectures": ["DreamModel"], "model_type": "Dream",
-                                                    "auto_map": {"AutoModel": "modeling_dream.DreamModel"}})
+    folder = save_folder(tmp_path, "llada-moe", config={
+        "architectures": ["LLaDAMoEModelLM"], "model_type": "lladamoe",
+        "auto_map": {"AutoModel": "modeling_lladamoe.LLaDAMoEModelLM"}})
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         load_denoiser(folder)
     with pytest.raises(ValueError, match="trust_remote_code=True"):
-        load_denoiser(folder, family="llada")
+        load_denoiser(folder, family="llada2")
 
 
 def test_a_causal_lm_is_refused_as_a_denoiser(tmp_path):
@@ -353,15 +360,15 @@ def test_a_checkpoint_whose_vocabulary_is_smaller_than_its_tokenizer_is_refused(
 REMOTE_MODELING = '''
 from transformers import PretrainedConfig, PreTrainedModel
 
-from tests.family_models import DreamLike, TinyCore
+from tests.family_models import LLaDALike, TinyCore
 
 
-class TinyDreamConfig(PretrainedConfig):
-    model_type = "Dream"
+class TinyLLaDAMoEConfig(PretrainedConfig):
+    model_type = "lladamoe"
 
 
-class DreamModel(PreTrainedModel):
-    config_class = TinyDreamConfig
+class LLaDAMoEModelLM(PreTrainedModel):
+    config_class = TinyLLaDAMoEConfig
 
     def __init__(self, config):
         super().__init__(config)
@@ -371,31 +378,24 @@ class DreamModel(PreTrainedModel):
     def get_output_embeddings(self):
         return self.core.lm_head
 
-    forward = DreamLike.forward
+    forward = LLaDALike.forward
 '''
 
 
 @pytest.fixture
 def remote_code_folder(tmp_path, monkeypatch):
-    """A Dream-style checkpoint folder with its modeling file, as the hub serves one (no mask id in the
+    """A LLaDA-MoE-style checkpoint folder (a family with no native implementation) with its modeling
+    file, as the hub serves one (no mask id in the
     config: the tokenizer's is used); transformers copies remote code into a module cache, here a
     temporary one."""
-    import importlib.util
-
-    import transformers.dynamic_module_utils as dynamic
-
-    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
-    folder = tmp_path / "tiny-dream"
-    folder.mkdir()
-    (folder / "modeling_tiny.py").write_text(REMOTE_MODELING)
-    spec = importlib.util.spec_from_file_location("modeling_tiny", folder / "modeling_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.TinyDreamConfig(vocab_size=len(WORDS), max_position_embeddings=64, architectures=["DreamModel"],
-                                    auto_map={"AutoConfig": "modeling_tiny.TinyDreamConfig",
-                                              "AutoModel": "modeling_tiny.DreamModel"})
+    folder = tmp_path / "tiny-llada-moe"
+    module = remote_code_module(folder, REMOTE_MODELING, monkeypatch, tmp_path / "modules")
+    config = module.TinyLLaDAMoEConfig(vocab_size=len(WORDS), max_position_embeddings=64,
+                                       architectures=["LLaDAMoEModelLM"],
+                                       auto_map={"AutoConfig": "modeling_tiny.TinyLLaDAMoEConfig",
+                                                 "AutoModel": "modeling_tiny.LLaDAMoEModelLM"})
     torch.manual_seed(0)
-    module.DreamModel(config).save_pretrained(folder)
+    module.LLaDAMoEModelLM(config).save_pretrained(folder)
     word_tokenizer().save_pretrained(folder)
     return folder
 
@@ -407,9 +407,9 @@ def test_a_remote_code_family_loads_through_the_one_loader_and_generates(remote_
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         load_denoiser(remote_code_folder)
     denoiser, tokenizer, profile = load_denoiser(remote_code_folder, trust_remote_code=True)
-    assert profile.name == "dream" and denoiser.mask_token_id == 3 and denoiser.stop_token_ids == [4, 5]
+    assert profile.name == "llada-moe" and denoiser.mask_token_id == 3 and denoiser.stop_token_ids == [4]
     ids = torch.tensor([[0, 1, MASK, MASK]])
-    expected = reference_logits("dream", denoiser.model, ids, MASK)
+    expected = reference_logits("llada-moe", denoiser.model, ids, MASK)
     torch.testing.assert_close(denoiser.logits(ids, None, None), expected)
     assert main(["--model", str(remote_code_folder), "--trust-remote-code", "--prompt", "a b", "--max-new-tokens",
                  "3", "--temperature", "0", "--device", "cpu"]) == 0
@@ -423,10 +423,10 @@ def test_the_lm_eval_model_loads_a_remote_code_family_from_its_model_args(remote
 
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         MDLMEvalModel(pretrained=str(remote_code_folder), device="cpu")
-    lm = MDLMEvalModel(pretrained=str(remote_code_folder), trust_remote_code="True", family="dream", device="cpu")
-    assert lm.get_model_info()["family"] == "dream"
+    lm = MDLMEvalModel(pretrained=str(remote_code_folder), trust_remote_code="True", family="llada-moe", device="cpu")
+    assert lm.get_model_info()["family"] == "llada-moe"
     (ll, _), = lm.loglikelihood([Instance("loglikelihood", {}, ("a b", " c"), 0)], disable_tqdm=True)
-    logits = reference_logits("dream", lm.model, torch.tensor([[0, 1, MASK]]), MASK)
+    logits = reference_logits("llada-moe", lm.model, torch.tensor([[0, 1, MASK]]), MASK)
     assert ll == pytest.approx(float(torch.log_softmax(logits[0, -1].double(), -1)[2]), abs=1e-5)
 
 
@@ -448,7 +448,7 @@ def test_generate_cuts_a_completion_at_any_of_the_familys_stop_tokens():
     from mdlm.decode import generate
 
     tokenizer = word_tokenizer()
-    model = family_model("dream", vocab_size=len(WORDS), seed=5)
+    model = DreamLike(family_config("DreamModel", "Dream", len(WORDS)), seed=5).eval()  # the published code's call
     with torch.no_grad():  # end of turn (5) is the most likely token everywhere; end of text (4) never
         model.core.lm_head.bias[5] += 100.0
         model.core.lm_head.bias[4] -= 100.0

@@ -1,0 +1,225 @@
+"""The public diffusion LMs as native models (`mdlm.families`), on tiny checkpoints written in the
+PUBLISHED layout (`tests/family_models.py`: config.json with auto_map and the family's field names,
+modeling files beside it that raise if anything runs them, safetensors under the published weight
+names, a real tokenizer with the mask token at its real id).
+
+Checked per family (LLaDA, Dream, SDAR): the logits equal a reference written from the published
+architecture (float32, max abs diff <= 1e-5); loading runs no code of the folder and needs no
+--trust-remote-code; a batch of 3 left-padded prompts gives each prompt's tokens alone at temperature 0
+on every decoding path (plain, threshold, cached); exact caches give the uncached tokens; mdlm-generate
+runs on the folder. Then the loader's one-line refusals (a run path before training, remote code left
+uninitialised)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import pytest
+import torch
+
+from mdlm.decode import DecodeConfig
+from mdlm.decode.generate import build_canvas
+from mdlm.decode.loading import load_denoiser
+from mdlm.decode.registry import decode
+from tests.family_models import (PUBLISHED, one_intra_op_thread, published_reference_logits, published_weights,
+                                 remote_code_module, write_published_checkpoint)
+
+FAMILIES = ["llada", "dream", "sdar"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_matrices_on_one_thread():
+    with one_intra_op_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return {family: write_published_checkpoint(tmp_path_factory.mktemp(family), family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def loaded(folders):
+    return {family: load_denoiser(folder) for family, folder in folders.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_native_logits_equal_the_published_architecture(family, loaded):
+    denoiser, tokenizer, profile = loaded[family]
+    assert profile.name == family and profile.native and type(denoiser.model).__module__ == f"mdlm.families.{family}"
+    fields = PUBLISHED[family][0]
+    assert denoiser.mask_token_id == tokenizer.mask_token_id == {"llada": 126336, "dream": 151666, "sdar": 151669}[family]
+    ids = torch.randint(0, 60, (2, 11), generator=torch.Generator().manual_seed(0))
+    expected = published_reference_logits(family, fields, published_weights(family, fields), ids)
+    with torch.no_grad():
+        got = denoiser.model(ids).logits
+    assert float((got - expected).abs().max()) <= 1e-5
+    # the denoiser reads them as the family's generation code does: Dream's shifted right by one
+    read = denoiser.logits(ids, None, None)
+    if family == "dream":
+        expected = torch.cat([expected[:, :1], expected[:, :-1]], 1)
+    expected[..., denoiser.mask_token_id] = float("-inf")
+    torch.testing.assert_close(read, expected, atol=1e-5, rtol=0)
+
+
+def test_loading_runs_no_code_of_the_checkpoint_folder(loaded, folders):
+    # every modeling / tokenization file beside the weights raises when imported: loading got here without
+    assert not any("transformers_modules" in name or name.startswith(("modeling_", "tokenization_"))
+                   for name in sys.modules)
+    assert all((folder / "config.json").is_file() and json.loads((folder / "config.json").read_text())["auto_map"]
+               for folder in folders.values())
+
+
+PROMPTS = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10"]
+
+
+def decode_prompts(denoiser, tokenizer, prompts, config, new_tokens=8):
+    canvas = build_canvas(denoiser, tokenizer, prompts, new_tokens)
+    tokens = decode(denoiser, canvas, config).tokens
+    return [row[generated].tolist() for row, generated in zip(tokens, canvas.generated)]
+
+
+def decoding_paths(family):
+    """Every path of the confidence decoder the family has, at temperature 0."""
+    # a block-causal model's blocks are position ranges, so prompts of other lengths change how many blocks a
+    # batch has and `steps` would be shared out differently: one token per step there
+    steps = None if family == "sdar" else 8
+    base = DecodeConfig(sampler="confidence", temperature=0.0, steps=steps, block_length=4, use_cache=False)
+    paths = {"plain": base, "threshold": dataclasses.replace(base, remasking="threshold", threshold=0.5)}
+    if family == "sdar":
+        paths["exact block KV"] = dataclasses.replace(base, use_cache=True)
+    else:
+        paths["prefix cache"] = dataclasses.replace(base, approximate_prefix_cache=True)
+    return paths
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_left_padded_batch_of_three_decodes_each_prompt_as_alone_on_every_path(family, loaded):
+    denoiser, tokenizer, _ = loaded[family]
+    for name, config in decoding_paths(family).items():
+        batch = decode_prompts(denoiser, tokenizer, PROMPTS, config)
+        alone = [decode_prompts(denoiser, tokenizer, [prompt], config)[0] for prompt in PROMPTS]
+        assert batch == alone, f"{family} {name}"
+
+
+def test_the_exact_block_kv_cache_gives_the_uncached_tokens(loaded):
+    denoiser, tokenizer, _ = loaded["sdar"]
+    for seed in range(2):
+        config = DecodeConfig(sampler="confidence", temperature=1.0, seed=seed, block_length=4)
+        cached = decode_prompts(denoiser, tokenizer, PROMPTS, config, new_tokens=12)
+        uncached = decode_prompts(denoiser, tokenizer, PROMPTS, dataclasses.replace(config, use_cache=False), 12)
+        assert cached == uncached
+
+
+def test_llada_honours_the_padding_mask(loaded):
+    """LLaDA's published code calls attention without a mask; the native model masks padding keys, so a
+    left-padded row's logits are the row's alone (the published code's differ by up to 52 on a 8B model)."""
+    denoiser, tokenizer, _ = loaded["llada"]
+    canvas = build_canvas(denoiser, tokenizer, PROMPTS, 4)
+    batch = denoiser.logits(canvas.tokens, canvas.valid, canvas.positions)
+    for b, prompt in enumerate(PROMPTS):
+        alone = build_canvas(denoiser, tokenizer, [prompt], 4)
+        logits = denoiser.logits(alone.tokens, alone.valid, alone.positions)[0]
+        torch.testing.assert_close(batch[b][canvas.valid[b]], logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mdlm_generate_runs_on_the_published_folder_without_trust_remote_code(family, folders, capsys):
+    from mdlm.decode.cli import main
+
+    assert main(["--model", str(folders[family]), "--prompt", "w1 w2", "--max-new-tokens", "4", "--temperature", "0",
+                 "--device", "cpu", "--no-chat-template"]) == 0
+    assert capsys.readouterr().out.startswith("w1 w2")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loader's refusals
+# ----------------------------------------------------------------------------------------------------
+
+def test_a_run_path_that_does_not_exist_yet_fails_at_once_without_the_hub(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("runs/mdlm-small", "./runs/mdlm-small", "checkpoints/x"):
+        started = time.monotonic()
+        with pytest.raises(FileNotFoundError, match="is not a folder: no such run folder"):
+            load_denoiser(name)
+        assert time.monotonic() - started < 2  # no hub retries
+    (tmp_path / "work").mkdir()  # the first part is a folder here: a path, not owner/name
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        load_denoiser("work/model")
+
+
+def test_a_checkpoint_whose_weights_are_not_the_published_layout_is_named(tmp_path):
+    folder = write_published_checkpoint(tmp_path / "llada", "llada")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    state["model.transformer.blocks.0.att_proj.weight"] = state.pop("model.transformer.blocks.0.q_proj.weight")
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match="not the published llada layout .missing model.layers.0.self_attn.q_proj"):
+        load_denoiser(folder)
+
+
+def test_an_unsupported_published_option_is_refused_by_name(tmp_path):
+    folder = write_published_checkpoint(tmp_path / "llada", "llada", alibi=True)
+    with pytest.raises(ValueError, match="uses alibi: true, which the native LLaDA implementation does not have"):
+        load_denoiser(folder)
+
+
+REMOTE_ROTARY = '''
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+
+class TinyLLaDA2Config(PretrainedConfig):
+    model_type = "llada2_moe"
+
+
+class LLaDA2MoeModelLM(PreTrainedModel):
+    """Remote code in the common pre-5.x pattern: the rotary frequencies computed in __init__ into a
+    non-persistent buffer (transformers 5 builds the model on the meta device and never fills it)."""
+    config_class = TinyLLaDA2Config
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed = torch.nn.Embedding(config.vocab_size, 8)
+        self.head = torch.nn.Linear(8, config.vocab_size)
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, 8, 2).float() / 8))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                **kwargs):
+        return CausalLMOutputWithPast(logits=self.head(self.embed(input_ids) * self.inv_freq.sum()))
+'''
+
+
+def test_remote_code_that_leaves_its_rotary_buffer_uninitialised_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "llada2"
+    module = remote_code_module(folder, REMOTE_ROTARY, monkeypatch, tmp_path / "modules")
+    config = module.TinyLLaDA2Config(vocab_size=70, architectures=["LLaDA2MoeModelLM"],
+                                     auto_map={"AutoConfig": "modeling_tiny.TinyLLaDA2Config",
+                                               "AutoModelForCausalLM": "modeling_tiny.LLaDA2MoeModelLM"})
+    module.LLaDA2MoeModelLM(config).save_pretrained(folder)
+    from tests.family_models import published_tokenizer
+
+    published_tokenizer("dream").save_pretrained(folder)  # any tokenizer: the load stops before it matters
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        **json.loads((folder / "tokenizer_config.json").read_text()), "mask_token": "<|mask|>"}))
+    from mdlm.decode.loading import check_remote_code_model
+
+    with pytest.raises(ValueError) as refused:  # transformers 5 leaves the buffer as uninitialised memory
+        load_denoiser(folder, trust_remote_code=True, mask_token_id=65)
+    message = str(refused.value)
+    assert "inv_freq was left uninitialised by the checkpoint's code" in message
+    assert "native implementation" in message and "\n" not in message
+    # the check itself, on a buffer as such a load leaves it (uninitialised memory) and as it should be
+    model = module.LLaDA2MoeModelLM(config)
+    check_remote_code_model(model, folder, "--model")
+    model.inv_freq.copy_(torch.tensor([3.1e-12, 0.0, 7.7e30, -1.0]))
+    with pytest.raises(ValueError, match="rotary buffer inv_freq was left uninitialised"):
+        check_remote_code_model(model, folder, "--model")
