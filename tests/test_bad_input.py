@@ -7,6 +7,7 @@ trained run with checkpoints."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -104,6 +105,18 @@ def sft(argv):
     from mdlm.train.sft import main
 
     return main(argv)
+
+
+def rl(argv):
+    from mdlm.train.rl.cli import main
+
+    return main(argv)
+
+
+def R(runs, tmp_path, *extra, run="mdlm", output="rl"):
+    """mdlm-rl on a run: every case here must stop before the model is loaded or anything trained."""
+    return ["--task", "sudoku", "--model", str(runs[run]) if run in runs else run, "--output-dir",
+            str(tmp_path / output), "--no-progress", *extra]
 
 
 def bench(name):
@@ -210,7 +223,34 @@ CASES = [
     ("S truncated weights", sft,
      lambda r, t: ["--init-from", str(damaged_copy(r["mdlm"], t, truncate_weights(100))), "--data",
                    write(t, "p.jsonl", '{"prompt": "a", "response": "b"}\n' * 4), "--output-dir", str(t / "s")],
-     "cannot load the model"),
+     "damaged"),
+    # mdlm-rl (issue 30): zeros that meant a default elsewhere, YAML the file of which is named, types from
+    # YAML, a missing integration, an AR run, TRL's batch rule restated with the flags, an unusable folder
+    ("R eval examples -1", rl, lambda r, t: R(r, t, "--eval-examples", "-1"), "--eval-examples must be >= 1, got -1"),
+    ("R max steps 0", rl, lambda r, t: R(r, t, "--max-steps", "0"), "--max-steps must be >= 1, got 0 (TRL reads"),
+    ("R diffusion steps 0", rl, lambda r, t: R(r, t, "--diffusion-steps", "0"), "--diffusion-steps must be >= 1"),
+    ("R train examples 0", rl, lambda r, t: R(r, t, "--train-examples", "0"), "(0 would mean all of them)"),
+    ("R an AR run", rl, lambda r, t: R(r, t, run="ar"), "is an autoregressive run"),
+    ("R yaml syntax error", rl, lambda r, t: R(r, t, "--config-file", write(t, "rl.yaml", "beta: [0.1,\n")),
+     "rl.yaml: not plain YAML"),
+    ("R yaml python tag", rl,
+     lambda r, t: R(r, t, "--config-file", write(t, "rl.yaml", "beta: !!python/object/apply:os.getcwd []\n")),
+     "rl.yaml: not plain YAML"),
+    ("R yaml learning rate fast", rl, lambda r, t: R(r, t, "--config-file", write(t, "rl.yaml", "learning_rate: fast\n")),
+     "--learning-rate must be a float, got 'fast'"),
+    pytest.param("R report to wandb without wandb", rl, lambda r, t: R(r, t, "--report-to", "wandb"),
+                 "wandb is not installed", marks=pytest.mark.skipif(importlib.util.find_spec("wandb") is not None,
+                                                                     reason="wandb is installed")),
+    ("R mdpo group not dividing the batch", rl,
+     lambda r, t: R(r, t, "--algorithm", "mdpo", "--num-generations", "8", "--per-device-train-batch-size", "6"),
+     "not a multiple of --num-generations 8"),
+    ("R output dir under a file, before loading", rl,
+     lambda r, t: R(r, t, run="/nonexistent/run", output=f"{write(t, 'f', 'x')}/rl"), "Not a directory"),
+    pytest.param("R read-only output dir, before loading", rl,
+                 lambda r, t: (os.chmod(t, 0o500), R(r, t, run="/nonexistent/run"))[1], "Permission denied",
+                 marks=ROOT_IGNORES_MODES),
+    ("T yaml syntax error", pretrain, lambda r, t: T(r, t, "--config-file", write(t, "p.yaml", "lr: {\n")),
+     "p.yaml: not plain YAML"),
     # benchmarks
     ("bench speculative missing run", bench("speculative"), lambda r, t: ["--run", "/nonexistent/run"],
      "/nonexistent/run does not exist"),

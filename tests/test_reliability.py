@@ -142,6 +142,7 @@ def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(run_copy,
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert ("never unpickles" if target.startswith("legacy") else "refused unread") in err and str(checkpoint) in err
+    assert "weights_only" not in err  # torch's own text advises weights_only=False, the one thing not to do
     assert not marker.exists()
 
 

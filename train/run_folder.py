@@ -25,7 +25,7 @@ import os
 import pickle
 import shutil
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 CHECKPOINTS = "checkpoints"
@@ -88,6 +88,21 @@ def save_errors_named(folder: Path, what: str = "the checkpoint"):
                       "space or fix the folder's permissions, then --resume (the previous checkpoint is intact)") from None
 
 
+@contextmanager
+def quiet_transformers_progress():
+    """No "Writing model shards" bar from save_pretrained: it would break into the training bar's line and
+    leave that bar printed twice."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def read_state(folder: Path) -> dict | None:
     """The run's `trainer_state.json` ({"step", "max_steps", "finished", ...}), or None before its first save."""
     path = Path(folder) / STATE_FILE
@@ -135,25 +150,27 @@ class MetricsLog:
 def tampered_checkpoint(folder: Path, error: BaseException) -> ValueError:
     """The one-line refusal of a checkpoint file that holds pickled objects other than plain tensors. torch's
     own message advises loading it with weights_only=False, the one thing not to do: only its reason is kept."""
-    text = str(error)
-    reason = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
-    reason = next((line.strip() for line in reason.splitlines() if line.strip()), type(error).__name__)
-    reason = reason.split(". Check the documentation")[0]
+    lines = (line.replace("WeightsUnpickler error:", "").strip() for line in str(error).splitlines())
+    reason = next((line for line in lines if line and not any(word in line for word in ("weights_only", "torch.load",
+                                                                                          "weights only"))),
+                  type(error).__name__)
     return ValueError(f"--resume {folder}: a file in it holds pickled objects that are not plain tensors, so it was "
                       f"refused unread ({reason[:120]}); the checkpoint is tampered or foreign: resume from another "
                       "checkpoint or start over")
 
 
-def refuse_pickled(folder: Path, patterns: Iterable[str] = ("*.pt", "*.pth", "*.bin", "*.pkl")) -> None:
-    """Read every pickle-format file of checkpoint `folder` with `weights_only=True` before anything else
-    does, so that a file carrying code stops the resume in one line (and the code never runs), whichever
-    library would have loaded it later and however it would have reported the refusal."""
+def refuse_pickled(folder: Path, patterns: Iterable[str], allowed_globals: Callable = nullcontext) -> None:
+    """Read the pickle-format files `patterns` of checkpoint `folder` with `weights_only=True` before anything
+    else does, so that a file carrying code stops the resume in one line (and the code never runs), whichever
+    library would have loaded it later and however it would have reported the refusal. `allowed_globals` is
+    the context under which that library loads them (transformers allows numpy's RNG state)."""
     import torch
 
     for pattern in patterns:
         for path in sorted(Path(folder).glob(pattern)):
             try:
-                torch.load(path, map_location="cpu", weights_only=True)
+                with allowed_globals():
+                    torch.load(path, map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as error:
                 raise tampered_checkpoint(folder, error) from None
             except (EOFError, RuntimeError, OSError) as error:

@@ -58,7 +58,8 @@ import torch
 from mdlm.losses import LossOutput, compute_loss
 from mdlm.train.options import option
 from mdlm.train.run_folder import (CHECKPOINTS, CURVE_FILE, STATE_FILE, MetricsLog, atomic_write_text,
-                                   replace_files_from, save_errors_named, tampered_checkpoint, write_state)
+                                   quiet_transformers_progress, replace_files_from, save_errors_named,
+                                   tampered_checkpoint, write_state)
 
 LossFn = Callable[[torch.nn.Module, dict, torch.Generator, int], LossOutput]
 EXTRA_STATE = "extra_state.json"
@@ -219,21 +220,6 @@ class EMA:
         self.decay, self.num_updates = state["decay"], state["num_updates"]
         for name, value in state["shadow"].items():
             self.shadow[name].copy_(value)
-
-
-@contextmanager
-def quiet_transformers_progress():
-    """No "Writing model shards" bar from save_pretrained: it would break into the training bar's line and
-    leave that bar printed twice."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def is_checkpoint(folder: Path) -> bool:
