@@ -66,6 +66,7 @@ class Rollout:
     completion_mask: torch.Tensor  # (B, T) 1 up to and including the first EOS
     trajectory: Trajectory | None = None
     nfe: int = 0
+    extras: dict = field(default_factory=dict)  # (B, ...) tensors an algorithm's rollout adds to the batch
 
 
 @torch.no_grad()
@@ -336,6 +337,18 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if clipped is not None:
             self._metrics[mode]["clip_ratio/region_mean"].append(global_mean(clipped.float()))
 
+    @classmethod
+    def evaluation_config(cls, completion_length: int) -> DecodeConfig | None:
+        """How held-out accuracy decodes a policy of this algorithm; None: the task's greedy confidence
+        decoding (`mdlm.train.tasks.greedy_config`)."""
+        return None
+
+    def generate_rollouts(self, policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> Rollout:
+        """One batch of rollouts of the (unwrapped) policy: `mdlm.decode` with the config's decoder."""
+        return rollout(policy, prompt_ids, prompt_mask, self.max_completion_length, self.args.decode_config(),
+                       self.eos_token_id, self.rollout_generator, record=self.record_trajectories,
+                       keep_x0=self.keep_x0)
+
     def policy_statistics(self, batch: dict) -> dict:
         """Algorithm-specific tensors computed at rollout time (old / reference log-probs), added to
         the batch. Every tensor's first axis must be the batch (TRL shuffles and splits along it)."""
@@ -352,10 +365,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             raise ValueError("prompts must be plain text (the `prompt` column); conversational prompts need a "
                              "chat template, which these models do not have")
         prompt_ids, prompt_mask = self.tokenize_prompts(prompts)
-        policy = self.accelerator.unwrap_model(self.model)
-        result = rollout(policy, prompt_ids, prompt_mask, self.max_completion_length, self.args.decode_config(),
-                         self.eos_token_id, self.rollout_generator, record=self.record_trajectories,
-                         keep_x0=self.keep_x0)
+        result = self.generate_rollouts(self.accelerator.unwrap_model(self.model), prompt_ids, prompt_mask)
         completion_ids, completion_mask = result.completion_ids, result.completion_mask
         completion_lists, completions = self.texts_of(completion_ids)
         columns = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion",
@@ -394,6 +404,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         batch = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
                  "completion_mask": completion_mask, "advantages": advantages,
                  "num_items_in_batch": self.accelerator.gather(completion_mask.sum()).sum()}
+        batch.update(result.extras)
         if result.trajectory is not None:
             batch["trajectory"] = result.trajectory.to(self.accelerator.device)
         # What an algorithm that scores intermediate steps (MDPO) needs besides the batch tensors.

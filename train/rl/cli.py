@@ -71,7 +71,7 @@ INTEGRATIONS = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflo
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
-    parser.add_argument("--algorithm", help="diffu-grpo (default) | mdpo | cj-grpo")
+    parser.add_argument("--algorithm", help="diffu-grpo (default) | mdpo | cj-grpo | d2-anyorder")
     parser.add_argument("--task", help="sudoku | countdown | signatures")
     parser.add_argument("--model", help="the run folder to finetune (model + tokenizer), e.g. runs/sft-sudoku")
     parser.add_argument("--output-dir", dest="output_dir", help="default runs/rl-<task>")
@@ -390,7 +390,8 @@ def run(given: dict) -> Path:
         log.keep_until(int(checkpoint.name.split("-")[1]))
     results = json.loads((folder / EVAL_FILE).read_text()) if (folder / EVAL_FILE).exists() else {}
     if script["eval_before"] and "before" not in results and is_main:
-        results["before"] = evaluate(model, tokenizer, task, held, completion_length=config.max_completion_length)
+        results["before"] = evaluate(model, tokenizer, task, held, trainer_cls.evaluation_config(
+            config.max_completion_length), completion_length=config.max_completion_length)
         _write_json(folder / EVAL_FILE, results)
         print(f"held-out accuracy before RL: {results['before']['accuracy']:.3f}", flush=True)
     title = f"{script['algorithm']} on {script['task']}"
@@ -409,7 +410,8 @@ def run(given: dict) -> Path:
     if is_main:
         tokenizer.save_pretrained(str(folder))
         policy = trainer.accelerator.unwrap_model(trainer.model)
-        results["after"] = evaluate(policy, tokenizer, task, held, completion_length=config.max_completion_length)
+        results["after"] = evaluate(policy, tokenizer, task, held, trainer_cls.evaluation_config(
+            config.max_completion_length), completion_length=config.max_completion_length)
         results["steps"] = trainer.state.global_step
         _write_json(folder / EVAL_FILE, results)
         log.plot(title)
