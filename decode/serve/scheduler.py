@@ -46,6 +46,7 @@ class Choice:
     text: str | None = None  # the final text
     finish_reason: str | None = None
     completion_tokens: int = 0
+    final_length: int = -1  # generated positions known final at the last look (text is re-read when it grows)
 
 
 @dataclass
@@ -204,8 +205,12 @@ class Scheduler:
 
     def _after_step(self, job: Job, choice: Choice) -> None:
         row = choice.row
+        final_length = row.final_before()
+        if final_length == choice.final_length and not row.done and not job.denoising:
+            return  # nothing new is final: no text to read
+        choice.final_length = final_length
         generated = row.generated.tolist()
-        final = generated[:row.final_before()]
+        final = generated[:final_length]
         stop_at = next((k for k, t in enumerate(final) if t in self.stop_ids), None)
         ids = final if stop_at is None else final[:stop_at]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)

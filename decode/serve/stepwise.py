@@ -30,7 +30,7 @@ from mdlm.decode.canvas import default_position_ids, pad_rows
 from mdlm.decode.config import DecodeConfig
 from mdlm.decode.denoiser import active_positions
 from mdlm.decode.draw import draw
-from mdlm.decode.remasking import remasking_policy
+from mdlm.decode.remasking import RemaskingPolicy, remasking_policy
 from mdlm.decode.schedules import ascending_num_steps, eoser_gamma
 
 NEG_INF = float("-inf")
@@ -61,9 +61,11 @@ class RowDecoder:
         if config.schedule == "ascending":
             self.total_steps = ascending_num_steps(max_new_tokens)
         self.eos_id = config.eos_token_id if config.eos_token_id is not None else denoiser.eos_token_id
+        self.counts = [block.counts[0].tolist() for block in self.blocks]  # tokens per step, per block
+        self.shares_commit = type(self.policy).commit is RemaskingPolicy.commit  # a pure select (no state)
         self.block, self.step, self.global_step, self.nfe = 0, 0, 0, 0
-        self.revealed: list[int] = []
-        self.remasked: list[int] = []
+        self.left = int(self.blocks[0].members.sum())  # masks left in the current block
+        self.revealed_mask = self.remasked_mask = None
         self.done = False
         self.policy.start_block(self.tokens)
         self._skip_empty_steps()
@@ -76,16 +78,35 @@ class RowDecoder:
     def generated(self) -> torch.Tensor:
         return self.tokens[0, self.prompt_length:]
 
+    @property
+    def revealed(self) -> list[int]:
+        """Generated-position indices the last step revealed."""
+        return _indices(self.revealed_mask, self.prompt_length)
+
+    @property
+    def remasked(self) -> list[int]:
+        """Generated-position indices the last step sent back to the mask (RCR)."""
+        return _indices(self.remasked_mask, self.prompt_length)
+
     def masked_in_block(self) -> torch.Tensor:
         """(1, L) bool: the masked positions of the current block."""
         return (self.tokens == self.mask_id) & self.blocks[self.block].members
+
+    def count(self) -> int | None:
+        """What the schedule reveals at this step (None: the policy decides)."""
+        return None if self.policy.sets_own_steps else self.counts[self.block][self.step]
+
+    def eoser_factor(self) -> float:
+        if not (self.config.eoser and self.eos_id is not None):
+            return 1.0
+        return eoser_gamma(self.global_step, self.total_steps, self.config.schedule, self.config.eoser_gamma_min)
 
     def final_before(self) -> int:
         """Generated positions [0, k) that no later step can change: up to the first mask, and for a policy
         that remasks (RCR) no further than the current block's start."""
         masked = (self.generated == self.mask_id).nonzero()
         k = int(masked[0, 0]) if len(masked) else self.max_new_tokens
-        if self.config.remasking == "rcr" and not self.done:
+        if not self.shares_commit and not self.done:
             start = self.blocks[self.block].members[0, self.prompt_length:].nonzero()
             k = min(k, int(start[0, 0]) if len(start) else k)
         return k
@@ -97,38 +118,40 @@ class RowDecoder:
         """Move past finished blocks and steps that reveal nothing (no network call for them), as the
         batch loop does."""
         while not self.done:
-            if not bool(self.masked_in_block().any()):
+            if self.left == 0:
                 self.block, self.step = self.block + 1, 0
                 if self.block >= len(self.blocks):
                     self.done = True
                 else:
+                    self.left = int(self.masked_in_block().sum())
                     self.policy.start_block(self.tokens)
                 continue
             if not self.policy.sets_own_steps:
-                counts = self.blocks[self.block].counts
-                if self.step >= counts.shape[1]:
+                if self.step >= len(self.counts[self.block]):
                     raise RuntimeError("the unmasking schedule ended with masks left in the block (a bug)")
-                if not bool(counts[:, self.step].any()):
+                if not self.counts[self.block][self.step]:
                     self.step, self.global_step = self.step + 1, self.global_step + 1
                     continue
             return
 
-    def apply(self, masked: torch.Tensor, sample, score: torch.Tensor) -> None:
-        """Commit this step given the draw at the `masked` (1, L) positions and their scores (1, L), -inf
-        elsewhere, then advance to the next step that needs a network call."""
-        x0 = self.tokens.clone()
-        x0[masked] = sample.tokens
-        if self.config.eoser and self.eos_id is not None:
-            gamma = eoser_gamma(self.global_step, self.total_steps, self.config.schedule, self.config.eoser_gamma_min)
-            score = torch.where(masked & (x0 == self.eos_id), score * gamma, score)
-        self.tokens, revealed, remasked = self.policy.commit(self.tokens, x0, masked, score, self.blocks[self.block],
-                                                             self.step, self.mask_id)
-        offset = self.prompt_length
-        self.revealed = revealed[0, offset:].nonzero()[:, 0].tolist()
-        self.remasked = [] if remasked is None else remasked[0, offset:].nonzero()[:, 0].tolist()
+    def commit_alone(self, x0: torch.Tensor, masked: torch.Tensor, score: torch.Tensor):
+        """The policy's own commit for this row (policies with state, RCR) -> (tokens, revealed, remasked)."""
+        return self.policy.commit(self.tokens, x0, masked, score, self.blocks[self.block], self.step, self.mask_id)
+
+    def advance(self, tokens: torch.Tensor, revealed: torch.Tensor, remasked: torch.Tensor | None) -> None:
+        """Take the step's outcome (1, L) tensors and move to the next step that needs a network call."""
+        self.tokens, self.revealed_mask, self.remasked_mask = tokens, revealed, remasked
+        if self.shares_commit:
+            self.left -= int(revealed.sum())
+        else:
+            self.left = int(self.masked_in_block().sum())
         self.nfe += 1
         self.step, self.global_step = self.step + 1, self.global_step + 1
         self._skip_empty_steps()
+
+
+def _indices(mask: torch.Tensor | None, offset: int) -> list[int]:
+    return [] if mask is None else mask[0, offset:].nonzero()[:, 0].tolist()
 
 
 def _batched_draw_allowed(row: RowDecoder) -> bool:
@@ -138,21 +161,23 @@ def _batched_draw_allowed(row: RowDecoder) -> bool:
 
 
 def step_rows(denoiser, rows: list[RowDecoder], pad_id: int) -> None:
-    """Advance every row (none done) by one step: one network call for all of them, left-padded."""
+    """Advance every row (none done) by one step: one network call for all of them, left-padded.
+
+    Draws are per row (own generator) except the argmax of temperature-0 rows, which is one call; the
+    commit is one call per kind of stateless policy (top-n by the schedule's counts, or a threshold),
+    per row for policies with state."""
     if not rows:
         return
-    tokens, valid = pad_rows([r.tokens[0].tolist() for r in rows], pad_id, "left")
+    tokens, valid = pad_rows([r.tokens[0].tolist() for r in rows], pad_id, "left")  # (B, W)
     width = tokens.shape[1]
     shifts = [width - r.length for r in rows]
     wanted = torch.zeros_like(valid)  # (B, W): each row's masked positions in its current block
-    masked_of = [r.masked_in_block() for r in rows]
-    for b, (shift, masked) in enumerate(zip(shifts, masked_of)):
-        wanted[b, shift:] = masked[0]
+    for b, (shift, row) in enumerate(zip(shifts, rows)):
+        wanted[b, shift:] = row.masked_in_block()[0]
     device = denoiser.device
     positions = default_position_ids(valid)
-    full_logits = any(r.config.full_logits for r in rows)
     ids, valid_d, positions_d = tokens.to(device), valid.to(device), positions.to(device)
-    if full_logits:
+    if any(r.config.full_logits for r in rows):
         logits = denoiser.logits(ids, valid_d, positions_d)[wanted.to(device)]
     else:
         at, present = active_positions(wanted.to(device))
@@ -169,14 +194,36 @@ def step_rows(denoiser, rows: list[RowDecoder], pad_id: int) -> None:
             n = per_row[b].shape[0]
             samples[b] = _slice_sample(together, start, start + n)
             start += n
+    x0 = tokens.clone()
+    score = torch.full(tokens.shape, NEG_INF, dtype=torch.float64)  # (B, W), -inf where nothing is drawn
     for b, row in enumerate(rows):
         if samples[b] is None:
             samples[b] = draw(per_row[b], row.config, row.generator, statistics=row.policy.needs_statistics)
-        sample = samples[b]
-        score = torch.full(row.tokens.shape, NEG_INF, dtype=torch.float64)  # (1, L)
-        score[masked_of[b]] = row.policy.scores(sample, row.generator).cpu()
-        sample.tokens = sample.tokens.cpu()
-        row.apply(masked_of[b], sample, score)
+        x0[b][wanted[b]] = samples[b].tokens.cpu()
+        score[b][wanted[b]] = row.policy.scores(samples[b], row.generator).cpu()
+    gamma = torch.tensor([r.eoser_factor() for r in rows], dtype=torch.float64)[:, None]
+    eos = torch.tensor([-1 if r.eos_id is None else r.eos_id for r in rows])[:, None]
+    score = torch.where(wanted & (x0 == eos) & (gamma != 1.0), score * gamma, score)
+    after, revealed = tokens.clone(), torch.zeros_like(wanted)
+    remasked: list[torch.Tensor | None] = [None] * len(rows)
+    groups: dict[tuple, list[int]] = {}
+    for b, row in enumerate(rows):
+        if row.shares_commit:
+            groups.setdefault((type(row.policy), getattr(row.policy, "threshold", None)), []).append(b)
+        else:
+            s = shifts[b]
+            out, revealed_b, remasked[b] = row.commit_alone(x0[b:b + 1, s:], wanted[b:b + 1, s:], score[b:b + 1, s:])
+            after[b, s:], revealed[b, s:] = out[0], revealed_b[0]
+    for members in groups.values():
+        index = torch.tensor(members)
+        policy = rows[members[0]].policy
+        counts = None if policy.sets_own_steps else torch.tensor([rows[b].count() for b in members])
+        chosen = policy.select(score[index], counts)  # stateless: the same selection alone or together
+        after[index] = torch.where(chosen, x0[index], tokens[index])
+        revealed[index] = chosen
+    for b, row in enumerate(rows):
+        s = shifts[b]
+        row.advance(after[b:b + 1, s:], revealed[b:b + 1, s:], remasked[b])
 
 
 def _slice_sample(sample, start: int, end: int):

@@ -1,0 +1,246 @@
+"""Benchmark: mdlm-serve's step-level continuous batching against the same requests one by one.
+
+64 requests of mixed prompt and output lengths (prompts of 3-24 tokens cut from standard-library text,
+max_tokens 8-32, the confidence sampler at temperature 0 with low-confidence remasking, two tokens per
+step) go to a real `mdlm-serve` process (one torch thread, as the baseline) from 1, 4 and 16 concurrent `openai` clients, streamed. Per
+level: throughput (generated tokens per second, counting each request's max_tokens, since a diffusion
+canvas decodes all of them), p50/p95 latency, p50/p95 time to the first committed text (the first
+non-empty `delta`), and the network calls. The baseline runs the same 64 requests one by one through
+`mdlm.decode.generate` in this process, before and after the server levels (the mean of the two is the
+baseline, so the two sides see the same machine load). The server answers a request as soon as its
+committed prefix reaches an end of text; the baseline always decodes the whole canvas; the NFE columns
+show how much that saves.
+
+    python -m mdlm.eval.bench.serve [--model runs/tiny] [--concurrency 1 4 16]
+Writes results/serve.json and results/serve.png. Under a minute on 2 CPU cores with the tiny run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from mdlm.eval.bench.common import REPO_ROOT, add_output_dir_argument, write_results
+
+NAME = "serve"
+NUM_REQUESTS = 64
+OUTPUT_LENGTHS = (8, 16, 24, 32)
+TOKENS_PER_STEP = 2
+
+
+def make_requests(tokenizer, context: int, seed: int = 0) -> list[dict]:
+    """64 (prompt, max_tokens) pairs: prompts cut from standard-library text at 3-24 tokens, outputs
+    8-32 tokens, each fitting the context."""
+    from mdlm.data import stdlib_texts
+
+    rng = random.Random(seed)
+    texts = [t for t in stdlib_texts("validation", limit=64) if len(t) > 400]
+    requests = []
+    for k in range(NUM_REQUESTS):
+        ids = tokenizer(rng.choice(texts)[:400], add_special_tokens=False)["input_ids"]
+        max_tokens = OUTPUT_LENGTHS[k % len(OUTPUT_LENGTHS)]
+        length = min(rng.randint(3, 24), context - max_tokens, len(ids))
+        start = rng.randint(0, len(ids) - length)
+        prompt = tokenizer.decode(ids[start:start + length])
+        # the prompt re-tokenized may differ in length by a token or two; keep it within the context
+        while len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + max_tokens > context:
+            prompt = prompt[:-1]
+        requests.append({"prompt": prompt, "max_tokens": max_tokens, "steps": max_tokens // TOKENS_PER_STEP})
+    rng.shuffle(requests)
+    return requests
+
+
+def one_by_one(model_dir: str, requests: list[dict]) -> dict:
+    """The 64 requests through `mdlm.decode.generate`, one call each, in this process."""
+    import torch
+
+    from mdlm.decode import DecodeConfig
+    from mdlm.decode.generate import generate_with_result
+    from mdlm.decode.loading import load_denoiser
+
+    torch.set_num_threads(1)  # as the server (OMP_NUM_THREADS=1): one core each, whatever else runs
+    denoiser, tokenizer, _ = load_denoiser(model_dir)
+    generate_with_result(denoiser, tokenizer, ["warm up"], 8, DecodeConfig(temperature=0.0))
+    latencies, nfe = [], 0
+    started = time.perf_counter()
+    for request in requests:
+        t0 = time.perf_counter()
+        config = DecodeConfig(temperature=0.0, steps=request["steps"])
+        _, result, _ = generate_with_result(denoiser, tokenizer, [request["prompt"]], request["max_tokens"], config)
+        latencies.append(time.perf_counter() - t0)
+        nfe += result.nfe
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "latencies": latencies, "nfe": nfe}
+
+
+def start_server(model_dir: str, max_batch: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "mdlm.decode.serve.cli", "--model", model_dir, "--port",
+                                str(port), "--max-batch", str(max_batch), "--log-level", "warning"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.time() + 180
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"mdlm-serve exited: {process.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            process.kill()
+            raise RuntimeError("mdlm-serve did not answer /health within 180 s")
+        time.sleep(0.2)
+
+
+def through_server(url: str, requests: list[dict], concurrency: int) -> dict:
+    """The requests from `concurrency` client threads (each its own openai client), streamed."""
+    import openai
+
+    clients = [openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+               for _ in range(concurrency)]
+
+    def send(k: int) -> dict:
+        request = requests[k]
+        client = clients[k % concurrency]
+        t0 = time.perf_counter()
+        first, nfe = None, 0
+        stream = client.completions.create(model="bench", prompt=request["prompt"], max_tokens=request["max_tokens"],
+                                           temperature=0.0, stream=True, stream_options={"include_usage": True},
+                                           extra_body={"steps": request["steps"]})
+        for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].text:
+                first = time.perf_counter() - t0
+            if chunk.usage is not None:
+                nfe = chunk.usage.model_extra["nfe"]
+        latency = time.perf_counter() - t0
+        return {"latency": latency, "first_text": first if first is not None else latency, "nfe": nfe}
+
+    send(0)  # warm up the connection and the server's first call
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        rows = list(pool.map(send, range(len(requests))))
+    wall = time.perf_counter() - started
+    return {"wall_s": wall, "latencies": [r["latency"] for r in rows], "first_text": [r["first_text"] for r in rows],
+            "nfe": sum(r["nfe"] for r in rows)}
+
+
+def percentile(values, q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def summarize(run: dict, tokens: int) -> dict:
+    out = {"wall_s": round(run["wall_s"], 3), "tokens_per_s": round(tokens / run["wall_s"], 1),
+           "latency_p50_s": round(percentile(run["latencies"], 50), 4),
+           "latency_p95_s": round(percentile(run["latencies"], 95), 4), "nfe": run["nfe"]}
+    if "first_text" in run:
+        out["first_text_p50_s"] = round(percentile(run["first_text"], 50), 4)
+        out["first_text_p95_s"] = round(percentile(run["first_text"], 95), 4)
+    return out
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = results["server"]
+    xs = [r["concurrency"] for r in levels]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot(xs, [r["tokens_per_s"] for r in levels], "o-", label="mdlm-serve (streamed, openai clients)")
+    axes[0].axhline(results["one_by_one"]["tokens_per_s"], color="gray", ls="--", label="one by one: generate()")
+    for r in levels:
+        axes[0].annotate(f"{r['speedup']:.1f}x", (r["concurrency"], r["tokens_per_s"]), textcoords="offset points",
+                         xytext=(4, -12))
+    axes[0].set(xscale="log", xticks=xs, xticklabels=[str(x) for x in xs], xlabel="concurrent clients",
+                ylabel="generated tokens / s", title="throughput")
+    axes[0].legend()
+    for key, label in (("latency_p50_s", "latency p50"), ("latency_p95_s", "latency p95"),
+                       ("first_text_p50_s", "first committed text p50")):
+        axes[1].plot(xs, [r[key] for r in levels], "o-", label=label)
+    axes[1].axhline(results["one_by_one"]["latency_p50_s"], color="gray", ls="--", label="one by one: latency p50")
+    axes[1].set(xscale="log", xticks=xs, xticklabels=[str(x) for x in xs], xlabel="concurrent clients",
+                ylabel="seconds", title="latency per request")
+    axes[1].legend()
+    fig.suptitle(f"mdlm-serve, {results['requests']} requests, {results['model']}, {results['machine']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown_table(results: dict) -> str:
+    base = results["one_by_one"]
+    lines = [f"{results['requests']} requests ({results['tokens']} generated tokens) on {results['model']}, "
+             f"{results['machine']}:", "",
+             "| clients | tokens/s | vs one by one | latency p50 / p95 (s) | first text p50 / p95 (s) | NFE |",
+             "|---:|---:|---:|---:|---:|---:|",
+             f"| one by one (generate) | {base['tokens_per_s']} | 1.00x | {base['latency_p50_s']} / "
+             f"{base['latency_p95_s']} | - | {base['nfe']} |"]
+    for r in results["server"]:
+        lines.append(f"| {r['concurrency']} | {r['tokens_per_s']} | {r['speedup']:.2f}x | {r['latency_p50_s']} / "
+                     f"{r['latency_p95_s']} | {r['first_text_p50_s']} / {r['first_text_p95_s']} | {r['nfe']} |")
+    lines.append("")
+    lines.append(f"Overhead at 1 client: {100 * results['overhead_at_1']:+.1f}% of the one-by-one wall time.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(REPO_ROOT / "runs" / "tiny"),
+                        help="run folder (default runs/tiny: accelerate launch train/pretrain.py --config tiny "
+                             "--output-dir runs/tiny)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    add_output_dir_argument(parser)
+    args = parser.parse_args(argv)
+    if not (Path(args.model) / "config.json").exists():
+        raise SystemExit(f"bench serve: error: no run in {args.model}; train one with: accelerate launch "
+                         "train/pretrain.py --config tiny --output-dir runs/tiny")
+    from mdlm.decode.loading import load_denoiser
+
+    denoiser, tokenizer, _ = load_denoiser(args.model)
+    requests = make_requests(tokenizer, denoiser.context or 1024)
+    tokens = sum(r["max_tokens"] for r in requests)
+    before = one_by_one(args.model, requests)
+    process, url = start_server(args.model, max(args.concurrency))
+    try:
+        levels = []
+        for concurrency in args.concurrency:
+            run = through_server(url, requests, concurrency)
+            levels.append({"concurrency": concurrency, **summarize(run, tokens)})
+            print(f"concurrency {concurrency}: {levels[-1]}", flush=True)
+    finally:
+        process.terminate()
+        process.wait(30)
+    after = one_by_one(args.model, requests)
+    baseline = {"wall_s": (before["wall_s"] + after["wall_s"]) / 2, "latencies": before["latencies"] + after["latencies"],
+                "nfe": before["nfe"]}
+    base = summarize(baseline, tokens)
+    base["wall_s_before_after"] = [round(before["wall_s"], 3), round(after["wall_s"], 3)]
+    for level in levels:
+        level["speedup"] = round(level["tokens_per_s"] / base["tokens_per_s"], 3)
+    at_one = next((lv for lv in levels if lv["concurrency"] == 1), None)
+    results = dict(model=f"{Path(args.model).name} ({Path(args.model)})", requests=len(requests), tokens=tokens,
+                   machine=f"{os.cpu_count()} CPU cores (shared)", tokens_per_step=TOKENS_PER_STEP,
+                   sampler="confidence, low-confidence remasking, temperature 0", one_by_one=base, server=levels,
+                   overhead_at_1=round(at_one["wall_s"] / base["wall_s"] - 1, 4) if at_one else None)
+    return write_results(args.output_dir, NAME, results, plot, markdown_table)
+
+
+if __name__ == "__main__":
+    main()
