@@ -124,8 +124,16 @@ def choose_block_cache(denoiser: CountedDenoiser, config, column_blocks: bool, v
     use_cache=False), the approximate prefix cache when asked for on a model with a KV cache, else none."""
     if column_blocks and config.use_cache and denoiser.supports_cache:
         return ExactBlockCache(denoiser, valid, position_ids)
+    shifted = getattr(getattr(denoiser, "profile", None), "shifted_logits", False)
+    if (config.dual_cache or (config.approximate_prefix_cache and shifted)) and denoiser.supports_cache \
+            and not column_blocks:
+        from mdlm.decode.fast_dllm_cache import FastDLLMCache  # Dream's shift needs the query before the block
+
+        return FastDLLMCache(denoiser, valid, position_ids, suffix=config.dual_cache)
     if config.approximate_prefix_cache and denoiser.supports_cache:
         return ApproximatePrefixCache(denoiser, valid, position_ids)
+    if config.dual_cache and not column_blocks:
+        raise ValueError("dual_cache needs a model with a KV cache (ours, LLaDA, Dream)")
     if config.approximate_prefix_cache and not column_blocks:
         raise ValueError("approximate_prefix_cache needs a model with a KV cache (MDLMForMaskedLM)")
     return NoBlockCache(denoiser, valid, position_ids)

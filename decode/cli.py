@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--no-cache", action="store_true", help="disable the exact caches (RADD, block KV)")
     dec.add_argument("--approximate-prefix-cache", action="store_true",
                      help="Fast-dLLM prefix KV cache on a bidirectional model (approximate)")
+    dec.add_argument("--dual-cache", action="store_true",
+                     help="Fast-dLLM dual (prefix + suffix) KV cache on a bidirectional model (approximate)")
     dec.add_argument("--draft-size", type=int, default=4, help="ASSD draft size")
     dec.add_argument("--adaptive-draft", action="store_true", help="ASSD adaptive draft size")
     dec.add_argument("--order", default="left-to-right", choices=ASSD_ORDERS, help="ASSD decoding order")
@@ -197,7 +199,7 @@ def config_from_args(args, tokenizer) -> DecodeConfig:
             sampler=args.sampler, steps=args.steps, schedule=args.schedule, remasking=args.remasking,
             threshold=args.threshold, block_length=args.block_length, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, eoser=args.eoser, eos_token_id=getattr(args, "eos_token_id", tokenizer.eos_token_id), use_cache=not args.no_cache,
-            approximate_prefix_cache=args.approximate_prefix_cache, seed=args.seed, draft_size=args.draft_size,
+            approximate_prefix_cache=args.approximate_prefix_cache, dual_cache=args.dual_cache, seed=args.seed, draft_size=args.draft_size,
             adaptive_draft=args.adaptive_draft, order=args.order, masking_schedule=args.masking_schedule,
             trace=bool(args.trace))
     except ValueError as error:

@@ -50,6 +50,7 @@ class DecodeConfig:
     eoser: EOS early rejection (scale the confidence of drawn EOS tokens by a gamma rising to 1).
     use_cache: exact caches (RADD output reuse; block KV cache on block-causal models).
     approximate_prefix_cache: Fast-dLLM prefix KV cache on a bidirectional model (not exact; opt-in).
+    dual_cache: Fast-dLLM dual cache (prefix and suffix, refreshed per block; `mdlm.decode.fast_dllm_cache`).
     masking_schedule: alpha_t of the "ancestral" sampler ("linear" or "cosine").
     full_logits: the confidence and first-hitting samplers ask the model for logits at every position of
         the canvas instead of only where they draw (the current block's masked positions; the one
@@ -74,6 +75,7 @@ class DecodeConfig:
     eos_token_id: int | None = None
     use_cache: bool = True
     approximate_prefix_cache: bool = False
+    dual_cache: bool = False
     full_logits: bool = False
     trace: bool = False
     seed: int | None = None

@@ -438,3 +438,16 @@ def one_intra_op_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def record_call_widths(model) -> list[int]:
+    """The list that every later call of `model` appends its input's width (columns run) to."""
+    widths = []
+    original = model.forward
+
+    def recording(*args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[1])
+        return original(*args, **kwargs)
+
+    model.forward = recording
+    return widths

@@ -20,7 +20,8 @@ import torch
 from mdlm.decode import DecodeConfig, decode
 from mdlm.decode.families import FAMILY_REGISTRY, ProfiledDenoiser, detect_family, get_family, resolve_mask_token_id
 from tests.family_models import (BD3LMLike, BlockDiffusionLike, DreamLike, LLaDALike, MDLMOWTLike, family_config,
-                                 native_family_model, reference_logits, remote_code_module)
+                                 native_family_model, record_call_widths, reference_logits,
+                                 remote_code_module)
 from tests.test_decode_exactness import chi_square_p_value, histogram, order_mixture
 
 TOKENS, LENGTH, MASK = 3, 3, 3  # the vocabulary of test_decode_exactness: 3 tokens + the mask
@@ -180,14 +181,7 @@ def test_a_row_decodes_the_same_alone_and_in_a_left_padded_batch(family):
 @pytest.mark.parametrize("family", ["llada2", "sdar"])
 def test_block_causal_families_give_the_same_tokens_with_the_block_kv_cache(family):
     model = family_model(family, seed=2)
-    widths = []
-    original = model.forward
-
-    def recording(*args, **kwargs):
-        widths.append(kwargs["input_ids"].shape[1])
-        return original(*args, **kwargs)
-
-    model.forward = recording
+    widths = record_call_widths(model)
     denoiser = adapter(model)
     assert denoiser.supports_cache
     canvas, valid = left_padded([[0, 1, 2], [2, 1]], 8)

@@ -92,6 +92,7 @@ def decoding_paths(family):
         paths["exact block KV"] = dataclasses.replace(base, use_cache=True)
     else:
         paths["prefix cache"] = dataclasses.replace(base, approximate_prefix_cache=True)
+        paths["dual cache"] = dataclasses.replace(base, dual_cache=True)
     return paths
 
 
@@ -111,6 +112,36 @@ def test_the_exact_block_kv_cache_gives_the_uncached_tokens(loaded):
         cached = decode_prompts(denoiser, tokenizer, PROMPTS, config, new_tokens=12)
         uncached = decode_prompts(denoiser, tokenizer, PROMPTS, dataclasses.replace(config, use_cache=False), 12)
         assert cached == uncached
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_fast_dllm_caches_are_exact_on_a_one_layer_model_and_run_only_the_block(family):
+    """With one layer a key/value depends on its own token and position only, so the prefix and suffix keys
+    cached at a block's first step are still right at its later steps: the prefix and dual caches must give
+    the uncached tokens (for Dream, only when the block's first position is read from the fresh state
+    before it: the logit shift). Later steps run the block (dual) or block + suffix (prefix) only."""
+    from tests.family_models import native_family_model, record_call_widths
+    from mdlm.decode.families import ProfiledDenoiser, get_family
+
+    layers = {"n_layers": 1} if family == "llada" else {"num_hidden_layers": 1}
+    model = native_family_model(family, vocab_size=40, seed=3, **layers)
+    denoiser = ProfiledDenoiser(model, get_family(family), mask_token_id=39)
+    widths = record_call_widths(model)
+    canvas = torch.full((3, 18), 39)
+    valid = torch.ones_like(canvas, dtype=torch.bool)
+    canvas[:, :6] = torch.randint(0, 39, (3, 6), generator=torch.Generator().manual_seed(0))
+    valid[0, :2] = valid[1, :4] = False  # left padding
+    for seed in range(2):
+        config = DecodeConfig(sampler="confidence", temperature=1.0, seed=seed, block_length=4, use_cache=False)
+        uncached = decode(denoiser, canvas, config, valid=valid).tokens
+        for cache in ("approximate_prefix_cache", "dual_cache"):
+            widths.clear()
+            cached = decode(denoiser, canvas, dataclasses.replace(config, **{cache: True}), valid=valid).tokens
+            assert torch.equal(cached, uncached), (family, cache)
+            block_width = 4 + (family == "dream")  # Dream's queries start one column before the block
+            later = [w for w in widths if w != 18]
+            assert set(later) == {block_width} if cache == "dual_cache" else max(later) == 12 + block_width - 4
+            assert widths.count(18) == 3  # one full call per block (refreshed per block)
 
 
 def test_llada_honours_the_padding_mask(loaded):
