@@ -32,6 +32,7 @@ from trl import GRPOConfig, GRPOTrainer
 from mdlm.decode.config import DecodeConfig
 from mdlm.decode.denoiser import default_position_ids
 from mdlm.decode.trace import Trajectory
+from mdlm.trainable import AdapterDisabled, denoiser_for, is_lora, training_logits
 
 
 def check_mask_token(model) -> int:
@@ -90,7 +91,7 @@ def rollout(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completi
     was_training = model.training
     model.eval()
     try:
-        result = decode(model, canvas, config, valid=valid, generator=generator)
+        result = decode(denoiser_for(model), canvas, config, valid=valid, generator=generator)
     finally:
         model.train(was_training)
     completion = result.tokens[:, prompt_ids.shape[1]:]
@@ -108,7 +109,7 @@ def completion_logps(model, input_ids: torch.Tensor, valid: torch.Tensor, masked
     columns, with logits / temperature, in float32; and the entropies when asked. A mask logit of -inf
     contributes 0 to the entropy (never NaN). `model` may be a DDP wrapper (so the mask id is given)."""
     noisy = input_ids.masked_fill(masked, mask_token_id)
-    logits = model(noisy, attention_mask=valid, position_ids=default_position_ids(valid)).logits
+    logits = training_logits(model, noisy, valid, default_position_ids(valid))  # any family, its convention
     logits = logits[:, -completion_length:].float() / temperature
     log_probs = torch.log_softmax(logits, -1)
     logps = log_probs.gather(-1, input_ids[:, -completion_length:, None])[..., 0]
@@ -202,7 +203,10 @@ def score_rewards(reward_funcs, prompts, completions, completion_ids, columns: d
 
 
 def make_reference(model):
-    """A frozen copy of the policy, made before TRL patches the policy's forward."""
+    """The frozen reference policy: a LoRA policy's base with the adapter switched off (no second copy in
+    memory), else a copy made before TRL patches the policy's forward."""
+    if is_lora(model):
+        return AdapterDisabled(model)
     reference = copy.deepcopy(model)
     reference.eval()
     for p in reference.parameters():
@@ -280,7 +284,10 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         finally:
             args.beta = beta
         self.beta = beta
-        if reference is not None:
+        if isinstance(reference, AdapterDisabled):
+            reference.policy = self.model  # the prepared policy, run with its adapter off
+            self.ref_model = reference
+        elif reference is not None:
             self.ref_model = self.accelerator.prepare_model(reference, evaluation_mode=True)
         self.accuracy_fn = accuracy_fn
         self.user_reward_funcs = list(reward_funcs)
