@@ -39,11 +39,11 @@ def reveal_probabilities(schedule_name: str, steps: int) -> torch.Tensor:
     return prob.clamp(0.0, 1.0)
 
 
-def ancestral_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=None, generator=None):
+def ancestral_decode(denoiser, canvas, config: DecodeConfig, valid=None, position_ids=None, generator=None):
     """Tau-leaping over `config.steps` (default 1000) steps of `config.masking_schedule` -> DecodeResult.
 
     stats: "row_evaluations" (rows through the network) and "steps"."""
-    denoiser = as_denoiser(model)
+    denoiser = as_denoiser(denoiser)
     canvas = Canvas.of(denoiser, canvas, valid, position_ids)
     refuse_block_length(config)
     valid, mask_id = canvas.valid, canvas.mask_token_id

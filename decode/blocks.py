@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from mdlm.decode.config import DecodeConfig
-from mdlm.decode.schedules import ascending_blocks, ascending_num_steps, step_counts
+from mdlm.decode.unmasking import ascending_blocks, ascending_num_steps, step_counts
 
 
 @dataclass
@@ -68,9 +68,9 @@ def _steps_per_block(config: DecodeConfig, block_sizes: list[int], own_steps: bo
 
 def _check_ascending_steps(config: DecodeConfig, longest: int, own_steps: bool) -> None:
     if not own_steps and config.steps is not None and config.steps != ascending_num_steps(longest):
-        raise ValueError(f"schedule='ascending' fixes its own step count, floor(log2 {longest}) = "
+        raise ValueError(f"unmasking_schedule='ascending' fixes its own step count, floor(log2 {longest}) = "
                          f"{ascending_num_steps(longest)} for {longest} tokens, but steps={config.steps} was asked "
-                         f"for: leave steps unset (or use schedule='uniform' for {config.steps} steps)")
+                         f"for: leave steps unset (or use unmasking_schedule='uniform' for {config.steps} steps)")
 
 
 def plan_rank_blocks(to_generate: torch.Tensor, config: DecodeConfig, own_steps: bool = False) -> list[Block]:
@@ -81,7 +81,7 @@ def plan_rank_blocks(to_generate: torch.Tensor, config: DecodeConfig, own_steps:
     longest = max(masked_per_row) if masked_per_row else 0
     block_length = config.block_length or max(1, longest)
     num_blocks = max(1, math.ceil(longest / block_length))
-    if config.schedule == "ascending":
+    if config.unmasking_schedule == "ascending":
         _check_ascending_steps(config, longest, own_steps)
         # ASS shares its global step sequence out to the blocks (the block sizes follow from it).
         per_row = [ascending_blocks(m, num_blocks) if m else [[0]] for m in masked_per_row]
@@ -103,7 +103,7 @@ def plan_rank_blocks(to_generate: torch.Tensor, config: DecodeConfig, own_steps:
     block_steps = _steps_per_block(config, [int(m.sum(-1).max()) for m in members_of], own_steps)
     blocks = []
     for members, steps in zip(members_of, block_steps):
-        counts = [step_counts(config.schedule, int(m), steps) for m in members.sum(-1).tolist()]
+        counts = [step_counts(config.unmasking_schedule, int(m), steps) for m in members.sum(-1).tolist()]
         blocks.append(Block(members, _counts_tensor(counts, rank.device)))
     return blocks
 
@@ -115,17 +115,17 @@ def plan_column_blocks(to_generate: torch.Tensor, config: DecodeConfig, block_le
     width = to_generate.shape[1]
     ranges = [(s, min(width, s + block_length)) for s in range(0, width, block_length)]
     ranges = [r for r in ranges if to_generate[:, r[0]:r[1]].any()]
-    if config.schedule == "ascending":
+    if config.unmasking_schedule == "ascending":
         _check_ascending_steps(config, int(to_generate.sum(-1).max()), own_steps)
     block_steps = _steps_per_block(config, [int(to_generate[:, a:b].sum(-1).max()) for a, b in ranges], own_steps)
     blocks = []
     for (start, end), steps in zip(ranges, block_steps):
         members = torch.zeros_like(to_generate)
         members[:, start:end] = to_generate[:, start:end]
-        if config.schedule == "ascending":
+        if config.unmasking_schedule == "ascending":
             counts = [step_counts("ascending", int(m), 0) if m else [0] for m in members.sum(-1).tolist()]
         else:
-            counts = [step_counts(config.schedule, int(m), steps) for m in members.sum(-1).tolist()]
+            counts = [step_counts(config.unmasking_schedule, int(m), steps) for m in members.sum(-1).tolist()]
         blocks.append(Block(members, _counts_tensor(counts, to_generate.device), (start, end)))
     return blocks
 

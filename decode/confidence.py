@@ -15,7 +15,7 @@ Blocks are decoded left to right.
                                                  # (Fast-dLLM threshold), fill all then remask (MDPO RCR)
 
 The variants live beside this loop, each in its own file: the unmasking schedules (uniform, cosine,
-ascending step size: `mdlm.decode.schedules`), the remasking policies, and the block-cache strategies
+ascending step size: `mdlm.decode.unmasking`), the remasking policies, and the block-cache strategies
 (none, Fast-dLLM's approximate prefix cache, BD3-LM's exact block KV cache on block-causal models).
 """
 
@@ -30,7 +30,7 @@ from mdlm.decode.config import DecodeConfig, DecodeResult
 from mdlm.decode.denoiser import CountedDenoiser, as_denoiser
 from mdlm.decode.draw import draw, tempered_logprob
 from mdlm.decode.remasking import remasking_policy
-from mdlm.decode.schedules import ascending_num_steps, eoser_gamma
+from mdlm.decode.unmasking import ascending_num_steps, eoser_gamma
 from mdlm.decode.trace import TraceRecorder
 
 
@@ -47,7 +47,7 @@ def decode_blocks(denoiser: CountedDenoiser, x, valid, position_ids, config: Dec
     else:
         blocks = plan_rank_blocks(to_generate, config, policy.sets_own_steps)
     total_steps = sum(b.counts.shape[1] for b in blocks)
-    if config.schedule == "ascending":
+    if config.unmasking_schedule == "ascending":
         total_steps = ascending_num_steps(int(to_generate.sum(-1).max()))
     eos_id = config.eos_token_id if config.eos_token_id is not None else denoiser.eos_token_id
     global_step = 0
@@ -78,7 +78,7 @@ def decode_blocks(denoiser: CountedDenoiser, x, valid, position_ids, config: Dec
                 policy_logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
                 policy_logprob[masked] = tempered_logprob(masked_logits, sample.tokens, config.temperature)
             if config.eoser and eos_id is not None:
-                gamma = eoser_gamma(global_step, total_steps, config.schedule, config.eoser_gamma_min)
+                gamma = eoser_gamma(global_step, total_steps, config.unmasking_schedule, config.eoser_gamma_min)
                 score = torch.where(masked & (x0 == eos_id), score * gamma, score)
             after, revealed, remasked = policy.commit(x, x0, masked, score, block, step, mask_id)
             recorder.record(x, revealed, logprob, remasked, x0=x0, confidence=score, policy_logprob=policy_logprob)

@@ -6,6 +6,7 @@ returns a `DecodeResult`. Fixed tokens (prompt, infill suffix, schema scaffoldin
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,7 +41,8 @@ class DecodeConfig:
         cache): spread over the blocks, the remainder to the earliest ones; fewer steps than blocks or
         more than tokens to generate is refused. None: one token per step for "confidence", 1000 for
         "ancestral"; "ascending" fixes its own count (floor(log2) of the length; another is refused).
-    schedule: how many tokens a step reveals ("uniform", "cosine", "ascending" step size).
+    unmasking_schedule: how many tokens a step reveals ("uniform", "cosine", "ascending" step size;
+        `mdlm.decode.unmasking`). The old name `schedule=` is still accepted for a while.
     remasking: which positions a step commits ("random", "low-confidence", "margin", "entropy",
         "threshold" = Fast-dLLM's confidence >= `threshold`, at least one; "rcr" = MDPO's running
         confidence remasking).
@@ -63,7 +65,7 @@ class DecodeConfig:
 
     sampler: str = "confidence"
     steps: int | None = None
-    schedule: str = "uniform"
+    unmasking_schedule: str = "uniform"
     remasking: str = "low-confidence"
     threshold: float = 0.9
     block_length: int | None = None
@@ -87,7 +89,7 @@ class DecodeConfig:
 
     def __post_init__(self):
         _choose("sampler", self.sampler, tuple(SAMPLER_REGISTRY))
-        _choose("schedule", self.schedule, UNMASKING_SCHEDULES)
+        _choose("unmasking_schedule", self.unmasking_schedule, UNMASKING_SCHEDULES)
         _choose("remasking", self.remasking, REMASKING_POLICIES)
         _choose("masking_schedule", self.masking_schedule, MASKING_SCHEDULES)
         _choose("order", self.order, ASSD_ORDERS)
@@ -106,6 +108,29 @@ class DecodeConfig:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.draft_size < 1:
             raise ValueError(f"draft_size must be >= 1, got {self.draft_size}")
+
+    @property
+    def schedule(self) -> str:
+        """The old name of `unmasking_schedule` (read-only; short-lived)."""
+        return self.unmasking_schedule
+
+
+def _accept_old_field_names(dataclass_init):
+    """`DecodeConfig(schedule=...)` keeps working while callers move to `unmasking_schedule=`."""
+
+    @functools.wraps(dataclass_init)
+    def init(self, *args, schedule: str | None = None, **kwargs):
+        if schedule is not None:
+            if kwargs.get("unmasking_schedule", schedule) != schedule:
+                raise ValueError(f"schedule={schedule!r} and unmasking_schedule={kwargs['unmasking_schedule']!r} "
+                                 "disagree; give unmasking_schedule only (schedule is its old name)")
+            kwargs["unmasking_schedule"] = schedule
+        dataclass_init(self, *args, **kwargs)
+
+    return init
+
+
+DecodeConfig.__init__ = _accept_old_field_names(DecodeConfig.__init__)
 
 
 @dataclass

@@ -30,11 +30,11 @@ from mdlm.decode.trace import TraceRecorder
 from mdlm.schedules import get_schedule
 
 
-def first_hitting_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=None, generator=None):
+def first_hitting_decode(denoiser, canvas, config: DecodeConfig, valid=None, position_ids=None, generator=None):
     """Reveal one uniformly chosen masked position per row per network call -> DecodeResult.
 
     stats["times"]: (B, steps) float64 first-hitting times (NaN once a row is done)."""
-    denoiser = as_denoiser(model)
+    denoiser = as_denoiser(denoiser)
     canvas = Canvas.of(denoiser, canvas, valid, position_ids)
     refuse_block_length(config)
     valid, mask_id = canvas.valid, canvas.mask_token_id

@@ -220,8 +220,8 @@ def draft_targets(state: TwoStreamCanvas, num_draft: torch.Tensor, num_extra: to
     return targets, target_valid, logits.gather(1, index)
 
 
-def _prepare(model, canvas, config: DecodeConfig, valid, position_ids, generator):
-    denoiser = as_denoiser(model)
+def _prepare(denoiser, canvas, config: DecodeConfig, valid, position_ids, generator):
+    denoiser = as_denoiser(denoiser)
     check_two_stream_model(denoiser.model)
     canvas = Canvas.of(denoiser, canvas, valid, position_ids)
     state = TwoStreamCanvas(denoiser, canvas, use_cache=config.use_cache)
@@ -252,13 +252,13 @@ def _call_stats(state: TwoStreamCanvas, generated_per_row: torch.Tensor) -> dict
 # ----------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=None, generator=None) -> DecodeResult:
+def assd_decode(denoiser, canvas, config: DecodeConfig, valid=None, position_ids=None, generator=None) -> DecodeResult:
     """Any-subset speculative decoding of every mask position of `canvas` (B, L) -> DecodeResult.
 
     stats: drafted / accepted (tested drafts, the free first one excluded), acceptance_rate, rounds,
     generated (tokens, whole batch), generated_per_row, calls_per_row (calls in which the row had a
     query), tokens_per_call (generated tokens per row-call), draft_sizes (k of each round)."""
-    state, priority, generator = _prepare(model, canvas, config, valid, position_ids, generator)
+    state, priority, generator = _prepare(denoiser, canvas, config, valid, position_ids, generator)
     trace = TraceRecorder(config.trace, config.step_callback)
     total = state.undecided.sum(1)
     drafted = accepted = rounds = 0
@@ -324,20 +324,20 @@ def assd_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=No
 
 
 @torch.no_grad()
-def sequential_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=None,
+def sequential_decode(denoiser, canvas, config: DecodeConfig, valid=None, position_ids=None,
                       generator=None) -> DecodeResult:
     """One token per network call in the order of `config.order`: the same distribution as ASSD (for
     the fixed orders), L network calls for L tokens."""
-    return parallel_decode(model, canvas, config, valid, position_ids, generator, tokens_per_call=1)
+    return parallel_decode(denoiser, canvas, config, valid, position_ids, generator, tokens_per_call=1)
 
 
 @torch.no_grad()
-def parallel_decode(model, canvas, config: DecodeConfig, valid=None, position_ids=None, generator=None,
+def parallel_decode(denoiser, canvas, config: DecodeConfig, valid=None, position_ids=None, generator=None,
                     tokens_per_call: int | None = None) -> DecodeResult:
     """Plain parallel decoding: each call drafts the next positions in sigma and commits every draft,
     conditionally independent given the decoded tokens. `config.steps` calls (counts spread evenly),
     or `tokens_per_call` per call."""
-    state, priority, generator = _prepare(model, canvas, config, valid, position_ids, generator)
+    state, priority, generator = _prepare(denoiser, canvas, config, valid, position_ids, generator)
     trace = TraceRecorder(config.trace, config.step_callback)
     total = state.undecided.sum(1)
     steps = config.steps if tokens_per_call is None else None

@@ -1,4 +1,5 @@
-"""Unmasking schedules: how many tokens each denoising step reveals.
+"""Unmasking schedules: how many tokens each denoising step reveals (`DecodeConfig.unmasking_schedule`;
+not the masking schedule alpha_t of training and of the ancestral sampler, which is `mdlm.schedules`).
 
 - uniform (LLaDA): n_s = floor(m / S) + [s < m mod S].
 - cosine (MaskGIT): after step s a fraction cos(pi/2 * (s+1)/S) of the m tokens is still masked, so

@@ -38,7 +38,7 @@ PROMPTS = [[5, 6], [4, 5, 6, 7, 8], [9]]
 def test_fills_every_mask_and_keeps_fixed_tokens(remasking, schedule):
     model = small_model()
     canvas, valid = padded_batch(PROMPTS, 9)
-    config = DecodeConfig(steps=None if schedule == "ascending" else 6, schedule=schedule, remasking=remasking,
+    config = DecodeConfig(steps=None if schedule == "ascending" else 6, unmasking_schedule=schedule, remasking=remasking,
                           block_length=4, seed=0, trace=True, eoser=True)
     result = decode(model, canvas, config, valid=valid)
     assert not (result.tokens[valid] == MASK).any()
@@ -190,7 +190,7 @@ def test_block_causal_cached_trace_is_in_the_callers_layout_with_the_models_log_
 def test_network_calls_equal_the_asked_for_steps(steps, block_length, new_tokens, schedule, attention):
     model = small_model(attention)
     canvas = torch.full((1, new_tokens), MASK)
-    config = DecodeConfig(steps=steps, block_length=block_length, schedule=schedule, seed=0, trace=True,
+    config = DecodeConfig(steps=steps, block_length=block_length, unmasking_schedule=schedule, seed=0, trace=True,
                           use_cache=False)
     result = decode(model, canvas, config)
     assert result.nfe == steps == len(result.trace)
@@ -207,7 +207,7 @@ def test_network_calls_equal_the_steps_on_a_padded_batch():
 @pytest.mark.parametrize("config, new_tokens, message", [
     (DecodeConfig(steps=2, block_length=2), 6, r"steps=2 is fewer than the 3 blocks.*steps >= 3"),
     (DecodeConfig(steps=7), 6, r"steps=7 is more than the 6 tokens.*steps <= 6"),
-    (DecodeConfig(steps=5, schedule="ascending"), 16, r"floor\(log2 16\) = 4.*steps=5"),
+    (DecodeConfig(steps=5, unmasking_schedule="ascending"), 16, r"floor\(log2 16\) = 4.*steps=5"),
 ])
 def test_steps_that_cannot_be_honoured_are_refused_with_the_numbers(config, new_tokens, message):
     with pytest.raises(ValueError, match=message):

@@ -9,7 +9,7 @@ import torch
 from mdlm import MDLMConfig, MDLMForMaskedLM
 from mdlm.decode import DecodeConfig, as_denoiser, decode
 from mdlm.decode.ancestral import reveal_probabilities
-from mdlm.decode.schedules import ascending_blocks, ascending_counts, cosine_counts, eoser_gamma, uniform_counts
+from mdlm.decode.unmasking import ascending_blocks, ascending_counts, cosine_counts, eoser_gamma, uniform_counts
 
 
 def test_ascending_step_size_matches_the_paper():
@@ -44,7 +44,7 @@ def test_decoding_reveals_the_scheduled_counts(schedule, steps, expected_steps):
     model = MDLMForMaskedLM(MDLMConfig.from_preset("tiny", vocab_size=12, mask_token_id=11,
                                                    max_position_embeddings=300)).eval()
     canvas = torch.full((1, 256), 11)
-    result = decode(model, canvas, DecodeConfig(schedule=schedule, steps=steps, seed=0, trace=True))
+    result = decode(model, canvas, DecodeConfig(unmasking_schedule=schedule, steps=steps, seed=0, trace=True))
     revealed = [int(s.revealed.sum()) for s in result.trace]
     assert sum(revealed) == 256 and result.nfe == len(revealed) <= expected_steps
     if schedule == "ascending":
@@ -56,7 +56,7 @@ def test_ascending_with_blocks_decodes_the_paper_block_sizes():
     model = MDLMForMaskedLM(MDLMConfig.from_preset("tiny", vocab_size=12, mask_token_id=11,
                                                    max_position_embeddings=300)).eval()
     canvas = torch.full((1, 256), 11)
-    result = decode(model, canvas, DecodeConfig(schedule="ascending", block_length=86, seed=0, trace=True))
+    result = decode(model, canvas, DecodeConfig(unmasking_schedule="ascending", block_length=86, seed=0, trace=True))
     revealed = [s.revealed[0].nonzero()[:, 0] for s in result.trace]
     assert [len(r) for r in revealed] == [1, 2, 4, 8, 16, 32, 64, 129]
     assert int(revealed[-1].min()) == 127  # the last block is the last 129 positions
