@@ -17,7 +17,7 @@ from mdlm.decode.registry import SAMPLER_REGISTRY
 from mdlm.decode.remasking import POLICIES
 from mdlm.decode.trace import TraceStep
 
-UNMASKING_SCHEDULES = ("uniform", "cosine", "ascending")
+UNMASKING_SCHEDULES = ("uniform", "cosine", "ascending", "dream")
 REMASKING_POLICIES = tuple(POLICIES)  # the names of `mdlm.decode.remasking.POLICIES`
 ASSD_ORDERS = ("left-to-right", "random", "right-to-left", "confidence")
 MASKING_SCHEDULES = ("linear", "cosine")

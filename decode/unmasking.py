@@ -71,7 +71,11 @@ def step_counts(schedule: str, m: int, steps: int) -> list[int]:
         return cosine_counts(m, steps)
     if schedule == "ascending":
         return ascending_counts(m)
-    raise ValueError(f"unknown unmasking schedule {schedule!r}; choose uniform, cosine or ascending")
+    if schedule == "dream":
+        from mdlm.decode.dream_schedule import dream_counts
+
+        return dream_counts(m, steps)
+    raise ValueError(f"unknown unmasking schedule {schedule!r}; choose uniform, cosine, ascending or dream")
 
 
 def eoser_gamma(step: int, total_steps: int, schedule: str, gamma_min: float | None = None) -> float:
