@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--sampler", default="confidence", choices=list(SAMPLER_REGISTRY))
     dec.add_argument("--steps", type=int, default=None, help="denoising steps (default: one token per step; "
                      "1000 for ancestral)")
-    dec.add_argument("--schedule", default="uniform", choices=UNMASKING_SCHEDULES, help="tokens revealed per step")
+    dec.add_argument("--schedule", default=None, choices=UNMASKING_SCHEDULES,
+                     help="tokens revealed per step (default: the family's own, e.g. Dream's; else uniform)")
     dec.add_argument("--remasking", default="low-confidence", choices=REMASKING_POLICIES)
     dec.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of --remasking threshold")
     dec.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block length")
@@ -185,6 +186,14 @@ def chat_prompts(tokenizer, prompts: list[tuple[str, str | None]], profile, enab
             for p, s in prompts]
 
 
+def family_schedule(args) -> str:
+    """The loaded family's own unmasking schedule (Dream's), else uniform."""
+    from mdlm.decode.families import FAMILY_REGISTRY
+
+    profile = FAMILY_REGISTRY.get(getattr(args, "profile_name", "ours"))
+    return getattr(profile, "schedule", None) or "uniform"
+
+
 def config_from_args(args, tokenizer) -> DecodeConfig:
     if args.no_cache and args.approximate_prefix_cache:
         raise CLIError("--no-cache and --approximate-prefix-cache contradict each other; give one of them")
@@ -196,7 +205,8 @@ def config_from_args(args, tokenizer) -> DecodeConfig:
                        f"is {what}: use --sampler confidence or first-hitting")
     try:
         return DecodeConfig(
-            sampler=args.sampler, steps=args.steps, schedule=args.schedule, remasking=args.remasking,
+            sampler=args.sampler, steps=args.steps, schedule=args.schedule or family_schedule(args),
+            remasking=args.remasking,
             threshold=args.threshold, block_length=args.block_length, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, eoser=args.eoser, eos_token_id=getattr(args, "eos_token_id", tokenizer.eos_token_id), use_cache=not args.no_cache,
             approximate_prefix_cache=args.approximate_prefix_cache, dual_cache=args.dual_cache, seed=args.seed, draft_size=args.draft_size,
