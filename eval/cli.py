@@ -35,6 +35,23 @@ def _add_local_tasks_to_task_manager() -> None:
     lm_eval.tasks.TaskManager = TaskManagerWithLocalTasks
 
 
+def check_limit(argv: list[str]) -> None:
+    """lm-eval reads `--limit` as a count (or, below 1, a fraction of each task) and passes a negative one to
+    islice, whose error names neither the flag nor the fix; 0 it reads as "no limit". Both are refused."""
+    import math
+
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--limit" and i + 1 < len(argv) else \
+            arg.split("=", 1)[1] if arg.startswith("--limit=") else None
+        try:
+            number = float(value) if value is not None else None
+        except ValueError:
+            continue  # not a number: lm-eval's own parser names it
+        if number is not None and not (math.isfinite(number) and number > 0):
+            raise ValueError(f"--limit must be > 0 (examples per task, or below 1 a fraction of each task), got "
+                             f"{value}; leave it out to evaluate every example")
+
+
 def main(argv: list[str] | None = None) -> None:
     """lm-eval's CLI; any error it raises (a missing task, a bad model arg, a missing run) is one line and
     exit status 2 (`mdlm.errors`), not lm-eval's traceback."""
@@ -51,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         # lm-eval's own default is cuda:0, which fails on a machine without CUDA
         argv += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
     sys.argv = [sys.argv[0] if sys.argv else "mdlm-eval", *argv]
+    run_main("mdlm-eval", check_limit, argv)
     run_main("mdlm-eval", cli_evaluate)
 
 

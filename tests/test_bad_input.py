@@ -119,6 +119,12 @@ def R(runs, tmp_path, *extra, run="mdlm", output="rl"):
             str(tmp_path / output), "--no-progress", *extra]
 
 
+def evaluate_cli(argv):
+    from mdlm.eval.cli import main
+
+    return main(argv)
+
+
 def bench(name):
     def entry(argv):
         import importlib
@@ -251,7 +257,14 @@ CASES = [
                  marks=ROOT_IGNORES_MODES),
     ("T yaml syntax error", pretrain, lambda r, t: T(r, t, "--config-file", write(t, "p.yaml", "lr: {\n")),
      "p.yaml: not plain YAML"),
+    # mdlm-eval: lm-eval's own line was "Indices for islice() must be None or an integer"; 0 meant "no limit"
+    *[(f"E limit {value}", evaluate_cli,
+       (lambda value: lambda r, t: ["--model", "mdlm", "--model_args", f"pretrained={r['mdlm']}", "--tasks",
+                                    "stdlib_ppl", "--limit", value])(value), "--limit must be > 0")
+      for value in ("-3", "0")],
     # benchmarks
+    ("bench lm_eval missing run, before training the other", bench("lm_eval"),
+     lambda r, t: ["--quick", "--mdlm", "/nonexistent", "--output-dir", str(t)], "--mdlm-run /nonexistent: not a run"),
     ("bench speculative missing run", bench("speculative"), lambda r, t: ["--run", "/nonexistent/run"],
      "/nonexistent/run does not exist"),
     ("bench speculative bogus order", bench("speculative"), lambda r, t: ["--order", "bogus"], "invalid choice"),

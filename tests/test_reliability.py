@@ -229,3 +229,16 @@ def test_prompt_file_is_one_prompt_and_prompts_file_one_per_line(tiny_run_dir, t
         records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert len(records) == count
     assert records[0]["prompt"] == "def add(a, b):"
+
+
+def test_a_clone_named_mdlm_in_the_working_folder_is_the_package_not_an_empty_namespace(tiny_run_dir, tmp_path):
+    """Issue 30: running from the folder that holds a clone named `mdlm` made `import mdlm` take the clone's
+    root for an empty namespace package, and a good run then failed to load with "retrain it"."""
+    (tmp_path / "mdlm").symlink_to(REPO, target_is_directory=True)
+    done = subprocess.run([sys.executable, "-m", "mdlm.decode.cli", "--model", str(tiny_run_dir), "--prompt", "def f(",
+                           "--max-new-tokens", "2", "--device", "cpu", "--seed", "0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    check = subprocess.run([sys.executable, "-c", "import mdlm; print(mdlm.__file__, mdlm.MDLMForMaskedLM.__name__)"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert check.stdout.split() == [str(tmp_path / "mdlm" / "mdlm" / "__init__.py"), "MDLMForMaskedLM"], check.stderr

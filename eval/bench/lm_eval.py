@@ -41,6 +41,13 @@ ESTIMATORS = {"tiled + stratified (ours)": dict(stratified_counts=True, tiled_po
 MC_GRID = (1, 2, 4, 8, 16, 32, 64)
 
 
+def check_run_folder(flag: str, path: str | None) -> None:
+    """A given run folder must be one, checked before either run is trained on demand."""
+    if path is not None and not (Path(path) / "config.json").is_file():
+        raise ValueError(f"{flag} {path}: not a run folder (no config.json there); pass a finished run folder, "
+                         "or leave the flag out to use the benchmark's own run (trained on first use)")
+
+
 def resolve_run(path: str | None, name: str) -> Path:
     """The given run folder, else the shared benchmark run (trained or resumed on demand)."""
     if path:
@@ -187,6 +194,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny limits: a smoke run")
     add_output_dir_argument(parser)
     args = parser.parse_args(argv)
+    check_run_folder("--mdlm-run", args.mdlm_run)
+    check_run_folder("--ar-run", args.ar_run)
     from mdlm.eval.bench.common import quick_results_dir
 
     args.output_dir = quick_results_dir(args.output_dir, args.quick)
