@@ -1,5 +1,5 @@
 """RL finetuning of masked diffusion LMs: TRL trainers over one shared base (`base.py`): diffu-GRPO (d1),
-MDPO (`mdpo.py`) and CJ-GRPO (`cj_grpo.py`).
+MDPO (`mdpo.py`), CJ-GRPO (`cj_grpo.py`) and d2-AnyOrder (`d2_anyorder.py`, exact trajectory likelihood).
 
     from mdlm.train.rl import ALGORITHMS
     config_cls, trainer_cls = ALGORITHMS["diffu-grpo"]()
@@ -26,7 +26,13 @@ def _cj_grpo():
     return CJGRPOConfig, CJGRPOTrainer
 
 
-ALGORITHMS = {"diffu-grpo": _diffu_grpo, "mdpo": _mdpo, "cj-grpo": _cj_grpo}
+def _d2_anyorder():
+    from mdlm.train.rl.d2_anyorder import D2AnyOrderConfig, D2AnyOrderTrainer
+
+    return D2AnyOrderConfig, D2AnyOrderTrainer
+
+
+ALGORITHMS = {"diffu-grpo": _diffu_grpo, "mdpo": _mdpo, "cj-grpo": _cj_grpo, "d2-anyorder": _d2_anyorder}
 
 
 def get_algorithm(name: str):

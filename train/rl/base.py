@@ -147,6 +147,13 @@ def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: 
     return surrogate, (ratio * advantages) > (clipped * advantages)
 
 
+def k3_kl(ref_logps: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || pi_ref): exp(d) - d - 1 with d = log pi_ref - log pi (>= 0; d is
+    clamped so that a -inf never reaches exp)."""
+    log_ratio = (ref_logps - logps).clamp(-20.0, 20.0)
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=-1) -> torch.Tensor:
     """Mean of x over mask along dim; 0 (never NaN) where the mask is empty."""
     mask = mask.to(x.dtype)

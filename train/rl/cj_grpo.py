@@ -29,7 +29,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from mdlm.decode.config import DecodeConfig
-from mdlm.train.rl.base import DiffusionGRPOConfig, DiffusionGRPOTrainer, clipped_surrogate, masked_mean, step_logps
+from mdlm.train.rl.base import (DiffusionGRPOConfig, DiffusionGRPOTrainer, clipped_surrogate, k3_kl, masked_mean,
+                                step_logps)
 
 
 @dataclass
@@ -100,12 +101,8 @@ class CJGRPOTrainer(DiffusionGRPOTrainer):
         trained = self.trained_tokens(inputs)
         surrogate, clipped = clipped_surrogate(logps, inputs["old_step_logps"], inputs["advantages"][:, None, None],
                                                self.epsilon_low, self.epsilon_high)
-        per_token = -surrogate
-        kl = None
-        if self.beta != 0.0:
-            log_ratio = (inputs["ref_step_logps"] - logps).clamp(-20.0, 20.0)
-            kl = torch.exp(log_ratio) - log_ratio - 1
-            per_token = per_token + self.beta * kl
+        kl = k3_kl(inputs["ref_step_logps"], logps) if self.beta != 0.0 else None
+        per_token = -surrogate if kl is None else -surrogate + self.beta * kl
         per_step = masked_mean(per_token, trained)  # (B, S)
         has_tokens = trained.any(-1).float()
         per_row = (per_step * has_tokens).sum(1) / has_tokens.sum(1).clamp(min=1.0)
