@@ -221,6 +221,19 @@ def resolve_mask_token_id(profile: FamilyProfile, config, tokenizer=None, mask_t
                      "and the family knows none; name the family with --family (family=) or pass mask_token_id=")
 
 
+CONTEXT_FIELDS = ("max_position_embeddings", "max_sequence_length", "model_length", "n_positions")
+
+
+def context_length(config) -> int | None:
+    """The most positions the model takes, from whichever field its family names it with (transformers'
+    max_position_embeddings; LLaDA's published config max_sequence_length; MDLM-OWT / BD3-LM model_length)."""
+    for name in CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def stop_token_ids(profile: FamilyProfile, tokenizer, config) -> list[int]:
     """End-of-text first (the tokenizer's EOS, else the config's), then the family's other stop tokens
     that the tokenizer has."""
@@ -249,8 +262,7 @@ class ProfiledDenoiser(CountedDenoiser):
                  block_size: int | None = None, banned_token_ids=()):
         config = getattr(model, "config", None)
         profile = profile.for_model(model)
-        super().__init__(model, resolve_mask_token_id(profile, config, tokenizer, mask_token_id),
-                         getattr(config, "max_position_embeddings", None))
+        super().__init__(model, resolve_mask_token_id(profile, config, tokenizer, mask_token_id), context_length(config))
         self.profile, self.config = profile, config
         self.attention = profile.attention
         if profile.attention == "block-causal":

@@ -159,16 +159,19 @@ class MDLMEvalModel(LM):
         self.config = self.model.config
         if self.denoiser.mask_token_id is None and not self.is_autoregressive:
             raise ValueError("the model config has no mask_token_id; a masked diffusion model needs one")
-        self.eos_token_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None \
-            else self.denoiser.eos_token_id
+        # what separates documents and ends generations: the EOS, else the model's own end of text, else a BERT
+        # tokenizer's [SEP] (its segment end), as mdlm-generate reads such a folder
+        self.eos_token_id = next((i for i in (self.tokenizer.eos_token_id, self.denoiser.eos_token_id,
+                                              getattr(self.tokenizer, "sep_token_id", None)) if i is not None), None)
         self.stop_token_ids = list(getattr(self.denoiser, "stop_token_ids", None) or [self.eos_token_id])
         if self.eos_token_id is None:
-            raise ValueError("the tokenizer has no EOS token (it starts documents and ends generations); "
+            raise ValueError("the tokenizer has no EOS (nor [SEP]) token, which starts documents and ends generations; "
                              "load it with mdlm.tokenizer.load_tokenizer")
 
         context = self.denoiser.context or max_length
         if context is None:
-            raise ValueError("the model states no context length (max_position_embeddings); pass max_length=")
+            raise ValueError("the model states no context length (max_position_embeddings, max_sequence_length or "
+                             "model_length in its config); pass max_length=")
         self.max_length = int(max_length or context)
         if not 2 <= self.max_length <= context:
             raise ValueError(f"max_length={max_length} must be in [2, {context}] (the model's context)")

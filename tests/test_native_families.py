@@ -300,3 +300,59 @@ def test_dream_decodes_with_its_own_schedule_by_default_and_matches_diffusion_ge
         args = build_parser().parse_args(["--model", "m", *flags])
         args.profile_name = family
         assert config_from_args(args, tokenizer).schedule == schedule
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mdlm_eval_limit_2_runs_on_the_published_folder(family, folders):
+    import lm_eval
+
+    from mdlm.eval import MDLMEvalModel, task_manager
+
+    lm = MDLMEvalModel(pretrained=str(folders[family]), mc_num=2, max_gen_toks=8)
+    assert lm.max_length == {"llada": 4096, "dream": 131072, "sdar": 32768}[family]  # the family's own field
+    assert lm.stop_token_ids == lm.denoiser.stop_token_ids and len(lm.stop_token_ids) == 2  # end of text and of turn
+    results = lm_eval.simple_evaluate(model=lm, tasks=["stdlib_next_line", "stdlib_infill"],
+                                      task_manager=task_manager(include_defaults=False), limit=2)
+    assert 0 <= results["results"]["stdlib_next_line"]["acc,none"] <= 1
+
+
+def test_the_context_comes_from_the_familys_own_config_field():
+    from mdlm.decode.families import context_length
+
+    from tests.family_models import family_config
+
+    assert context_length(family_config("LLaDAMoEModelLM", "lladamoe", 10)) == 64  # max_position_embeddings
+    llada_code = family_config("LLaDAModelLM", "llada", 10, max_sequence_length=4096)
+    del llada_code.max_position_embeddings  # LLaDA's published config names only max_sequence_length
+    assert context_length(llada_code) == 4096
+    owt = family_config("MDLM", "mdlm", 10, model_length=1024)
+    del owt.max_position_embeddings
+    assert context_length(owt) == 1024
+
+
+def test_mdlm_eval_accepts_a_bert_folder_as_mdlm_generate_does(tmp_path):
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from mdlm.eval import MDLMEvalModel
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = transformers.BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", sep_token="[SEP]",
+                                               pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+    model = transformers.BertForMaskedLM(transformers.BertConfig(
+        vocab_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+        max_position_embeddings=32))
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert tokenizer.eos_token_id is None
+    lm = MDLMEvalModel(pretrained=str(tmp_path), mc_num=2)
+    assert lm.eos_token_id == lm.prefix_token_id == tokenizer.sep_token_id
+    from lm_eval.api.instance import Instance
+
+    (ll, _), = lm.loglikelihood([Instance("loglikelihood", {}, ("a b", " c"), 0)], disable_tqdm=True)
+    assert ll < 0
+    text, = lm.generate_until([Instance("generate_until", {}, ("a b", {"until": ["\n"], "max_gen_toks": 3}), 0)],
+                              disable_tqdm=True)
+    assert isinstance(text, str)
