@@ -212,3 +212,28 @@ def test_lm_eval_generates_and_refuses_likelihood(gemma_dir):
     with pytest.raises(ValueError, match="uniform-noise") as refused:
         lm.loglikelihood([Instance("loglikelihood", {}, ("a", "b"), 0)], disable_tqdm=True)
     assert "\n" not in str(refused.value)
+
+
+def test_trace_replay_shows_re_noised_tokens_as_noise(gemma_model, gemma_tokenizer):
+    """The HTML replay of a uniform-noise trace: only the prompt is fixed (the first state already holds the
+    first canvas's noise), and a re-noised position holds a noise token, never the slot marker."""
+    import re
+
+    from mdlm.decode.uniform_noise import render_uniform_trace_html
+
+    denoiser = DiffusionGemmaDenoiser(gemma_model, gemma_tokenizer)
+    ids, valid = pad_rows(prompts_of(gemma_tokenizer), gemma_tokenizer.pad_token_id, "left")
+    slots = torch.full((2, 2 * CANVAS), denoiser.mask_token_id)
+    canvas = Canvas.of(denoiser, torch.cat([ids, slots], 1), torch.cat([valid, torch.ones_like(slots, dtype=torch.bool)], 1))
+    result = uniform_noise_decode(denoiser, canvas, DecodeConfig(trace=True), generator=torch.Generator().manual_seed(0))
+    page = render_uniform_trace_html(result.trace, result.tokens, canvas.valid, lambda i: gemma_tokenizer.decode([i]),
+                                     denoiser.mask_token_id)
+    data = json.loads(re.search(r"const DATA = (.*?);\n", page).group(1))
+    for b, row in enumerate(data["rows"]):
+        assert row["fixed"] == [True] * int(valid[b].sum()) + [False] * 2 * CANVAS
+        renoised = [(k, i) for k, step in enumerate(row["remasked"]) for i in step]
+        assert renoised and all(row["states"][k + 1][i] != data["mask_id"] for k, i in renoised)
+    # x0 (the row after a step, noise included) is the row the next decoder call of the canvas sees
+    first_canvas = [step for step in result.trace if step.state[:, -CANVAS:].eq(denoiser.mask_token_id).all()]
+    assert len(first_canvas) > 1
+    assert all(torch.equal(a.x0, b.state) for a, b in zip(first_canvas, first_canvas[1:]))
