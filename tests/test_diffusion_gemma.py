@@ -237,3 +237,25 @@ def test_trace_replay_shows_re_noised_tokens_as_noise(gemma_model, gemma_tokeniz
     first_canvas = [step for step in result.trace if step.state[:, -CANVAS:].eq(denoiser.mask_token_id).all()]
     assert len(first_canvas) > 1
     assert all(torch.equal(a.x0, b.state) for a, b in zip(first_canvas, first_canvas[1:]))
+
+
+def test_live_view_draws_re_noised_positions_as_their_noise_tokens(gemma_model, gemma_tokenizer):
+    import io
+
+    from rich.console import Console
+
+    from mdlm.decode.cli import LiveCanvas
+
+    denoiser = DiffusionGemmaDenoiser(gemma_model, gemma_tokenizer)
+    ids, _ = pad_rows(prompts_of(gemma_tokenizer)[:1], gemma_tokenizer.pad_token_id, "left")
+    steps = []
+    uniform_noise_decode(denoiser, torch.cat([ids, torch.full((1, CANVAS), denoiser.mask_token_id)], 1),
+                         DecodeConfig(step_callback=steps.append), generator=torch.Generator().manual_seed(0))
+    screen = io.StringIO()
+    live = LiveCanvas(gemma_tokenizer, Console(file=screen, width=1000), denoiser.mask_token_id)
+    live.noise = True
+    live.show(steps[0])
+    Console(file=screen, width=1000).print(live.live.renderable)
+    # the row after the step, token by token: its prompt, accepted tokens and fresh noise (never a mask glyph)
+    expected = "".join(gemma_tokenizer.decode([t]) for t in steps[0].x0[0].tolist())
+    assert expected.rstrip("\n") in screen.getvalue()
