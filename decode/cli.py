@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -18,16 +19,42 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mdlm.decode.config import ASSD_ORDERS, MASKING_SCHEDULES, REMASKING_POLICIES, UNMASKING_SCHEDULES, DecodeConfig
+from mdlm.decode.config import DecodeConfig
 
 
 class CLIError(ValueError):
     """A problem with the user's input, reported as one clear line."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mdlm.decode.registry import SAMPLER_REGISTRY
+def add_decode_arguments(group) -> None:
+    """One flag per `DecodeConfig` field that the command line offers, built from the field's metadata
+    (help, choices, flag names; `mdlm.decode.config.option`): adding a decoding option is one field. A
+    flag that is not given is absent from the parsed arguments, so the field's default (or the family's,
+    for the unmasking schedule) applies."""
+    for f in dataclasses.fields(DecodeConfig):
+        if not f.metadata.get("cli", False):
+            continue
+        flags = f.metadata.get("flags") or ("--" + f.name.replace("_", "-"),)
+        text = f.metadata["help"]
+        if str(f.type) == "bool":  # a flag turns the default over: --eoser, --no-cache
+            group.add_argument(*flags, dest=f.name, action="store_false" if f.default else "store_true",
+                               default=argparse.SUPPRESS, help=text)
+            continue
+        kind = {"int": int, "int | None": int, "float": float, "float | None": float}.get(str(f.type), str)
+        choices = f.metadata.get("choices")
+        if "default" not in text and f.default is not None:
+            text += f" (default: {f.default})"
+        group.add_argument(*flags, dest=f.name, type=kind, choices=list(choices) if choices is not None else None,
+                           default=argparse.SUPPRESS, help=text)
 
+
+def decode_flags_given(args) -> dict:
+    """The DecodeConfig fields given on the command line (name -> value)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)
+            if f.metadata.get("cli", False) and hasattr(args, f.name)}
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mdlm-generate", description="Generate text with a masked diffusion LM run.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="run folder (config.json, model.safetensors, tokenizer files), "
@@ -47,32 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "--schema each prompt gives one JSON object")
     src.add_argument("--infill", nargs=2, metavar=("PREFIX", "SUFFIX"), help="generate between a prefix and a suffix")
     src.add_argument("--schema", help="JSON schema file: decode a JSON object that follows it")
-    dec = p.add_argument_group("decoding")
+    dec = p.add_argument_group("decoding", "one flag per DecodeConfig field (mdlm.decode.config)")
     dec.add_argument("--max-new-tokens", type=int, default=64)
-    dec.add_argument("--sampler", default="confidence", choices=list(SAMPLER_REGISTRY))
-    dec.add_argument("--steps", type=int, default=None, help="denoising steps (default: one token per step; "
-                     "1000 for ancestral)")
-    dec.add_argument("--schedule", default=None, choices=UNMASKING_SCHEDULES,
-                     help="tokens revealed per step (default: the family's own, e.g. Dream's; else uniform)")
-    dec.add_argument("--remasking", default="low-confidence", choices=REMASKING_POLICIES)
-    dec.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of --remasking threshold")
-    dec.add_argument("--block-length", type=int, default=None, help="semi-autoregressive block length")
-    dec.add_argument("--temperature", type=float, default=1.0)
-    dec.add_argument("--top-k", type=int, default=None)
-    dec.add_argument("--top-p", type=float, default=None)
-    dec.add_argument("--eoser", action="store_true", help="EOS early rejection")
-    dec.add_argument("--masking-schedule", default="linear", choices=MASKING_SCHEDULES, help="alpha_t (ancestral)")
-    dec.add_argument("--no-cache", action="store_true", help="disable the exact caches (RADD, block KV)")
-    dec.add_argument("--approximate-prefix-cache", action="store_true",
-                     help="Fast-dLLM prefix KV cache on a bidirectional model (approximate)")
-    dec.add_argument("--dual-cache", action="store_true",
-                     help="Fast-dLLM dual (prefix + suffix) KV cache on a bidirectional model (approximate)")
-    dec.add_argument("--draft-size", type=int, default=4, help="ASSD draft size")
-    dec.add_argument("--adaptive-draft", action="store_true", help="ASSD adaptive draft size")
-    dec.add_argument("--order", default="left-to-right", choices=ASSD_ORDERS, help="ASSD decoding order")
+    add_decode_arguments(dec)
     run = p.add_argument_group("run")
     run.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
-    run.add_argument("--seed", type=int, default=None)
     run.add_argument("--batch-size", type=int, default=16, help="rows decoded together")
     run.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     out = p.add_argument_group("output")
@@ -163,6 +169,9 @@ def load_run(path: str, device: str | None, family: str | None = None, trust_rem
     from mdlm.decode.loading import load_denoiser
 
     device = check_device(device)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar before every generation
     try:
         denoiser, tokenizer, profile = load_denoiser(path, family=family, dtype=dtype, device=device,
                                                      trust_remote_code=trust_remote_code)
@@ -195,38 +204,57 @@ def family_schedule(args) -> str:
 
 
 def config_from_args(args, tokenizer) -> DecodeConfig:
-    if args.no_cache and args.approximate_prefix_cache:
+    """The DecodeConfig of the command line: the flags given, the family's unmasking schedule when none is
+    given, the end-of-text id of the one stop rule (`completion_stop_ids`) for EOSER, a trace for --trace."""
+    given = decode_flags_given(args)
+    if given.get("use_cache") is False and given.get("approximate_prefix_cache"):
         raise CLIError("--no-cache and --approximate-prefix-cache contradict each other; give one of them")
     objective = getattr(getattr(args, "model_config", None), "objective", None)
-    if args.sampler == "assd" and (getattr(args, "profile_name", "ours") != "ours" or objective != "as-arm"):
+    if given.get("sampler") == "assd" and (getattr(args, "profile_name", "ours") != "ours" or objective != "as-arm"):
         what = f"a {objective} run" if getattr(args, "profile_name", "ours") == "ours" else \
             f"a {args.profile_name} model (one stream, no two-stream any-subset forward)"
         raise CLIError(f"--sampler assd needs an any-subset AR run (trained with --objective as-arm); {args.model} "
                        f"is {what}: use --sampler confidence or first-hitting")
     try:
-        return DecodeConfig(
-            sampler=args.sampler, steps=args.steps, schedule=args.schedule or family_schedule(args),
-            remasking=args.remasking,
-            threshold=args.threshold, block_length=args.block_length, temperature=args.temperature, top_k=args.top_k,
-            top_p=args.top_p, eoser=args.eoser, eos_token_id=getattr(args, "eos_token_id", tokenizer.eos_token_id), use_cache=not args.no_cache,
-            approximate_prefix_cache=args.approximate_prefix_cache, dual_cache=args.dual_cache, seed=args.seed, draft_size=args.draft_size,
-            adaptive_draft=args.adaptive_draft, order=args.order, masking_schedule=args.masking_schedule,
-            trace=bool(args.trace))
+        return DecodeConfig(**{"unmasking_schedule": family_schedule(args), **given},
+                            eos_token_id=getattr(args, "eos_token_id", tokenizer.eos_token_id),
+                            trace=bool(getattr(args, "trace", None)))
     except ValueError as error:
         raise CLIError(str(error)) from None
 
 
-class LiveCanvas:
-    """A rich Live view of the batch's canvases, updated by the decoder's step callback."""
+MASK_GLYPH = "\u25a2"  # the live view's and the trace page's mask: no character of code looks like it
+
+
+class CanvasSeen:
+    """A `Watcher` that keeps the canvas of the batch (the trace page needs its padding) and nothing else."""
+
+    canvas = None
+
+    def start(self, canvas) -> None:
+        self.canvas = canvas
+
+    def step(self, trace_step) -> None:
+        pass
+
+    def finish(self, result) -> None:
+        pass
+
+
+class LiveCanvas(CanvasSeen):
+    """A rich Live view of the batch's canvases, drawn from the decoder's steps (a `Watcher` of
+    `mdlm.decode.generate.generate_with_result`). Masks are drawn as a dim square; the final text is
+    printed once, by the caller, so the view is cleared when the batch is done.
+
+    Steps of samplers that record no x0 only say where tokens were revealed; their values appear in the
+    next step's state (or the final tokens), so each step is drawn once the next one arrives."""
 
     def __init__(self, tokenizer, console, mask_id: int):
         from rich.live import Live
 
         self.tokenizer, self.mask_id = tokenizer, mask_id
-        self.live = Live(console=console, refresh_per_second=12, transient=False)
-        self.valid = None
-        self.noise = False  # re-noised positions are shown as their noise tokens (uniform-noise models)
-        self.step = 0
+        self.live = Live(console=console, refresh_per_second=12, transient=True)
+        self.valid, self.pending, self.step_number = None, None, 0
 
     def __enter__(self):
         self.live.__enter__()
@@ -235,97 +263,83 @@ class LiveCanvas:
     def __exit__(self, *exc):
         return self.live.__exit__(*exc)
 
+    def start(self, canvas) -> None:
+        self.canvas, self.valid, self.pending, self.step_number = canvas, canvas.valid, None, 0
+
+    def step(self, trace_step) -> None:
+        self._flush(trace_step.state)
+        self.pending = trace_step
+
+    def finish(self, result) -> None:
+        self._flush(result.tokens.cpu())
+
+    def _flush(self, next_state) -> None:
+        if self.pending is not None:
+            if self.pending.x0 is None:
+                self.pending.x0 = next_state
+            self.show(self.pending)
+            self.pending = None
+
     def show(self, trace_step) -> None:
         from rich.console import Group
         from rich.text import Text
 
-        self.step += 1
-        lines = [Text(f"step {self.step}: revealed {int(trace_step.revealed.sum())}", style="bold")]
+        self.step_number += 1
+        lines = [Text(f"step {self.step_number}: revealed {int(trace_step.revealed.sum())}", style="bold")]
         after = trace_step.state.clone()
-        if trace_step.x0 is not None:
-            after[trace_step.revealed] = trace_step.x0[trace_step.revealed]
+        after[trace_step.revealed] = trace_step.x0[trace_step.revealed]
         # uniform noise (DiffusionGemma): a re-noised position holds a fresh noise token (x0), not a mask
-        after[trace_step.remasked] = trace_step.x0[trace_step.remasked] if self.noise else self.mask_id
+        noise = getattr(self, "noise", False)
+        after[trace_step.remasked] = trace_step.x0[trace_step.remasked] if noise else self.mask_id
         for b in range(after.shape[0]):
             line = Text()
             for i, token in enumerate(after[b].tolist()):
                 if self.valid is not None and not bool(self.valid[b, i]):
                     continue
                 if token == self.mask_id:
-                    line.append("_", style="dim")
+                    line.append(MASK_GLYPH, style="dim")
                 elif bool(trace_step.revealed[b, i]):
                     line.append(self.tokenizer.decode([token]), style="bold green")
-                elif self.noise and bool(trace_step.remasked[b, i]):
+                elif noise and bool(trace_step.remasked[b, i]):
                     line.append(self.tokenizer.decode([token]), style="dim red")
                 else:
                     line.append(self.tokenizer.decode([token]))
             lines.append(line)
         self.live.update(Group(*lines))
+        if not self.live.console.is_terminal:
+            # Not a terminal (a pipe, a log file): the transient view is never drawn, so say each step once.
+            self.live.console.print(lines[0])
 
 
-def generate_rows(model, tokenizer, rows, args, config, console):
-    """Decode `rows` [(prompt, suffix)] in batches; yield (row index, completion, result, seconds, batch)."""
-    from mdlm.decode.generate import build_canvas, completion_ids
-    from mdlm.decode.registry import decode
+def generate_rows(denoiser, tokenizer, rows, args, config, console):
+    """Decode `rows` [(prompt, suffix)] through `mdlm.decode.generate` in batches of --batch-size (batch
+    starting at row k seeded with seed + k); yield (row index, completion, result, seconds, (the batch's
+    valid mask when it was watched, the row's offset in the batch))."""
+    from mdlm.decode.generate import generate_with_result
 
-    batch_size = args.batch_size
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
+    for start in range(0, len(rows), args.batch_size):
+        batch = rows[start:start + args.batch_size]
         suffixes = None if all(s is None for _, s in batch) else [s or "" for _, s in batch]
-        try:
-            canvas = build_canvas(model, tokenizer, [p for p, _ in batch], args.max_new_tokens, suffixes)
-        except ValueError as error:
-            raise CLIError(str(error)) from None
-        batch_config = config
-        if config.seed is not None:
-            batch_config = replace(config, seed=config.seed + start)
+        batch_config = config if config.seed is None else replace(config, seed=config.seed + start)
+        watch = LiveCanvas(tokenizer, console, denoiser.mask_token_id) if args.live else \
+            CanvasSeen() if args.trace else None
+        if args.live:  # re-noised positions are shown as their noise tokens on a uniform-noise model
+            watch.noise = getattr(denoiser, "corruption", "absorbing") == "uniform"
         began = time.perf_counter()
-        if args.live:
-            live = LiveCanvas(tokenizer, console, model.mask_token_id)
-            live.valid, live.noise = canvas.valid, getattr(model, "corruption", "absorbing") == "uniform"
-            show = ShowWhenNextArrives(live)
-            with live:
-                result = decode(model, canvas, replace(batch_config, step_callback=show))
-                show.finish(result.tokens.cpu())
-        else:
-            try:
-                result = decode(model, canvas, batch_config)
-            except ValueError as error:  # a setting the model cannot run (e.g. a block length it has no blocks for)
-                raise CLIError(str(error)) from None
+        with watch if args.live else _nothing():
+            texts, result, generated = generate_with_result(denoiser, tokenizer, [p for p, _ in batch],
+                                                            args.max_new_tokens, batch_config, suffixes, watch=watch)
         seconds = time.perf_counter() - began
-        ids = completion_ids(result.tokens.cpu(), canvas.generated, stop_ids_of(model, tokenizer))
-        for offset, completion in enumerate(ids):
-            yield start + offset, tokenizer.decode(completion, skip_special_tokens=True), result, seconds, \
-                (canvas.tokens, canvas.valid, offset)
+        for offset, completion in enumerate(texts):
+            yield start + offset, completion, result, seconds, (watch.canvas.valid if watch else None, offset)
 
 
-def stop_ids_of(denoiser, tokenizer) -> list[int]:
-    """The ids that end a completion: the family's stop tokens, else the tokenizer's EOS."""
-    ids = list(getattr(denoiser, "stop_token_ids", None) or [])
-    return ids or [tokenizer.eos_token_id]
+class _nothing:
+    def __enter__(self):
+        return None
 
-
-class ShowWhenNextArrives:
-    """Step callback of the live view. Steps of samplers that record no x0 only say where tokens were
-    revealed; their values appear in the next step's state (or the final tokens), so each step is shown
-    once the next one arrives."""
-
-    def __init__(self, live: LiveCanvas):
-        self.live, self.pending = live, None
-
-    def __call__(self, step) -> None:
-        self._flush(step.state)
-        self.pending = step
-
-    def finish(self, final_tokens) -> None:
-        self._flush(final_tokens)
-
-    def _flush(self, next_state) -> None:
-        if self.pending is not None:
-            if self.pending.x0 is None:
-                self.pending.x0 = next_state
-            self.live.show(self.pending)
-            self.pending = None
+    def __exit__(self, *exc):
+        return False
 
 
 def run_schema(model, tokenizer, rows, args, config, console) -> int:
@@ -375,11 +389,13 @@ def check_args(args) -> None:
                         ("--batch-size", args.batch_size)):
         if value < 1:
             raise CLIError(f"{flag} must be >= 1, got {value}")
-    for flag, value in (("--temperature", args.temperature), ("--top-p", args.top_p), ("--threshold", args.threshold)):
-        if value is not None and not math.isfinite(value):
-            raise CLIError(f"{flag} must be a finite number, got {value}")
-    if args.steps is not None and args.sampler == "confidence" and args.steps > args.max_new_tokens:
-        raise CLIError(f"--steps {args.steps} is more than the {args.max_new_tokens} tokens to generate (a step "
+    given = decode_flags_given(args)
+    for name, value in given.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CLIError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    steps = given.get("steps")
+    if steps is not None and given.get("sampler", "confidence") == "confidence" and steps > args.max_new_tokens:
+        raise CLIError(f"--steps {steps} is more than the {args.max_new_tokens} tokens to generate (a step "
                        f"reveals at least one token); use --steps {args.max_new_tokens} or fewer")
     if args.trace:
         check_writable("--trace", args.trace)
@@ -388,12 +404,14 @@ def check_args(args) -> None:
 def _main(args) -> int:
     from rich.console import Console
 
+    from mdlm.decode.generate import completion_stop_ids
+
     check_args(args)
     prompts = read_prompts(args)
     model, tokenizer, profile = load_run(args.model, args.device, args.family, args.trust_remote_code, args.dtype)
     args.model_config = model.model.config  # the run's training objective (ASSD needs an as-arm run)
-    args.profile_name, args.eos_token_id = profile.name, stop_ids_of(model, tokenizer)[0]
-    if getattr(model, "corruption", "absorbing") == "uniform" and args.sampler == "confidence":
+    args.profile_name, args.eos_token_id = profile.name, completion_stop_ids(model, tokenizer)[0]
+    if getattr(model, "corruption", "absorbing") == "uniform" and getattr(args, "sampler", "confidence") == "confidence":
         args.sampler = "uniform-noise"  # a uniform-noise model (DiffusionGemma) has one decoder, and no masks to fill
     config = config_from_args(args, tokenizer)
     prompts = chat_prompts(tokenizer, prompts, profile, not args.no_chat_template)
@@ -402,13 +420,13 @@ def _main(args) -> int:
     if args.schema:
         return run_schema(model, tokenizer, rows, args, config, console)
     trace_rows = []
-    for index, completion, result, seconds, (canvas, valid, offset) in generate_rows(model, tokenizer, rows, args,
-                                                                                     config, console):
+    for index, completion, result, seconds, (valid, offset) in generate_rows(model, tokenizer, rows, args, config,
+                                                                             console):
         prompt, suffix = rows[index]
         sample = index % args.num_samples
         if args.format == "jsonl":
             record = {"index": index // args.num_samples, "sample": sample, "prompt": prompt, "completion": completion,
-                      "nfe": result.nfe, "time_s": round(seconds, 4), "sampler": config.sampler, "seed": args.seed}
+                      "nfe": result.nfe, "time_s": round(seconds, 4), "sampler": config.sampler, "seed": config.seed}
             if suffix is not None:
                 record["suffix"] = suffix
             print(json.dumps(record), flush=True)
@@ -417,7 +435,7 @@ def _main(args) -> int:
                 print(f"=== prompt {index // args.num_samples}, sample {sample} (nfe {result.nfe}, {seconds:.2f}s) ===")
             print(prompt + completion + (suffix or ""), flush=True)
         if args.trace:
-            trace_rows.append((result, canvas, valid, offset, f"prompt {index // args.num_samples}, sample {sample}"))
+            trace_rows.append((result, valid, offset, f"prompt {index // args.num_samples}, sample {sample}"))
     if args.trace:
         write_trace(args.trace, trace_rows, tokenizer, config, model.mask_token_id)
         console.print(f"trace written to {args.trace}")
@@ -433,7 +451,7 @@ def write_trace(path, trace_rows, tokenizer, config, mask_id: int) -> None:
     titles = []
     # One page for all rows: the batches are decoded separately, so each row keeps its own steps.
     steps_per_row, finals, valids = [], [], []
-    for result, canvas, valid, offset, title in trace_rows:
+    for result, valid, offset, title in trace_rows:
         steps_per_row.append([TraceStep(state=s.state[offset:offset + 1], revealed=s.revealed[offset:offset + 1],
                                         remasked=s.remasked[offset:offset + 1], logprob=s.logprob[offset:offset + 1])
                               for s in result.trace])

@@ -23,6 +23,18 @@ ASSD_ORDERS = ("left-to-right", "random", "right-to-left", "confidence")
 MASKING_SCHEDULES = ("linear", "cosine")
 
 
+def option(default, help: str, *, choices=None, flags: tuple[str, ...] | None = None, cli: bool = True):
+    """A DecodeConfig field with what `mdlm-generate` builds its flag from (`mdlm.decode.cli`): the help,
+    the choices, the flag names (default: --field-name; a True-by-default bool is turned off by its flag)
+    and whether the command line offers it at all. Adding a decoding option is this one field."""
+    metadata = {"help": help, "cli": cli}
+    if choices is not None:  # a registry (dict) stays live: samplers registered later are choices too
+        metadata["choices"] = choices if isinstance(choices, dict) else tuple(choices)
+    if flags is not None:
+        metadata["flags"] = tuple(flags)
+    return field(default=default, metadata=metadata)
+
+
 def _choose(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(str, choices))}")
@@ -63,28 +75,38 @@ class DecodeConfig:
     draft_size / adaptive_draft / order: ASSD only.
     """
 
-    sampler: str = "confidence"
-    steps: int | None = None
-    unmasking_schedule: str = "uniform"
-    remasking: str = "low-confidence"
-    threshold: float = 0.9
-    block_length: int | None = None
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    eoser: bool = False
-    eoser_gamma_min: float | None = None
-    eos_token_id: int | None = None
-    use_cache: bool = True
-    approximate_prefix_cache: bool = False
-    dual_cache: bool = False
-    full_logits: bool = False
-    trace: bool = False
-    seed: int | None = None
-    draft_size: int = 4
-    adaptive_draft: bool = False
-    order: str = "left-to-right"
-    masking_schedule: str = "linear"
+    sampler: str = option("confidence", "the decoder (mdlm.decode.registry)", choices=SAMPLER_REGISTRY)
+    steps: int | None = option(None, "denoising steps, honoured exactly or refused (default: one token per step; "
+                               "1000 for ancestral)")
+    unmasking_schedule: str = option("uniform", "tokens revealed per step (default: the model family's own, e.g. "
+                                     "Dream's; else uniform)", choices=UNMASKING_SCHEDULES,
+                                     flags=("--unmasking-schedule", "--schedule"))
+    remasking: str = option("low-confidence", "which drawn tokens a step commits (mdlm.decode.remasking)",
+                            choices=REMASKING_POLICIES)
+    threshold: float = option(0.9, "confidence threshold of --remasking threshold")
+    block_length: int | None = option(None, "semi-autoregressive block length (default: one block; the attention "
+                                      "block of a block-causal model)")
+    temperature: float = option(1.0, "temperature of every categorical draw (0: argmax)")
+    top_k: int | None = option(None, "keep the k most likely tokens of each draw")
+    top_p: float | None = option(None, "keep the top-p nucleus of each draw")
+    eoser: bool = option(False, "EOS early rejection: scale drawn EOS confidences by a gamma rising to 1")
+    eoser_gamma_min: float | None = option(None, "EOSER's first gamma (default: 0.4; 0.01 with ascending)")
+    eos_token_id: int | None = option(None, "the end-of-text id EOSER looks for (default: the model's)", cli=False)
+    use_cache: bool = option(True, "disable the exact caches (RADD output reuse, block KV cache)",
+                             flags=("--no-cache",))
+    approximate_prefix_cache: bool = option(False, "Fast-dLLM prefix KV cache on a bidirectional model "
+                                            "(approximate)")
+    dual_cache: bool = option(False, "Fast-dLLM dual (prefix + suffix) KV cache on a bidirectional model "
+                              "(approximate)")
+    full_logits: bool = option(False, "run the head at every position, not only where the sampler draws "
+                               "(same tokens, more memory)")
+    trace: bool = option(False, "record a TraceStep per step", cli=False)
+    seed: int | None = option(None, "random seed of the run (batch k uses seed + k * batch size)")
+    draft_size: int = option(4, "ASSD draft size")
+    adaptive_draft: bool = option(False, "ASSD adaptive draft size")
+    order: str = option("left-to-right", "ASSD decoding order", choices=ASSD_ORDERS)
+    masking_schedule: str = option("linear", "alpha_t of the ancestral and first-hitting samplers",
+                                   choices=MASKING_SCHEDULES)
     step_callback: Callable[[TraceStep], None] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):

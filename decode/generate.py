@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Protocol
 
 import torch
 
@@ -10,6 +11,7 @@ from mdlm.decode.canvas import Canvas, pad_rows
 from mdlm.decode.config import DecodeConfig, DecodeResult
 from mdlm.decode.denoiser import as_denoiser
 from mdlm.decode.registry import decode
+from mdlm.decode.trace import TraceStep
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -60,6 +62,17 @@ def build_canvas(denoiser, tokenizer, prompts: list[str], max_new_tokens: int, s
     return canvas
 
 
+def completion_stop_ids(denoiser, tokenizer, eos_token_id: int | None = None) -> list[int]:
+    """The one stop-token rule of every front end (`generate`, mdlm-generate, the lm-eval adapter): a
+    completion ends at the first of these ids. End of text first (`eos_token_id` when a config names one,
+    else the tokenizer's, else the model's), then the stop tokens the model's family names (end of turn, ...).
+    The first id is also the one EOSER looks for (`DecodeConfig.eos_token_id`)."""
+    end_of_text = next((i for i in (eos_token_id, getattr(tokenizer, "eos_token_id", None),
+                                    getattr(denoiser, "eos_token_id", None)) if i is not None), None)
+    family = list(getattr(denoiser, "stop_token_ids", None) or [])
+    return list(dict.fromkeys(int(i) for i in [end_of_text, *family] if i is not None))
+
+
 def completion_ids(tokens: torch.Tensor, generated: torch.Tensor, eos_token_id) -> list[list[int]]:
     """Per row the generated token ids, cut before the first stop token (`eos_token_id`: one id, several
     (end of text, end of turn) or None)."""
@@ -73,16 +86,34 @@ def completion_ids(tokens: torch.Tensor, generated: torch.Tensor, eos_token_id) 
     return out
 
 
+class Watcher(Protocol):
+    """Hooks of one `generate_with_result` call (the live view, a progress display): `start` gets the
+    canvas before the first step, `step` each `TraceStep` as it happens, `finish` the DecodeResult."""
+
+    def start(self, canvas: Canvas) -> None: ...
+
+    def step(self, step: TraceStep) -> None: ...
+
+    def finish(self, result: DecodeResult) -> None: ...
+
+
 def generate_with_result(model, tokenizer, prompts, max_new_tokens, config: DecodeConfig, suffixes=None,
-                         add_bos: bool = False, generator=None) -> tuple[list[str], DecodeResult, torch.Tensor]:
-    """`generate`, also returning the DecodeResult and the generated-position mask (for NFE, traces)."""
+                         add_bos: bool = False, generator=None, watch: Watcher | None = None
+                         ) -> tuple[list[str], DecodeResult, torch.Tensor]:
+    """`generate`, also returning the DecodeResult and the generated-position mask (for NFE, traces).
+    `watch` sees the canvas, every step and the result (`Watcher`); `config.trace` keeps the steps."""
     # A bare callable names no mask id of its own: the tokenizer's is the one.
     denoiser = as_denoiser(model, None if hasattr(model, "config") else tokenizer.mask_token_id)
-    if config.eos_token_id is None and tokenizer.eos_token_id is not None:
-        config = replace(config, eos_token_id=tokenizer.eos_token_id)
+    stops = completion_stop_ids(denoiser, tokenizer, config.eos_token_id)
+    if config.eos_token_id is None and stops:
+        config = replace(config, eos_token_id=stops[0])
     canvas = build_canvas(denoiser, tokenizer, list(prompts), max_new_tokens, suffixes, add_bos)
+    if watch is not None:
+        watch.start(canvas)
+        config = replace(config, step_callback=watch.step)
     result = decode(denoiser, canvas, config, generator=generator)
-    stops = [config.eos_token_id, *(getattr(denoiser, "stop_token_ids", None) or [])]  # e.g. end of text, end of turn
+    if watch is not None:
+        watch.finish(result)
     ids = completion_ids(result.tokens.cpu(), canvas.generated, stops)
     texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
     return texts, result, canvas.generated

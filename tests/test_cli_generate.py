@@ -40,6 +40,7 @@ def test_subprocess_live_view_and_html_trace(tiny_run_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("def f(")
     assert "step 4" in out.stderr  # the live view drew every step
+    assert "Loading weights" not in out.stderr and "\u25a2" not in out.stdout  # no loading bar; text printed once
     html = page.read_text(encoding="utf-8")
     assert "<script src" not in html and "http" not in html.split("<script>")[1]  # self-contained
     data = json.loads(re.search(r"const DATA = (.*);\n", html).group(1))
@@ -126,3 +127,62 @@ def test_bert_style_folder_takes_the_mask_id_from_its_tokenizer(bert_run_dir, sa
     assert code == 0, captured.err
     record = json.loads(captured.out.splitlines()[0])
     assert record["nfe"] == 5 and isinstance(record["completion"], str)
+
+
+def test_every_decode_config_field_offered_on_the_command_line_is_a_flag_and_reaches_the_config():
+    """Flags are built from DecodeConfig's field metadata: each offered field parses into the config."""
+    import dataclasses
+
+    from mdlm.decode import DecodeConfig
+    from mdlm.decode.cli import build_parser, config_from_args
+
+    offered = [f for f in dataclasses.fields(DecodeConfig) if f.metadata.get("cli")]
+    assert {f.name for f in offered} >= {"sampler", "steps", "unmasking_schedule", "remasking", "threshold",
+                                         "block_length", "temperature", "eoser", "use_cache", "full_logits"}
+    flags = ["--eoser", "--eoser-gamma-min", "0.2", "--full-logits", "--unmasking-schedule", "cosine", "--no-cache",
+             "--remasking", "margin", "--top-k", "3"]
+    args = build_parser().parse_args(["--model", "m", *flags])
+
+    class Tokenizer:
+        eos_token_id = 7
+
+    config = config_from_args(args, Tokenizer())
+    assert (config.eoser, config.eoser_gamma_min, config.full_logits, config.unmasking_schedule, config.use_cache,
+            config.remasking, config.top_k, config.eos_token_id) == (True, 0.2, True, "cosine", False, "margin", 3, 7)
+    defaults = config_from_args(build_parser().parse_args(["--model", "m"]), Tokenizer())
+    assert defaults == DecodeConfig(eos_token_id=7)  # a flag not given leaves the field's default
+    assert config_from_args(build_parser().parse_args(["--model", "m", "--schedule", "ascending"]),
+                            Tokenizer()).unmasking_schedule == "ascending"  # the old flag name still works
+
+
+def test_the_command_line_generates_what_generate_gives(tiny_run_dir, capsys):
+    """One path: mdlm-generate's completion is `mdlm.decode.generate`'s for the same config and seed."""
+    from mdlm.decode import DecodeConfig, generate_with_result
+    from mdlm.decode.loading import load_denoiser
+
+    code = main(["--model", str(tiny_run_dir), "--prompt", "def f(", "--max-new-tokens", "6", "--steps", "3",
+                 "--seed", "5", "--format", "jsonl", "--device", "cpu"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[0])
+    denoiser, tokenizer, _ = load_denoiser(str(tiny_run_dir), device="cpu")
+    texts, result, _ = generate_with_result(denoiser, tokenizer, ["def f("], 6, DecodeConfig(steps=3, seed=5))
+    assert record["completion"] == texts[0] and record["nfe"] == result.nfe == 3
+
+
+def test_one_stop_rule_end_of_text_first_then_the_familys_stop_tokens():
+    from mdlm.decode.generate import completion_stop_ids
+
+    class Tokenizer:
+        eos_token_id = 2
+
+    class Ours:
+        eos_token_id = 9
+
+    class Family:
+        eos_token_id = 2
+        stop_token_ids = [2, 5]
+
+    assert completion_stop_ids(Ours(), Tokenizer()) == [2]
+    assert completion_stop_ids(Ours(), Tokenizer(), eos_token_id=4) == [4]
+    assert completion_stop_ids(Family(), Tokenizer()) == [2, 5]
+    assert completion_stop_ids(Ours(), None) == [9]  # no tokenizer EOS: the model's
