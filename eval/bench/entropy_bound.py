@@ -137,18 +137,18 @@ def unconditional(model, config, num: int, length: int, batch: int, mask_id: int
 
 
 def matched_threshold(model, nfe_target: float, num, length, batch, mask_id) -> tuple[float, dict]:
-    """The Fast-dLLM threshold whose NFE comes nearest `nfe_target` (bisection on tau: a higher tau
-    commits fewer tokens per step, so more steps)."""
+    """The Fast-dLLM threshold whose NFE comes nearest `nfe_target` (bisection on log tau: a higher tau
+    commits fewer tokens per step, so more steps; a weak model's confidences sit far below 0.1)."""
     from mdlm.decode import DecodeConfig
 
-    low, high, best = 0.01, 0.999, None
-    for _ in range(7):
-        tau = (low + high) / 2
+    low, high, best = math.log(1e-4), math.log(0.999), None
+    for _ in range(8):
+        tau = math.exp((low + high) / 2)
         out = unconditional(model, DecodeConfig(remasking="threshold", threshold=tau, temperature=1.0), num, length,
                             batch, mask_id)
         if best is None or abs(out[1] - nfe_target) < abs(best[1][1] - nfe_target):
             best = (tau, out)
-        low, high = (tau, high) if out[1] < nfe_target else (low, tau)
+        low, high = (math.log(tau), high) if out[1] < nfe_target else (low, math.log(tau))
     return best
 
 
@@ -260,7 +260,9 @@ def main(argv=None) -> int:
     parser.add_argument("--entropy-bounds", type=float, nargs="+", default=[0.1, 1.0, 4.0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mdlm-run", default="runs/tiny")
-    parser.add_argument("--judge-run", default=None, help="an AR run scoring the masked samples (gen. PPL)")
+    parser.add_argument("--judge-run", default=None, help="an AR run scoring the masked samples (gen. PPL; default "
+                        "runs/tiny-ar when it exists: accelerate launch train/pretrain.py --config tiny --objective ar "
+                        "--attention causal --output-dir runs/tiny-ar)")
     parser.add_argument("--masked-bounds", type=float, nargs="+", default=[0.1, 1.0])
     parser.add_argument("--length", type=int, default=32)
     parser.add_argument("--num-samples", type=int, default=16)
@@ -269,6 +271,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on shared cores)")
     add_output_dir_argument(parser)
     args = parser.parse_args(argv)
+    if args.judge_run is None and Path("runs/tiny-ar/config.json").is_file():
+        args.judge_run = "runs/tiny-ar"
     if args.quick:
         args.vocab_size, args.canvas_length, args.max_new_tokens, args.repeats = 512, 8, 16, 1
         args.entropy_bounds, args.masked_bounds, args.num_samples = [0.1, 1.0], [1.0], 4
