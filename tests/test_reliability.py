@@ -242,3 +242,22 @@ def test_a_clone_named_mdlm_in_the_working_folder_is_the_package_not_an_empty_na
     check = subprocess.run([sys.executable, "-c", "import mdlm; print(mdlm.__file__, mdlm.MDLMForMaskedLM.__name__)"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert check.stdout.split() == [str(tmp_path / "mdlm" / "mdlm" / "__init__.py"), "MDLMForMaskedLM"], check.stderr
+
+
+def test_a_failed_safetensors_save_is_one_line_with_status_2(tmp_path, capsys):
+    """Issue 30: a full disk during an RL save ended in safetensors' own SafetensorError (status 1, a
+    traceback under TRL); the save is now named with the folder and the fix."""
+    from safetensors.torch import save_file
+
+    from mdlm.errors import run_main
+    from mdlm.train.run_folder import save_errors_named
+
+    def save():
+        with save_errors_named(tmp_path / "checkpoint-3"):
+            save_file({"x": torch.zeros(2)}, str(tmp_path / "missing" / "model.safetensors"))  # the write fails
+
+    with pytest.raises(SystemExit) as stop:
+        run_main("mdlm-rl", save)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1
+    assert "checkpoint-3: could not write the checkpoint" in err[0] and "--resume" in err[0]

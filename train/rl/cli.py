@@ -24,12 +24,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import yaml
 
 from mdlm.train.run_folder import (METRICS_FILE, OPTIONS_FILE, STATE_FILE, MetricsLog, RunFolder, atomic_write_text,
-                                   read_state, refuse_pickled, save_errors_named, write_state)
+                                   quiet_transformers_progress, read_state, refuse_pickled, save_errors_named,
+                                   write_state)
 
 CURVE_FILE = "reward_curve.png"
 EVAL_FILE = "eval.json"
@@ -43,7 +43,8 @@ SAVED_FILES = (STATE_FILE, "checkpoint-*", "model.safetensors", EVAL_FILE)
 # Options of this script (not of the trainer's config), with their defaults.
 SCRIPT_OPTIONS = {"algorithm": "diffu-grpo", "task": None, "model": None, "output_dir": None, "resume": False,
                   "train_examples": 2000, "eval_examples": None, "eval_before": True, "config_file": None,
-                  "overwrite": False, "progress": True}
+                  "overwrite": False, "progress": True, "family": None, "trust_remote_code": False,
+                  "lora_r": None, "lora_alpha": None, "lora_target": None}
 # Command-line shortcuts for the config fields people change most (all others: --config-file).
 CONFIG_FLAGS = {"num_generations": int, "per_device_train_batch_size": int, "gradient_accumulation_steps": int,
                 "max_steps": int, "learning_rate": float, "beta": float, "epsilon": float, "num_iterations": int,
@@ -57,7 +58,7 @@ RANGES = {**{name: {"at_least": 1} for name in ("max_steps", "diffusion_steps", 
                                                 "num_iterations", "max_completion_length", "block_length",
                                                 "logging_steps", "save_steps", "sample_train_steps")},
           "learning_rate": {"above": 0}, "beta": {"at_least": 0}, "epsilon": {"at_least": 0},
-          "seed": {"at_least": 0}, "prompt_mask_prob": {"at_least": 0, "at_most": 1}}
+          "seed": {"at_least": 0}, "prompt_mask_prob": {"at_least": 0, "below": 1}}
 HINTS = {"max_steps": " (TRL reads 0 or less as 'train num_train_epochs epochs'); pass the optimizer steps to train",
          "diffusion_steps": " (0 would fall back to max_completion_length // 2 denoising steps); pass the steps "
                             "of a rollout, or leave it unset for that default",
@@ -73,7 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      argument_default=argparse.SUPPRESS)
     parser.add_argument("--algorithm", help="diffu-grpo (default) | mdpo | cj-grpo | d2-anyorder")
     parser.add_argument("--task", help="sudoku | countdown | signatures")
-    parser.add_argument("--model", help="the run folder to finetune (model + tokenizer), e.g. runs/sft-sudoku")
+    parser.add_argument("--model", help="the model to finetune: a run folder (e.g. runs/sft-sudoku) or a public "
+                        "diffusion LM's folder or hub name (LLaDA, Dream, SDAR, ...)")
+    parser.add_argument("--family", help="the --model's family (default: detected from its config)")
+    parser.add_argument("--trust-remote-code", dest="trust_remote_code", action="store_true",
+                        help="run the modeling code shipped with a --model of a family without a native implementation")
+    parser.add_argument("--lora-r", dest="lora_r", type=int, help="LoRA rank: train adapters only; the reference "
+                        "policy is the base with the adapter off (no second copy)")
+    parser.add_argument("--lora-alpha", dest="lora_alpha", type=float, help="LoRA scale numerator (default 2 x rank)")
+    parser.add_argument("--lora-target", dest="lora_target", help="comma-separated linear layer names LoRA adapts, "
+                        "or all-linear (default: the family's attention and MLP projections)")
     parser.add_argument("--output-dir", dest="output_dir", help="default runs/rl-<task>")
     parser.add_argument("--config-file", dest="config_file", help="YAML of options (any config field)")
     parser.add_argument("--train-examples", dest="train_examples", type=int, help="train prompts (default 2000)")
@@ -160,11 +170,15 @@ def check_options(script: dict, options: dict, config_cls: type) -> None:
 
 def build_config(config_cls: type, folder: Path, options: dict):
     """The algorithm's config; TRL's complaint about the rollout batch is restated with the flags to change."""
+    import warnings
+
     import torch
 
     try:
-        return config_cls(output_dir=str(folder), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
-                          **options)
+        with warnings.catch_warnings():  # TrainingArguments' deprecation notice for a field the config pins
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
+            return config_cls(output_dir=str(folder), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+                              **options)
     except ValueError as error:
         if "divisible by num_generations" not in str(error):
             raise
@@ -192,23 +206,30 @@ def check_not_autoregressive(run: str) -> None:
                          "train/sft.py")
 
 
-def load_policy(run: str):
-    """(model, tokenizer) of the run to finetune, through the one loader (`mdlm.decode.loading`). The RL
-    trainers differentiate through this stack's own forward (attention mask + positions, no shift), so
-    other families are refused rather than trained through the wrong calling convention."""
+def load_policy(run: str, family: str | None = None, trust_remote_code: bool = False, lora_r: int | None = None,
+                lora_alpha: float | None = None, lora_target: str | None = None):
+    """(model, tokenizer) of the model to finetune, through the one loader (`mdlm.decode.loading`): a run of
+    this stack or any family's checkpoint. The trainers reach it through its trainable denoiser
+    (`mdlm.trainable.training_logits`: the family's convention and logit shift). With `lora_r`, the model
+    is a peft model whose adapters alone train."""
     from mdlm.decode.loading import load_denoiser
-    from mdlm.train.rl.base import check_mask_token
+    from mdlm.trainable import add_lora, bind
 
-    if not (Path(run) / "config.json").is_file():
+    if Path(run).exists() and not (Path(run) / "config.json").is_file():
         raise ValueError(f"--model {run}: not a run folder (expected config.json and weights as train/sft.py "
                          "or train/pretrain.py save them)")
-    config = json.loads((Path(run) / "config.json").read_text(encoding="utf-8"))
-    check_mask_token(SimpleNamespace(config=SimpleNamespace(mask_token_id=config.get("mask_token_id"))))
-    denoiser, tokenizer, profile = load_denoiser(run)
-    if profile.name != "ours":
-        raise ValueError(f"--model {run} is a {profile.name} model; RL here finetunes this stack's runs (mdlm-pretrain "
-                         "/ train/sft.py), whose forward the trainers differentiate: finetune a run of ours")
-    return denoiser.model, tokenizer
+    denoiser, tokenizer, profile = load_denoiser(run, family=family, trust_remote_code=trust_remote_code)
+    if denoiser.mask_token_id is None:
+        raise ValueError("the model has no mask token (config.mask_token_id is None): RL here finetunes masked "
+                         "diffusion models; pass a run trained by train/pretrain.py or train/sft.py")
+    model = denoiser.model
+    model.config.mask_token_id = int(denoiser.mask_token_id)  # what the trainers read
+    if not hasattr(model, "add_model_tags"):  # a native module (mdlm.families) is no PreTrainedModel; TRL tags it
+        model.add_model_tags = lambda tags: None
+    bind(model, denoiser)  # rollouts and log-probs use the loader's denoiser (its stop and banned tokens)
+    if lora_r is not None:
+        model = add_lora(model, lora_r, lora_alpha, lora_target, family=profile)
+    return model, tokenizer
 
 
 class RunLog(MetricsLog):
@@ -315,14 +336,15 @@ def resumable(trainer_cls: type) -> type:
         def _save_checkpoint(self, model, trial):
             import torch
 
-            super()._save_checkpoint(model, trial)
             checkpoint = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            with save_errors_named(checkpoint), quiet_transformers_progress():
+                super()._save_checkpoint(model, trial)
             checkpoint.mkdir(parents=True, exist_ok=True)
             rng = checkpoint / ROLLOUT_RNG_FILE.format(self.accelerator.process_index)
             torch.save(self.rollout_generator.get_state(), rng)
             self.accelerator.wait_for_everyone()
             if self.args.should_save:
-                (checkpoint / CHECKPOINT_DONE).write_text(f"step {self.state.global_step}\n")
+                atomic_write_text(checkpoint / CHECKPOINT_DONE, f"step {self.state.global_step}\n")
 
         def load_rollout_rng(self, checkpoint: Path) -> None:
             import torch
@@ -339,8 +361,11 @@ def resumable(trainer_cls: type) -> type:
 
 
 def run(given: dict) -> Path:
-    """One RL run; returns its folder."""
-    import torch
+    """One RL run; returns its folder. The folder is held for the whole run (`train/run_folder.py`: one run
+    at a time, nothing mixed, atomic writes, tampered checkpoints refused); a `--resume` of a finished run
+    finishes without training, and one killed after its final checkpoint saves that checkpoint's model."""
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_pt_utils import safe_globals
 
     from mdlm.train.rl.base import check_fits_context
     from mdlm.train.tasks import evaluate, get_task
@@ -349,89 +374,119 @@ def run(given: dict) -> Path:
     task = get_task(script["task"])
     folder = Path(script["output_dir"])
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if folder.exists() and any(folder.iterdir()) and not script["resume"] and not script["overwrite"]:
-        raise FileExistsError(f"{folder} already holds a run; pass --resume to continue it, --overwrite to "
-                              "replace it, or another --output-dir")
-    if script["resume"]:
-        saved = folder / OPTIONS_FILE
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume: {folder} holds no run (no {OPTIONS_FILE})")
-        run_options = yaml.safe_load(saved.read_text())
-        options = {**run_options["config"], **options}
-        script = {**run_options["script"], **{k: v for k, v in script.items() if k in given}, "resume": True}
-    options.setdefault("max_completion_length", task.max_completion_length)
-    # One group per batch by default: the algorithm's own G (MDPO's 8, d1's 6), so batch and G agree.
-    default_generations = {f.name: f.default for f in dataclasses.fields(config_cls)}["num_generations"]
-    options.setdefault("per_device_train_batch_size", options.get("num_generations", default_generations))
-    options.setdefault("logging_steps", 1)
-    options.setdefault("save_steps", 50)
-    config = config_cls(output_dir=str(folder), use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
-                        **options)
-    model, tokenizer = load_policy(script["model"])
-    train = task.dataset("train", script["train_examples"], config.seed)
-    held = task.dataset("test", script["eval_examples"])
-    longest = max(len(ids) for ids in tokenizer(list(train["prompt"]) + list(held["prompt"]),
-                                                add_special_tokens=False)["input_ids"])
-    check_fits_context(model, longest, config.max_completion_length)
-    # Only now, with every option checked, is the run folder touched.
-    if script["overwrite"] and not script["resume"] and folder.exists() and is_main:
-        import shutil
-
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if is_main:
-        (folder / OPTIONS_FILE).write_text(yaml.safe_dump({"script": script, "config": options}, sort_keys=False))
-    log = RunLog(folder, is_main)
-    checkpoint = latest_checkpoint(folder) if script["resume"] else None
-    if script["resume"] and is_main:
-        for path in drop_incomplete_checkpoints(folder):
-            print(f"--resume: removed {path.name}, a checkpoint whose save did not finish", file=sys.stderr)
-    if checkpoint is not None:
-        log.keep_until(int(checkpoint.name.split("-")[1]))
-    results = json.loads((folder / EVAL_FILE).read_text()) if (folder / EVAL_FILE).exists() else {}
-    if script["eval_before"] and "before" not in results and is_main:
-        results["before"] = evaluate(model, tokenizer, task, held, trainer_cls.evaluation_config(
-            config.max_completion_length), completion_length=config.max_completion_length)
-        _write_json(folder / EVAL_FILE, results)
-        print(f"held-out accuracy before RL: {results['before']['accuracy']:.3f}", flush=True)
-    title = f"{script['algorithm']} on {script['task']}"
-    trainer = resumable(trainer_cls)(model, task.reward, config, train, tokenizer, accuracy_fn=task.accuracy,
-                                     callbacks=[progress_callback(log, title, script["progress"])])
-    if checkpoint is not None:
-        trainer.load_rollout_rng(checkpoint)
-    try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
-    except KeyboardInterrupt:
-        log.plot(title)
-        print(f"interrupted: metrics are in {folder / METRICS_FILE}; continue with --resume from the last "
-              f"checkpoint ({latest_checkpoint(folder)})", file=sys.stderr)
-        raise
-    trainer.save_model(str(folder))
-    if is_main:
-        tokenizer.save_pretrained(str(folder))
-        policy = trainer.accelerator.unwrap_model(trainer.model)
-        results["after"] = evaluate(policy, tokenizer, task, held, trainer_cls.evaluation_config(
-            config.max_completion_length), completion_length=config.max_completion_length)
-        results["steps"] = trainer.state.global_step
-        _write_json(folder / EVAL_FILE, results)
-        log.plot(title)
-        print(f"held-out accuracy after RL: {results['after']['accuracy']:.3f} "
-              f"({len(held)} prompts, greedy); run folder {folder}", flush=True)
+    if script["resume"] and not (folder / OPTIONS_FILE).is_file():
+        raise FileNotFoundError(f"--resume: {folder} holds no run (no {OPTIONS_FILE}); start it without --resume")
+    with RunFolder(folder, {"resume": script["resume"], "overwrite": script["overwrite"]}, is_main, compare=False,
+                   run_files=RUN_FILES, saved_files=SAVED_FILES) as run_folder:
+        if script["resume"]:
+            run_options = RunFolder.read_options(folder)
+            options = {**run_options["config"], **options}
+            script = {**run_options["script"], **{k: v for k, v in script.items() if k in given}, "resume": True}
+        options.setdefault("max_completion_length", task.max_completion_length)
+        # One group per batch by default: the algorithm's own G (MDPO's 8, d1's 6), so batch and G agree.
+        default_generations = {f.name: f.default for f in dataclasses.fields(config_cls)}["num_generations"]
+        options.setdefault("per_device_train_batch_size", options.get("num_generations", default_generations))
+        options.setdefault("logging_steps", 1)
+        options.setdefault("save_steps", 50)
+        config = build_config(config_cls, folder, options)
+        state = read_state(folder) if script["resume"] else None
+        if state and state.get("finished") and (config.max_steps <= 0 or config.max_steps <= state["step"]):
+            print(f"--resume: the run in {folder} finished at step {state['step']}; nothing to train (pass a larger "
+                  "--max-steps to continue it)", file=sys.stderr, flush=True)
+            return folder
+        checkpoint = latest_checkpoint(folder) if script["resume"] else None
+        if checkpoint is not None:  # before anything loads it: a file carrying code stops here, unread
+            refuse_pickled(checkpoint, ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "rollout_rng_*.pt"),
+                           safe_globals)
+        check_not_autoregressive(script["model"])
+        model, tokenizer = load_policy(script["model"], script["family"], script["trust_remote_code"], script["lora_r"],
+                                       script["lora_alpha"], script["lora_target"])
+        train = task.dataset("train", script["train_examples"], config.seed)
+        held = task.dataset("test", script["eval_examples"])
+        longest = max(len(ids) for ids in tokenizer(list(train["prompt"]) + list(held["prompt"]),
+                                                    add_special_tokens=False)["input_ids"])
+        check_fits_context(model, longest, config.max_completion_length)
+        # Only now, with every option checked, is the run folder written (an overwritten run's files cleared).
+        saved_options = {"script": script, "config": options}
+        run_folder.save_options(saved_options)
+        if run_folder.resuming and is_main:
+            atomic_write_text(folder / OPTIONS_FILE, yaml.safe_dump(saved_options, sort_keys=False))
+        log = RunLog(folder, is_main)
+        if script["resume"] and is_main:
+            for path in drop_incomplete_checkpoints(folder):
+                print(f"--resume: removed {path.name}, a checkpoint whose save did not finish", file=sys.stderr)
+        checkpoint_step = int(checkpoint.name.split("-")[1]) if checkpoint is not None else 0
+        if checkpoint is not None:
+            log.keep_until(checkpoint_step)
+        results = json.loads((folder / EVAL_FILE).read_text()) if (folder / EVAL_FILE).exists() else {}
+        if script["eval_before"] and "before" not in results and is_main:
+            results["before"] = evaluate(model, tokenizer, task, held, trainer_cls.evaluation_config(
+                config.max_completion_length), completion_length=config.max_completion_length)
+            _write_json(folder / EVAL_FILE, results)
+            print(f"held-out accuracy before RL: {results['before']['accuracy']:.3f}", flush=True)
+        title = f"{script['algorithm']} on {script['task']}"
+        trainer = resumable(trainer_cls)(model, task.reward, config, train, tokenizer, accuracy_fn=task.accuracy,
+                                         callbacks=[progress_callback(log, title, script["progress"])])
+        trainer.remove_callback(PrinterCallback)  # it prints TRL's raw log dicts; metrics go to the bar and the log
+        if checkpoint is not None:
+            trainer.load_rollout_rng(checkpoint)
+        if checkpoint is not None and 0 < config.max_steps <= checkpoint_step:
+            # killed after its final checkpoint: that checkpoint holds the run's weights, nothing is trained again
+            print(f"--resume: {checkpoint.name} is the final step (--max-steps {config.max_steps}); finishing the "
+                  "run from it", file=sys.stderr, flush=True)
+            trainer._load_from_checkpoint(str(checkpoint))
+            trainer.state.global_step = checkpoint_step
+        else:
+            try:
+                trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+            except KeyboardInterrupt:
+                log.plot(title)
+                print(f"interrupted: metrics are in {folder / METRICS_FILE}; continue with --resume from the last "
+                      f"checkpoint ({latest_checkpoint(folder)})", file=sys.stderr)
+                raise
+        with save_errors_named(folder, "the model"), quiet_transformers_progress():
+            save_policy(trainer, folder, script["model"])
+        if is_main:
+            tokenizer.save_pretrained(str(folder))
+            policy = trainer.accelerator.unwrap_model(trainer.model)
+            results["after"] = evaluate(policy, tokenizer, task, held, trainer_cls.evaluation_config(
+                config.max_completion_length), completion_length=config.max_completion_length)
+            results["steps"] = trainer.state.global_step
+            _write_json(folder / EVAL_FILE, results)
+            log.plot(title)
+            write_state(folder, step=trainer.state.global_step, max_steps=trainer.state.max_steps or config.max_steps,
+                        finished=True)
+            print(f"held-out accuracy after RL: {results['after']['accuracy']:.3f} "
+                  f"({len(held)} prompts, greedy); run folder {folder}", flush=True)
     return folder
 
 
+def save_policy(trainer, folder: Path, source: str) -> None:
+    """The trained policy as its family saves it: TRL's save for a transformers model of ours; the merged
+    weights (and the adapter in adapter/) of a LoRA policy, and a native family's published layout, through
+    `mdlm.trainable.save_network`, so that mdlm-generate / mdlm-eval / mdlm-rl load the folder."""
+    from transformers import PreTrainedModel
+
+    from mdlm.trainable import base_denoiser, is_lora, published_config, save_network
+
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(policy, PreTrainedModel) and not is_lora(policy):
+        trainer.save_model(str(folder))
+    elif trainer.accelerator.is_main_process:
+        save_network(policy, folder, published_config(source), getattr(base_denoiser(policy), "profile", None))
+    trainer.accelerator.wait_for_everyone()
+
+
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Bad input is one line and status 2, anything else one line and status 1 (`mdlm.errors`)."""
+    from mdlm.errors import run_main
+
     try:
-        run(vars(build_parser().parse_args(argv)))
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        run_main("mdlm-rl", run, vars(build_parser().parse_args(argv)))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 
