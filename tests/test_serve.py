@@ -289,3 +289,49 @@ def test_page_shows_the_canvas_denoising(server, tmp_path):
     dom = run.stdout
     assert 'class="tok' in dom and ("tok fresh" in dom or "tok old" in dom), dom[-2000:]
     assert "network calls" in dom  # the status line after the usage chunk
+
+
+def test_cli_bad_model_is_one_line(tmp_path, capsys):
+    from mdlm.decode.serve.cli import main
+
+    assert main(["--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mdlm-serve: error:") and "\n" not in err
+    assert main(["--model", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "--max-batch must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigint_drains_a_real_server_process(tiny_run_dir):
+    """Ctrl-C (SIGINT) on `mdlm-serve`: the streamed request in flight still ends with [DONE], then it exits 0."""
+    import signal
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "mdlm.decode.serve.cli", "--model", str(tiny_run_dir),
+                                "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                httpx.get(url + "/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.time() < deadline and process.poll() is None, "the server did not start"
+                time.sleep(0.2)
+        body = {"prompt": "x", "max_tokens": 48, "temperature": 0.0, "stream": True,
+                "stream_options": {"include_denoising": True}}
+        lines = []
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:") and not lines:
+                    process.send_signal(signal.SIGINT)
+                lines.append(line)
+        assert lines[-1] == "data: [DONE]" or "data: [DONE]" in lines
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -36,6 +36,14 @@ class ServerState:
         self.scheduler = Scheduler(denoiser, tokenizer, max_batch, max_queue, self.stop_ids)
         self.created = int(time.time())
 
+    def refuse_without_key(self, request: HTTPRequest) -> JSONResponse | None:
+        """401 unless the request carries the server's bearer token (a plain check in each /v1/ route: an
+        HTTP middleware would wrap every streamed chunk)."""
+        if self.api_key and request.headers.get("authorization", "") != f"Bearer {self.api_key}":
+            return error_response(APIError("a valid API key is required: send 'Authorization: Bearer <key>' (the "
+                                           "server's --api-key / MDLM_API_KEY)", None, 401, code="invalid_api_key"))
+        return None
+
     def job(self, request: Request, emit) -> Job:
         """The scheduler job of a validated request; settings the decoder refuses become an APIError."""
         seeds = request.seeds()
@@ -99,24 +107,19 @@ def create_app(denoiser, tokenizer, model_name: str = "mdlm", max_batch: int = 3
     app = FastAPI(title="mdlm-serve", lifespan=lifespan)
     app.state.serve = state
 
-    @app.middleware("http")
-    async def bearer_token(request: HTTPRequest, call_next):
-        if state.api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {state.api_key}":
-                return error_response(APIError("a valid API key is required: send 'Authorization: Bearer <key>' (the "
-                                               "server's --api-key / MDLM_API_KEY)", None, 401, code="invalid_api_key"))
-        try:
-            return await call_next(request)
-        except Exception as error:  # noqa: BLE001  (never die on a request)
-            return error_response(APIError(f"internal error: {type(error).__name__}: {error}", None, 500,
-                                           "server_error"))
+    @app.exception_handler(Exception)
+    async def internal_error(request: HTTPRequest, error: Exception):  # never die on a request
+        return error_response(APIError(f"internal error: {type(error).__name__}: {error}", None, 500, "server_error"))
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": state.model_name, **state.scheduler.stats()}
 
     @app.get("/v1/models")
-    async def models():
+    async def models(request: HTTPRequest):
+        refused = state.refuse_without_key(request)
+        if refused:
+            return refused
         return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": state.created,
                                             "owned_by": "mdlm"}]}
 
@@ -136,6 +139,9 @@ def create_app(denoiser, tokenizer, model_name: str = "mdlm", max_batch: int = 3
 
 
 async def _generate(state: ServerState, http: HTTPRequest, chat: bool):
+    refused = state.refuse_without_key(http)
+    if refused:
+        return refused
     try:
         try:
             body = json.loads(await http.body())

@@ -88,6 +88,7 @@ class Scheduler:
         self.lock = threading.Condition()
         self.stopping = False
         self.network_calls = 0
+        self.busy_seconds = 0.0  # time spent decoding (steps and whole jobs), for /health
         self.pieces: dict[int, str] = {}
         self.thread = threading.Thread(target=self._loop, name="mdlm-serve-scheduler", daemon=True)
 
@@ -117,7 +118,8 @@ class Scheduler:
     def stats(self) -> dict:
         with self.lock:
             return {"running_requests": len(self.running), "running_rows": sum(j.rows for j in self.running),
-                    "waiting_requests": len(self.waiting), "network_calls": self.network_calls}
+                    "waiting_requests": len(self.waiting), "network_calls": self.network_calls,
+                    "busy_seconds": round(self.busy_seconds, 3)}
 
     # -- the loop -------------------------------------------------------------------------------------------
 
@@ -158,6 +160,7 @@ class Scheduler:
 
     def _guarded(self, jobs: list[Job], work) -> None:
         """Run `work(jobs)`; a failure ends those jobs with an error instead of ending the server."""
+        started = time.perf_counter()
         try:
             work(jobs)
         except Exception as error:  # noqa: BLE001  (one request must never take the server down)
@@ -169,6 +172,8 @@ class Scheduler:
             for job in jobs:
                 job.emit({"type": "error", "message": f"{type(error).__name__}: {error}", "status": status})
                 self._retire(job)
+        finally:
+            self.busy_seconds += time.perf_counter() - started
 
     def _retire(self, job: Job) -> None:
         with self.lock:
