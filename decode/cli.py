@@ -373,7 +373,7 @@ def run_schema(model, tokenizer, rows, args, config, console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mdlm.errors import run_main
+    from mdlm.cli.errors import run_main
 
     parser = build_parser()
     args = parser.parse_args(argv)
