@@ -159,8 +159,9 @@ FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
                   auto_class="DiffusionGemmaForBlockDiffusion", attention_mask="none", attention="block-causal",
                   block_size=256, block_size_key="canvas_length", stop_tokens=("<end_of_turn>", "<turn|>", "<eos>"),
                   chat_template=True, examples=("google/diffusiongemma-26B-A4B-it",),
-                  features=_features("encoder KV cache of committed canvases", "no (uniform noise)",
-                                     "no (uniform noise)", "generate_until (no likelihood)")),
+                  features={**_features("encoder KV cache of committed canvases", "no (uniform noise)",
+                                        "no (uniform noise)", "generate_until (no likelihood)"),
+                            "mask id": "none (uniform noise)"}),
 )}
 
 
@@ -172,6 +173,7 @@ def families_table() -> str:
     for p in FAMILY_REGISTRY.values():
         detected = ", ".join(f"`{a}`" for a in p.architectures) or "fallback"
         mask = f"config / tokenizer, else {p.known_mask_token_id}" if p.known_mask_token_id else "config / tokenizer"
+        mask = p.features.get("mask id", mask)  # a family with no mask token says so
         convention = [f"mask {p.attention_mask}"] + (["positions"] if p.position_ids else []) + \
             ([f"`{p.time_input}`=0"] if p.time_input else []) + (["shifted logits"] if p.shifted_logits else []) + \
             ([f"block-causal ({p.block_size})"] if p.attention == "block-causal" else []) + \
