@@ -117,3 +117,15 @@ def test_a_tampered_checkpoint_is_one_line_and_its_code_never_runs(copy, sudoku_
     assert stop.value.code == 2 and len(err) == 1, err
     assert "refused unread" in err[0] and "checkpoint-2" in err[0] and "weights_only" not in err[0]
     assert not marker.exists() and steps(copy) == [1, 2]
+
+
+def test_without_max_steps_the_step_count_is_said_first(sudoku_run, tmp_path, capsys):
+    """Issue 30: the README's cj-grpo command ran TRL's default epochs (about 24,000 steps) with no word."""
+    config = tmp_path / "rl.yaml"
+    config.write_text("num_train_epochs: 0.5\n")
+    main(["--task", "sudoku", "--model", str(sudoku_run), "--output-dir", str(tmp_path / "rl"), "--config-file",
+          str(config), *FAST])
+    import re
+
+    assert re.search(r"no --max-steps: TRL trains num_train_epochs=0.5 epochs of the train prompts, \d+ optimizer "
+                     r"steps; pass --max-steps", capsys.readouterr().err)

@@ -30,6 +30,34 @@ def test_script_options_inherit_the_loop_and_declare_only_their_own_fields(cls):
         assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
 
 
+def test_an_option_is_one_field_with_its_range_and_choices():
+    """Issue 29 item 3: a new option is one dataclass field; its flag, help, choices and range checks
+    all come from it."""
+    import argparse
+
+    from mdlm.train.options import add_option_arguments, option, validate_options
+
+    @dataclasses.dataclass
+    class Args(TrainerConfig):
+        width: int | None = option(None, "model width", at_least=8)
+        mode: str = option("fast", "fast | exact", choices=("fast", "exact"))
+        share: float = option(0.5, "a fraction", at_least=0, below=1)
+
+    parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
+    add_option_arguments(parser, Args)
+    given = vars(parser.parse_args(["--output-dir", "x", "--width", "16", "--mode", "exact"]))
+    assert given == {"output_dir": "x", "width": 16, "mode": "exact"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--output-dir", "x", "--mode", "slow"])  # argparse knows the choices
+    validate_options(Args(**given), "s.py")
+    for bad, message in (({"width": 4}, "--width must be >= 8, got 4"), ({"share": 1.0}, r"--share must be in \[0, 1\)"),
+                         ({"mode": "slow"}, "unknown --mode 'slow'; choose one of fast, exact"),
+                         ({"max_steps": 0}, "--max-steps must be >= 1"), ({"lr": 0.0}, "--lr must be > 0"),
+                         ({"width": "wide"}, "--width must be an int, got 'wide'")):
+        with pytest.raises(ValueError, match=message):
+            validate_options(Args(**{**given, **bad}), "s.py")
+
+
 def fresh_options(tmp_path) -> dict:
     return {"output_dir": str(tmp_path), "lr": 1e-3, "max_steps": 10, "resume": None, "overwrite": False}
 
