@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mdlm.decode.config import DecodeConfig
+from mdlm.decode.trace_html import MASK_GLYPH
 
 
 class CLIError(ValueError):
@@ -221,9 +222,6 @@ def config_from_args(args, tokenizer) -> DecodeConfig:
                             trace=bool(getattr(args, "trace", None)))
     except ValueError as error:
         raise CLIError(str(error)) from None
-
-
-MASK_GLYPH = "\u25a2"  # the live view's and the trace page's mask: no character of code looks like it
 
 
 class CanvasSeen:

@@ -1,6 +1,7 @@
 """A self-contained HTML page that replays a decoding trace: the canvas of each sample, step by step,
-each token coloured by the step that revealed it (remasked tokens flash red). No network, no assets:
-the trace is embedded as JSON and a few lines of JavaScript replay it."""
+each token coloured by the step that revealed it (remasked tokens flash red), with a legend; it opens at
+step 0 and plays forward. No network, no assets: the trace is embedded as JSON and a few lines of
+JavaScript replay it."""
 
 from __future__ import annotations
 
@@ -21,10 +22,19 @@ body { font-family: system-ui, sans-serif; margin: 2em; background: #fafafa; }
 .new { outline: 2px solid #2a7; }
 .remasked { background: #f88 !important; }
 #controls { position: sticky; top: 0; background: #fafafa; padding: .5em 0; }
+#legend { font-size: .9em; color: #444; margin: .3em 0 1em; }
+#legend .item { display: inline-block; white-space: nowrap; margin-right: 1.5em; }
+#legend .key { font-family: ui-monospace, monospace; padding: 0 .3em; margin: 0 .3em; border-radius: 3px; }
 </style></head><body>
 <h2>%(title)s</h2>
 <div id="controls"><button id="play">play</button> step <input id="step" type="range" min="0" max="0" value="0">
 <span id="label"></span></div>
+<div id="legend"><span class="item"><span class="key mask">&#9634;</span>still masked</span>
+<span class="item"><span class="key fixed">abc</span>given (prompt, suffix)</span>
+<span class="item"><span class="key" style="background: hsl(240,70%%,85%%)">abc</span>&#8594;<span class="key"
+style="background: hsl(40,70%%,85%%)">abc</span>revealed early &#8594; late (hover: step, log p)</span>
+<span class="item"><span class="key new">abc</span>revealed at this step</span>
+<span class="item"><span class="key remasked">abc</span>sent back at this step (remasked or re-noised)</span></div>
 <div id="rows"></div>
 <script>
 const DATA = %(data)s;
@@ -66,13 +76,16 @@ document.getElementById('play').onclick = () => {
   timer = setInterval(() => { if (+slider.value >= DATA.steps) { clearInterval(timer); timer = null; return; }
                               slider.value = +slider.value + 1; render(+slider.value); }, %(interval)d);
 };
-render(DATA.steps); slider.value = DATA.steps;
+render(0); slider.value = 0;  // open at the start: every position still to generate is masked
 </script></body></html>
 """
 
 
+MASK_GLYPH = "\u25a2"  # a mask, drawn so that no character of code is confused with it (the live view's too)
+
+
 def trace_payload(trace: list[TraceStep], final_tokens, valid, token_text, mask_token_id: int, titles=None,
-                  mask_text="\u25a2") -> dict:
+                  mask_text=MASK_GLYPH) -> dict:
     """The JSON the page replays: per row the states before each step (and the final one), the positions
     revealed / remasked at each step with their log-probabilities, and the text of every token id used."""
     B, L = final_tokens.shape
