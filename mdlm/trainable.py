@@ -173,12 +173,13 @@ class TrainableDenoiser(torch.nn.Module):
     def gradient_checkpointing_enable(self) -> None:
         """Recompute each block's activations in the backward pass (transformers' switch on the network)."""
         network = base_model(self.model)
-        if not getattr(network, "supports_gradient_checkpointing", False):
+        # the network itself, or the transformers backbone inside a native module (mdlm.families)
+        stack = next((m for m in network.modules() if getattr(m, "supports_gradient_checkpointing", False)
+                      and hasattr(m, "gradient_checkpointing_enable")), None)
+        if stack is None:
             raise ValueError(f"{type(network).__name__} does not support gradient checkpointing; drop "
                              "--gradient-checkpointing (or use LoRA / a smaller batch to save memory)")
-        network.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if is_lora(self.model):  # the frozen embeddings' output must require grad for the checkpointed blocks
-            network.enable_input_require_grads()
+        stack.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # -- saving -----------------------------------------------------------------------------------
     def save_pretrained(self, folder, **kwargs) -> None:

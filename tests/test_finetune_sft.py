@@ -123,3 +123,16 @@ def test_resume_needs_only_the_run_folder(tmp_path, tiny_run_dir):
     main(["--resume", "--output-dir", str(out), "--no-progress"])
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["finished"]
+
+
+def test_the_progress_bar_counts_to_where_the_recipe_stops(tmp_path, tiny_run_dir, capsys):
+    """A recipe of --max-steps 6 --stop-at-step 2 (the schedule's length, the model it hands on) shows 2/2,
+    not 2/6 (issue 29)."""
+    rows = [{"prompt": f"x = {i} ;", "response": f" {i}"} for i in range(16)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main(["--model", str(tiny_run_dir), "--data", str(data), "--output-dir", str(tmp_path / "run"), "--batch-size", "2",
+          "--max-steps", "6", "--stop-at-step", "2", "--save-every", "2", "--eval-every", "6", "--eval-batches", "1",
+          "--warmup-steps", "1"])
+    bar = capsys.readouterr().err
+    assert "2/2" in bar and "/6" not in bar

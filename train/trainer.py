@@ -495,7 +495,8 @@ class Trainer:
                 return self.output_dir
         if self.step == 0:
             self.log({"step": 0, "tokens": 0, **self.evaluate()})
-        progress = tqdm(total=c.max_steps, initial=self.step, disable=not (c.progress and acc.is_main_process),
+        stop = min(c.max_steps, c.stop_at_step or c.max_steps)  # a recipe that stops early: the bar ends there
+        progress = tqdm(total=stop, initial=self.step, disable=not (c.progress and acc.is_main_process),
                         desc=self.title or "training", dynamic_ncols=True)
         window_tokens, window_time, window_loss, window_steps = 0, 0.0, 0.0, 0
         self.model.train()
