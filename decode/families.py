@@ -83,9 +83,9 @@ class FamilyProfile:
 
     def for_model(self, model) -> "FamilyProfile":
         """This profile for `model`: the published code's calling convention unless it is our native module."""
-        from mdlm.families import NativeDiffusionLM
+        from mdlm.families import NATIVE
 
-        if not self.native or isinstance(model, NativeDiffusionLM) or not self.published_code:
+        if not self.native or isinstance(model, tuple(cls for _, cls in NATIVE.values())) or not self.published_code:
             return self
         return dataclasses.replace(self, **dict(self.published_code), native=False, published_code=())
 
@@ -141,16 +141,21 @@ FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
                   published_code=(("kv_cache", False), ("trust_remote_code", True),
                                   ("auto_class", "AutoModelForCausalLM")),
                   examples=("JetLM/SDAR-1.7B-Chat",), features=_features("RADD reuse, exact block KV")),
-    FamilyProfile("mdlm-owt", "MDLM on OpenWebText (Sahoo et al. 2024): no attention mask, timesteps input, "
-                  "tensor output", ("MDLM",), auto_class="AutoModelForMaskedLM", trust_remote_code=True,
-                  attention_mask="none", time_input="timesteps", known_mask_token_id=50257,
-                  examples=("kuleshov-group/mdlm-owt",), features=_features()),
-    FamilyProfile("bd3lm", "BD3-LM (Arriola et al. 2025): block diffusion, block causality built by the model",
-                  ("BD3LM",), ("bd3lm",), auto_class="AutoModelForMaskedLM", trust_remote_code=True,
-                  attention_mask="none", time_input="timesteps",
-                  extra_kwargs=(("sample_mode", True), ("store_kv", False)), known_mask_token_id=50257,
-                  attention="block-causal", block_size=4, block_size_key="block_size",
-                  examples=("kuleshov-group/bd3lm-owt-block_size4",), features=_features()),
+    FamilyProfile("mdlm-owt", "MDLM on OpenWebText (Sahoo et al. 2024): a DiT, bidirectional, timesteps input; "
+                  "native (mdlm.families.dit)", ("MDLM",), attention_mask="4d-bool", position_ids=True,
+                  time_input="timesteps", known_mask_token_id=50257, kv_cache=True, native=True,
+                  published_code=(("attention_mask", "none"), ("position_ids", False), ("kv_cache", False),
+                                  ("trust_remote_code", True), ("auto_class", "AutoModelForMaskedLM")),
+                  examples=("kuleshov-group/mdlm-owt",),
+                  features=_features("RADD reuse, Fast-dLLM prefix + dual (approximate)")),
+    FamilyProfile("bd3lm", "BD3-LM (Arriola et al. 2025): the DiT, block-causal in sample mode; native "
+                  "(mdlm.families.dit)", ("BD3LM",), ("bd3lm",), attention_mask="4d-bool", position_ids=True,
+                  time_input="timesteps", known_mask_token_id=50257, attention="block-causal", block_size=4,
+                  block_size_key="block_size", kv_cache=True, native=True,
+                  published_code=(("attention_mask", "none"), ("position_ids", False), ("kv_cache", False),
+                                  ("trust_remote_code", True), ("auto_class", "AutoModelForMaskedLM"),
+                                  ("extra_kwargs", (("sample_mode", True), ("store_kv", False)))),
+                  examples=("kuleshov-group/bd3lm-owt-block_size4",), features=_features("RADD reuse, exact block KV")),
     FamilyProfile("masked-lm", "any other transformers masked LM whose config or tokenizer has a mask token "
                   "(never detected: the fallback)", ban_special_tokens=True, features=_features()),
     FamilyProfile("diffusion-gemma", "DiffusionGemma (transformers' own DiffusionGemmaForBlockDiffusion): uniform-noise "

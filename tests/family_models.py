@@ -231,7 +231,20 @@ PUBLISHED = {
         use_sliding_window=False, vocab_size=151936, torch_dtype="bfloat16"),
         {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|MASK|>": 151669},
         dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", mask_token="<|MASK|>")),
+    "mdlm-owt": (dict(
+        architectures=["MDLM"], model_type="mdlm",
+        auto_map={"AutoConfig": "configuration_mdlm.MDLMConfig", "AutoModelForMaskedLM": "modeling_mdlm.MDLM"},
+        cond_dim=16, dropout=0.1, hidden_dim=32, model_length=1024, n_blocks=2, n_heads=4, return_dict=False,
+        time_conditioning=False, vocab_size=50258),
+        {"<|endoftext|>": 50256}, dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>")),
+    "bd3lm": (dict(
+        architectures=["BD3LM"], model_type="bd3lm",
+        auto_map={"AutoConfig": "configuration_bd3lm.BD3LMConfig", "AutoModelForMaskedLM": "modeling_bd3lm.BD3LM"},
+        block_size=4, cond_dim=16, dropout=0.1, hidden_dim=32, model_length=1024, n_blocks=2, n_heads=4,
+        time_conditioning=False, attn_backend="sdpa", cross_attn=True, adaln=True, causal=False, vocab_size=50258),
+        {"<|endoftext|>": 50256}, dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>")),
 }
+DIT_FAMILIES = ("mdlm-owt", "bd3lm")
 WORDS = 60  # ordinary tokens w0..w59 at ids 0..59
 CODE_THAT_MUST_NOT_RUN = "raise RuntimeError('the checkpoint folder\\'s code was run')\n"
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> {% endfor %}"
@@ -249,6 +262,22 @@ def published_weights(family: str, fields: dict, seed: int = 0, scale: float = 0
         return 1 + torch.randn(n, generator=g) * 0.1
 
     state = {}
+    if family in DIT_FAMILIES:  # MDLM's / BD3-LM's DiT under the Hugging Face wrapper's `backbone.`
+        d, c, vocab = fields["hidden_dim"], fields["cond_dim"], fields["vocab_size"]
+        state.update({"backbone.vocab_embed.embedding": w(vocab, d), "backbone.sigma_map.mlp.0.weight": w(c, 256),
+                      "backbone.sigma_map.mlp.0.bias": w(c), "backbone.sigma_map.mlp.2.weight": w(c, c),
+                      "backbone.sigma_map.mlp.2.bias": w(c), "backbone.rotary_emb.inv_freq": torch.zeros(d // 8)})
+        for i in range(fields["n_blocks"]):
+            p = f"backbone.blocks.{i}."
+            state.update({p + "norm1.weight": norm(d), p + "norm2.weight": norm(d), p + "attn_qkv.weight": w(3 * d, d),
+                          p + "attn_out.weight": w(d, d), p + "mlp.0.weight": w(4 * d, d), p + "mlp.0.bias": w(4 * d),
+                          p + "mlp.2.weight": w(d, 4 * d), p + "mlp.2.bias": w(d),
+                          p + "adaLN_modulation.weight": w(6 * d, c), p + "adaLN_modulation.bias": w(6 * d)})
+        state.update({"backbone.output_layer.norm_final.weight": norm(d),
+                      "backbone.output_layer.linear.weight": w(vocab, d), "backbone.output_layer.linear.bias": w(vocab),
+                      "backbone.output_layer.adaLN_modulation.weight": w(2 * d, c),
+                      "backbone.output_layer.adaLN_modulation.bias": w(2 * d)})
+        return state
     if family == "llada":
         d, heads, f = fields["d_model"], fields["n_heads"], fields["mlp_hidden_size"]
         kv = fields["n_kv_heads"] * d // heads
@@ -347,6 +376,8 @@ def published_reference_logits(family: str, fields: dict, state: dict, ids: torc
         return x * angles.cos() + rotated * angles.sin()
 
     B, L = ids.shape
+    if family in DIT_FAMILIES:
+        return dit_reference_logits(family, fields, state, ids)
     if family == "llada":
         d, heads, layers = fields["d_model"], fields["n_heads"], fields["n_layers"]
         kv_heads, eps, theta = fields["n_kv_heads"], fields["rms_norm_eps"], fields["rope_theta"]
@@ -451,3 +482,55 @@ def record_call_widths(model) -> list[int]:
 
     model.forward = recording
     return widths
+
+
+def dit_reference_logits(family: str, fields: dict, state: dict, ids: torch.Tensor) -> torch.Tensor:
+    """MDLM's / BD3-LM's DiT as models/dit.py computes it, at sigma = 0, positions 0..L-1: adaLN-Zero blocks
+    (weight-only LayerNorm, modulate, rotary q/k by halves with base 10000, softmax attention, GELU-tanh
+    MLP, gated residuals), bidirectional (MDLM) or block-causal over `block_size` (BD3-LM sample mode)."""
+    import math
+
+    def layer_norm(x, weight):
+        return torch.nn.functional.layer_norm(x, [x.shape[-1]]) * weight
+
+    def linear(x, name, bias=True):
+        y = x @ state[name + ".weight"].T
+        return y + state[name + ".bias"] if bias else y
+
+    B, L = ids.shape
+    d, heads = fields["hidden_dim"], fields["n_heads"]
+    half = 128
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    t_freq = torch.cat([torch.cos(torch.zeros(B, 1) * freqs), torch.sin(torch.zeros(B, 1) * freqs)], -1)
+    c = torch.nn.functional.silu(linear(torch.nn.functional.silu(linear(t_freq, "backbone.sigma_map.mlp.0")),
+                                        "backbone.sigma_map.mlp.2"))
+    head_dim = d // heads
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    emb = torch.cat([torch.arange(L).float()[:, None] * inv_freq] * 2, -1)
+    cos, sin = emb.cos(), emb.sin()
+
+    def rope(x):
+        return x * cos + torch.cat([-x[..., head_dim // 2:], x[..., :head_dim // 2]], -1) * sin
+
+    allowed = torch.ones(L, L, dtype=torch.bool)
+    if family == "bd3lm":
+        block = torch.arange(L) // fields["block_size"]
+        allowed = block[None, :] <= block[:, None]
+    x = state["backbone.vocab_embed.embedding"][ids]
+    for i in range(fields["n_blocks"]):
+        p = f"backbone.blocks.{i}."
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
+            linear(c, p + "adaLN_modulation")[:, None].chunk(6, dim=2)
+        h = layer_norm(x, state[p + "norm1.weight"]) * (1 + scale_msa) + shift_msa
+        qkv = linear(h, p + "attn_qkv", bias=False).view(B, L, 3, heads, head_dim)
+        q, k, v = (qkv[:, :, j].transpose(1, 2) for j in range(3))
+        q, k = rope(q), rope(k)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(head_dim)
+        attended = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+        x = x + gate_msa * linear(attended.transpose(1, 2).reshape(B, L, d), p + "attn_out", bias=False)
+        m = layer_norm(x, state[p + "norm2.weight"]) * (1 + scale_mlp) + shift_mlp
+        hidden = torch.nn.functional.gelu(linear(m, p + "mlp.0"), approximate="tanh")
+        x = x + gate_mlp * linear(hidden, p + "mlp.2")
+    shift, scale = linear(c, "backbone.output_layer.adaLN_modulation")[:, None].chunk(2, dim=2)
+    x = layer_norm(x, state["backbone.output_layer.norm_final.weight"]) * (1 + scale) + shift
+    return linear(x, "backbone.output_layer.linear")

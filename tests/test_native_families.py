@@ -26,7 +26,10 @@ from mdlm.decode.registry import decode
 from tests.family_models import (PUBLISHED, one_intra_op_thread, published_reference_logits, published_weights,
                                  remote_code_module, write_published_checkpoint)
 
-FAMILIES = ["llada", "dream", "sdar"]
+FAMILIES = ["llada", "dream", "sdar", "mdlm-owt", "bd3lm"]
+BLOCK_CAUSAL = ("sdar", "bd3lm")
+PUBLISHED_CHAT = ("llada", "dream", "sdar")
+MASK_IDS = {"llada": 126336, "dream": 151666, "sdar": 151669, "mdlm-owt": 50257, "bd3lm": 50257}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,9 +51,11 @@ def loaded(folders):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_native_logits_equal_the_published_architecture(family, loaded):
     denoiser, tokenizer, profile = loaded[family]
-    assert profile.name == family and profile.native and type(denoiser.model).__module__ == f"mdlm.families.{family}"
+    module = "dit" if family in ("mdlm-owt", "bd3lm") else family
+    assert profile.name == family and profile.native and type(denoiser.model).__module__ == f"mdlm.families.{module}"
     fields = PUBLISHED[family][0]
-    assert denoiser.mask_token_id == tokenizer.mask_token_id == {"llada": 126336, "dream": 151666, "sdar": 151669}[family]
+    # the mask at its real id: the tokenizer's, or (MDLM-OWT / BD3-LM: GPT-2's vocabulary + 1) the family's
+    assert denoiser.mask_token_id == MASK_IDS[family] == (tokenizer.mask_token_id or profile.known_mask_token_id)
     ids = torch.randint(0, 60, (2, 11), generator=torch.Generator().manual_seed(0))
     expected = published_reference_logits(family, fields, published_weights(family, fields), ids)
     with torch.no_grad():
@@ -85,10 +90,10 @@ def decoding_paths(family):
     """Every path of the confidence decoder the family has, at temperature 0."""
     # a block-causal model's blocks are position ranges, so prompts of other lengths change how many blocks a
     # batch has and `steps` would be shared out differently: one token per step there
-    steps = None if family == "sdar" else 8
+    steps = None if family in BLOCK_CAUSAL else 8
     base = DecodeConfig(sampler="confidence", temperature=0.0, steps=steps, block_length=4, use_cache=False)
     paths = {"plain": base, "threshold": dataclasses.replace(base, remasking="threshold", threshold=0.5)}
-    if family == "sdar":
+    if family in BLOCK_CAUSAL:
         paths["exact block KV"] = dataclasses.replace(base, use_cache=True)
     else:
         paths["prefix cache"] = dataclasses.replace(base, approximate_prefix_cache=True)
@@ -105,8 +110,9 @@ def test_a_left_padded_batch_of_three_decodes_each_prompt_as_alone_on_every_path
         assert batch == alone, f"{family} {name}"
 
 
-def test_the_exact_block_kv_cache_gives_the_uncached_tokens(loaded):
-    denoiser, tokenizer, _ = loaded["sdar"]
+@pytest.mark.parametrize("family", BLOCK_CAUSAL)
+def test_the_exact_block_kv_cache_gives_the_uncached_tokens(family, loaded):
+    denoiser, tokenizer, _ = loaded[family]
     for seed in range(2):
         config = DecodeConfig(sampler="confidence", temperature=1.0, seed=seed, block_length=4)
         cached = decode_prompts(denoiser, tokenizer, PROMPTS, config, new_tokens=12)
@@ -309,8 +315,10 @@ def test_mdlm_eval_limit_2_runs_on_the_published_folder(family, folders):
     from mdlm.eval import MDLMEvalModel, task_manager
 
     lm = MDLMEvalModel(pretrained=str(folders[family]), mc_num=2, max_gen_toks=8)
-    assert lm.max_length == {"llada": 4096, "dream": 131072, "sdar": 32768}[family]  # the family's own field
-    assert lm.stop_token_ids == lm.denoiser.stop_token_ids and len(lm.stop_token_ids) == 2  # end of text and of turn
+    # the family's own field (LLaDA's max_sequence_length, MDLM's model_length)
+    assert lm.max_length == {"llada": 4096, "dream": 131072, "sdar": 32768, "mdlm-owt": 1024, "bd3lm": 1024}[family]
+    # end of text and of turn (the OpenWebText models have only end of text)
+    assert lm.stop_token_ids == lm.denoiser.stop_token_ids and len(lm.stop_token_ids) == 1 + (family in PUBLISHED_CHAT)
     results = lm_eval.simple_evaluate(model=lm, tasks=["stdlib_next_line", "stdlib_infill"],
                                       task_manager=task_manager(include_defaults=False), limit=2)
     assert 0 <= results["results"]["stdlib_next_line"]["acc,none"] <= 1

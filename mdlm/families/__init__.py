@@ -15,10 +15,22 @@ from pathlib import Path
 
 import torch
 
-from mdlm.families import dream, llada, sdar
+from types import SimpleNamespace
+
+from mdlm.families import dit, dream, llada, sdar
 from mdlm.families.base import DiffusionLMOutput, NativeDiffusionLM, build_on_meta, load_weights, read_safetensors, rename
 
-NATIVE = {"llada": (llada, llada.LLaDA), "dream": (dream, dream.Dream), "sdar": (sdar, sdar.SDAR)}
+# family -> (its module: ARCHITECTURES, WEIGHT_NAMES (published -> ours), native_config(fields, source); the class)
+NATIVE = {
+    "llada": (llada, llada.LLaDA),
+    "dream": (dream, dream.Dream),
+    "sdar": (sdar, sdar.SDAR),
+    "mdlm-owt": (SimpleNamespace(ARCHITECTURES=("MDLM",), WEIGHT_NAMES=dit.WEIGHT_NAMES,
+                                 native_config=dit.native_config), dit.DiT),
+    "bd3lm": (SimpleNamespace(ARCHITECTURES=("BD3LM",), WEIGHT_NAMES=dit.WEIGHT_NAMES,
+                              native_config=lambda fields, source="the checkpoint":
+                              dit.native_config(fields, source, block_causal=True)), dit.DiT),
+}
 
 
 def has_native(family: str, fields: dict | None = None) -> bool:
@@ -26,23 +38,26 @@ def has_native(family: str, fields: dict | None = None) -> bool:
     if family not in NATIVE:
         return False
     architectures = (fields or {}).get("architectures") or []
-    module = NATIVE[family][0]
-    return not architectures or any(a in module.ARCHITECTURES for a in architectures)
+    return not architectures or any(a in NATIVE[family][0].ARCHITECTURES for a in architectures)
 
 
 def native_config(family: str, fields: dict, source="the checkpoint"):
-    module, _ = NATIVE[family]
+    module = NATIVE[family][0]
     config = module.native_config(fields, source)
     config.architectures = list(fields.get("architectures") or module.ARCHITECTURES)
     config.published_model_type = fields.get("model_type")
     return config
 
 
-def build_native(family: str, fields: dict, seed: int | None = None) -> NativeDiffusionLM:
+def build_native(family: str, fields: dict, seed: int | None = None):
     """A randomly initialised native model of `family` from published config fields (tests, benchmarks)."""
     if seed is not None:
         torch.manual_seed(seed)
-    return NATIVE[family][1](native_config(family, fields))
+    model = NATIVE[family][1](native_config(family, fields))
+    for parameter in model.parameters():  # a module of our own leaves some weights uninitialised (torch.empty)
+        if not torch.isfinite(parameter).all():
+            torch.nn.init.normal_(parameter, std=0.02)
+    return model
 
 
 def load_native(folder, family: str, dtype=torch.float32, fields: dict | None = None) -> NativeDiffusionLM:

@@ -112,7 +112,8 @@ def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def rename(state: dict[str, torch.Tensor], table: tuple[tuple[str, str], ...], family: str) -> dict[str, torch.Tensor]:
     """Published weight names -> ours by the family's (regex, replacement) table (first match wins; a
-    name no rule matches keeps its name)."""
+    name no rule matches keeps its name; an empty replacement drops the tensor, e.g. a stored buffer that
+    is computed here)."""
     renamed = {}
     for name, tensor in state.items():
         for pattern, replacement in table:
@@ -120,7 +121,8 @@ def rename(state: dict[str, torch.Tensor], table: tuple[tuple[str, str], ...], f
             if count:
                 name = new
                 break
-        renamed[name] = tensor
+        if name:
+            renamed[name] = tensor
     return renamed
 
 
