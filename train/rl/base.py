@@ -61,6 +61,19 @@ def completion_mask_of(completion_ids: torch.Tensor, eos_token_id: int | None) -
     return (~after_eos).long()
 
 
+def left_padded(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of the prompts, left-padded to the longest (the completion follows every prompt directly)."""
+    rows = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
 @dataclass
 class Rollout:
     completion_ids: torch.Tensor  # (B, T) every generated token, EOS and what follows included
@@ -307,17 +320,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         return self.processing_class.eos_token_id
 
     def tokenize_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tok = self.processing_class
-        rows = tok(prompts, add_special_tokens=False)["input_ids"]
-        width = max(len(r) for r in rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
-        device = self.accelerator.device
-        return ids.to(device), mask.to(device)
+        ids, mask = left_padded(self.processing_class, prompts)
+        return ids.to(self.accelerator.device), mask.to(self.accelerator.device)
 
     def texts_of(self, completion_ids: torch.Tensor) -> tuple[list[list[int]], list[str]]:
         """The token lists (up to and including the first EOS) and texts (EOS dropped) the rewards see."""
