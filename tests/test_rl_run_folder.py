@@ -58,14 +58,6 @@ def test_a_finished_run_says_so(finished):
     assert steps(finished) == [1, 2]
 
 
-def test_no_raw_trl_log_dicts_on_the_console(sudoku_run, tmp_path, capsys):
-    main(["--task", "sudoku", "--model", str(sudoku_run), "--output-dir", str(tmp_path / "rl"), "--max-steps", "1",
-          *FAST])
-    out = capsys.readouterr()
-    assert "{'loss'" not in out.out + out.err and "'reward'" not in out.out + out.err  # TRL's PrinterCallback
-    assert "Writing model shards" not in out.err
-
-
 def test_a_second_run_or_a_resume_of_a_live_run_stops_at_once(copy, sudoku_run, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in copy.iterdir() if p.name != ".run.lock"}
     with RunLock(copy):  # the live run
@@ -119,13 +111,18 @@ def test_a_tampered_checkpoint_is_one_line_and_its_code_never_runs(copy, sudoku_
     assert not marker.exists() and steps(copy) == [1, 2]
 
 
-def test_without_max_steps_the_step_count_is_said_first(sudoku_run, tmp_path, capsys):
-    """Issue 30: the README's cj-grpo command ran TRL's default epochs (about 24,000 steps) with no word."""
+def test_without_max_steps_the_step_count_is_said_first_and_no_raw_log_dicts_reach_the_console(sudoku_run, tmp_path,
+                                                                                                  capsys):
+    """Issue 30: the README's cj-grpo command ran TRL's default epochs (about 24,000 steps) with no word.
+    Issue 29 item 6: TRL's raw log dicts (its PrinterCallback) and the shard-writing bars broke into the bar."""
+    import re
+
     config = tmp_path / "rl.yaml"
     config.write_text("num_train_epochs: 0.5\n")
     main(["--task", "sudoku", "--model", str(sudoku_run), "--output-dir", str(tmp_path / "rl"), "--config-file",
           str(config), *FAST])
-    import re
-
+    out = capsys.readouterr()
     assert re.search(r"no --max-steps: TRL trains num_train_epochs=0.5 epochs of the train prompts, \d+ optimizer "
-                     r"steps; pass --max-steps", capsys.readouterr().err)
+                     r"steps; pass --max-steps", out.err)
+    assert "{'loss'" not in out.out + out.err and "'reward'" not in out.out + out.err
+    assert "Writing model shards" not in out.err
