@@ -12,8 +12,11 @@ algorithm's config, i.e. every TRL GRPOConfig field, plus the options below) < t
 run folder gets run_options.yaml, metrics.jsonl (one line per logging step, flushed as written),
 reward_curve.png, TRL checkpoints (checkpoint-N, every `save_steps`), and at the end the model and
 tokenizer (safetensors; loads with AutoModelForMaskedLM, works in mdlm-generate / mdlm-eval) and
-eval.json: the held-out accuracy before and after RL (greedy confidence decoding). `--resume` continues
-a killed run from its last checkpoint.
+eval.json: the held-out accuracy before and after RL (greedy confidence decoding), then
+trainer_state.json with `"finished": true`. `--resume` continues a killed run from its last complete
+checkpoint; a finished run is not trained again. The folder is held for the whole run with pretraining's
+guarantees (`train/run_folder.py`: the lock, atomic writes, tampered checkpoints refused unread; see
+docs/reliability.md).
 """
 
 from __future__ import annotations
