@@ -27,7 +27,7 @@ def test_every_committed_benchmark_result_is_shown_in_the_docs():
         if "quick" in path.parts:
             continue
         try:
-            module = importlib.import_module(f"mdlm.eval.bench.{path.stem}")
+            module = importlib.import_module(f"mdlm.eval.bench.{report.benchmark_module(name)}")
         except ModuleNotFoundError:
             continue  # not a benchmark's output (SFT curves, the RL seeds table)
         if hasattr(module, "markdown_table"):
@@ -85,3 +85,8 @@ def test_the_families_table_is_generated_from_the_registry(tmp_path):
 
     out = report.render_text("x\n<!-- families -->\n| stale |\n<!-- /families -->\ny\n", tmp_path)
     assert out == f"x\n<!-- families -->\n{families_table()}\n<!-- /families -->\ny\n"
+
+
+def test_a_dashed_result_name_is_its_underscored_module():
+    assert report.benchmark_module("rl-diagnose") == "rl_diagnose"
+    assert report.benchmark_module("rl-countdown/rl") == "rl" and report.benchmark_module("lm_eval") == "lm_eval"

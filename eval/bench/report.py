@@ -36,10 +36,16 @@ def pages(root: Path = ROOT) -> list[Path]:
     return found + sorted(p for p in (root / "docs").rglob("*.md") if p.is_file())
 
 
+def benchmark_module(name: str) -> str:
+    """The module of block `name`: its file's stem with dashes as underscores (`rl-countdown/rl` -> `rl`,
+    `rl-diagnose` -> `rl_diagnose`)."""
+    return name.rsplit("/", 1)[-1].replace("-", "_")
+
+
 def render_block(name: str, results_dir: Path) -> str:
     """The generated body of block `name`: the benchmark's table, then its narrative when it has one."""
     path = results_dir / f"{name}.json"
-    module_name = name.rsplit("/", 1)[-1]
+    module_name = benchmark_module(name)
     if not path.exists():
         return f"_No results yet: run `python -m mdlm.eval.bench.{module_name}`._\n"
     module = importlib.import_module(f"mdlm.eval.bench.{module_name}")
