@@ -113,11 +113,10 @@ def test_a_left_padded_batch_of_three_decodes_each_prompt_as_alone_on_every_path
 @pytest.mark.parametrize("family", BLOCK_CAUSAL)
 def test_the_exact_block_kv_cache_gives_the_uncached_tokens(family, loaded):
     denoiser, tokenizer, _ = loaded[family]
-    for seed in range(2):
-        config = DecodeConfig(sampler="confidence", temperature=1.0, seed=seed, block_length=4)
-        cached = decode_prompts(denoiser, tokenizer, PROMPTS, config, new_tokens=12)
-        uncached = decode_prompts(denoiser, tokenizer, PROMPTS, dataclasses.replace(config, use_cache=False), 12)
-        assert cached == uncached
+    config = DecodeConfig(sampler="confidence", temperature=1.0, seed=0, block_length=4)
+    cached = decode_prompts(denoiser, tokenizer, PROMPTS, config, new_tokens=8)
+    uncached = decode_prompts(denoiser, tokenizer, PROMPTS, dataclasses.replace(config, use_cache=False), 8)
+    assert cached == uncached
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
@@ -308,7 +307,7 @@ def test_dream_decodes_with_its_own_schedule_by_default_and_matches_diffusion_ge
         assert config_from_args(args, tokenizer).schedule == schedule
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["llada", *(pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES[1:])])
 def test_mdlm_eval_limit_2_runs_on_the_published_folder(family, folders):
     import lm_eval
 
