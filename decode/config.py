@@ -57,7 +57,8 @@ class DecodeConfig:
         `mdlm.decode.unmasking`). The old name `schedule=` is still accepted for a while.
     remasking: which positions a step commits ("random", "low-confidence", "margin", "entropy",
         "threshold" = Fast-dLLM's confidence >= `threshold`, at least one; "rcr" = MDPO's running
-        confidence remasking).
+        confidence remasking; "entropy-bound" = the EB sampler, the lowest-entropy positions while their
+        summed minus largest entropy is <= `entropy_bound`, at least one).
     block_length: semi-autoregressive blocks of this many generated positions (None: one block). For a
         block-causal model the blocks are its attention blocks (default and unit: config.block_size).
     temperature / top_k / top_p: of every categorical draw (temperature 0 = argmax).
@@ -84,6 +85,9 @@ class DecodeConfig:
     remasking: str = option("low-confidence", "which drawn tokens a step commits (mdlm.decode.remasking)",
                             choices=REMASKING_POLICIES)
     threshold: float = option(0.9, "confidence threshold of --remasking threshold")
+    entropy_bound: float | None = option(None, "gamma of --remasking entropy-bound, in nats: a step commits the "
+                                         "lowest-entropy positions while their summed minus largest entropy <= "
+                                         "gamma (default: 0.1; a uniform-noise model's: its checkpoint's)")
     block_length: int | None = option(None, "semi-autoregressive block length (default: one block; the attention "
                                       "block of a block-causal model)")
     temperature: float = option(1.0, "temperature of every categorical draw (0: argmax)")
@@ -128,6 +132,8 @@ class DecodeConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0 < self.threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.entropy_bound is not None and not (math.isfinite(self.entropy_bound) and self.entropy_bound >= 0):
+            raise ValueError(f"entropy_bound must be a finite number >= 0 (nats), got {self.entropy_bound}")
         if self.draft_size < 1:
             raise ValueError(f"draft_size must be >= 1, got {self.draft_size}")
 

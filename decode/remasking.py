@@ -12,6 +12,13 @@ mask. Policies differ only in data (their score and their selection rule), never
   it sets its own number of steps.
 - rcr (MDPO, He et al. 2025, running confidence remasking): fill every masked position of the block, then
   send the lowest running confidences back to the mask so that the schedule's cumulative count stays.
+- entropy-bound (EB sampler; Ben-Hamu, Gat, Severo, Nolte, Karrer 2025, "Accelerated Sampling from Masked
+  Diffusion Models via Entropy Bounded Unmasking", arXiv 2505.24857): sort the block's masked positions
+  by entropy, ascending, and commit the longest prefix whose summed entropy minus its largest entropy is
+  <= gamma (`DecodeConfig.entropy_bound`), at least one; it sets its own number of steps. Summed minus
+  largest entropy bounds the dependence the parallel draw ignores, so nearly independent tokens go together.
+  The entropies are those of the model's distribution (temperature 1), as for the "entropy" policy; with
+  gamma = 0 one token per step, the lowest-entropy one: the "entropy" policy at one token per step.
 """
 
 from __future__ import annotations
@@ -35,6 +42,20 @@ def select_above_threshold(scores: torch.Tensor, threshold: float) -> torch.Tens
     chosen = (scores >= threshold) & candidates
     best = select_top(scores, candidates.any(-1).long())
     return chosen | best
+
+
+def select_entropy_bounded(scores: torch.Tensor, bound: float) -> torch.Tensor:
+    """EB sampler: scores (B, L) are exp(-H_i) of the candidates (-inf elsewhere). Per row, with the
+    candidates sorted by entropy ascending (scores descending, ties in column order as `select_top`),
+    the longest prefix k with sum_{j<=k} H_j - max_{j<=k} H_j <= bound; at least one candidate."""
+    sorted_scores = scores.sort(dim=-1, descending=True, stable=True).values
+    entropy = torch.where(torch.isfinite(sorted_scores), -torch.log(sorted_scores),
+                          torch.tensor(float("inf"), dtype=sorted_scores.dtype, device=scores.device))
+    # Ascending entropies: the largest of a prefix is its last one. An infinite entry (no candidate) makes
+    # inf - inf = nan, which is never <= bound, and the sums only grow, so the count is the prefix length.
+    within_bound = torch.cumsum(entropy, dim=-1) - entropy <= bound
+    counts = within_bound.sum(-1).clamp_min(1)
+    return select_top(scores, counts)
 
 
 def model_confidence(sample: CategoricalSample, generator=None) -> torch.Tensor:
@@ -95,6 +116,19 @@ class ThresholdPolicy(RemaskingPolicy):
         return select_above_threshold(score, self.threshold)
 
 
+class EntropyBoundPolicy(RemaskingPolicy):
+    """EB sampler: commit the lowest-entropy positions while summed minus largest entropy <= bound."""
+
+    sets_own_steps = True
+
+    def __init__(self, bound: float):
+        super().__init__("entropy-bound", negative_entropy, needs_statistics=True)
+        self.bound = bound
+
+    def select(self, score, count):
+        return select_entropy_bounded(score, self.bound)
+
+
 class RunningConfidencePolicy(RemaskingPolicy):
     """MDPO RCR: fill every masked position, then remask the lowest running confidences so that exactly
     the schedule's cumulative count stays revealed (nothing is remasked at the last step)."""
@@ -118,6 +152,8 @@ class RunningConfidencePolicy(RemaskingPolicy):
         return filled.masked_fill(remask, mask_id), revealed, remasked
 
 
+DEFAULT_ENTROPY_BOUND = 0.1  # nats; the paper's and DiffusionGemma's usual gamma
+
 # name -> the policy of a DecodeConfig; adding a policy is one entry here (DecodeConfig and the CLI read the names).
 POLICIES = {
     "random": lambda config: RemaskingPolicy("random", uniform_scores),
@@ -126,6 +162,8 @@ POLICIES = {
     "entropy": lambda config: RemaskingPolicy("entropy", negative_entropy, needs_statistics=True),
     "threshold": lambda config: ThresholdPolicy(config.threshold),
     "rcr": lambda config: RunningConfidencePolicy(),
+    "entropy-bound": lambda config: EntropyBoundPolicy(DEFAULT_ENTROPY_BOUND if config.entropy_bound is None
+                                                       else config.entropy_bound),
 }
 
 
