@@ -55,6 +55,37 @@ def decode_flags_given(args) -> dict:
             if f.metadata.get("cli", False) and hasattr(args, f.name)}
 
 
+FLAGS_TABLE_MARKERS = ("<!-- flags:decode -->", "<!-- /flags:decode -->")
+
+
+def flags_table() -> str:
+    """The Markdown table of the decoding flags, from the same field metadata as the parser (the docs
+    page docs/decoding.md holds it between FLAGS_TABLE_MARKERS; `update_flags_table` rewrites it)."""
+    lines = ["| flag | values | default | what |", "| --- | --- | --- | --- |"]
+    for f in dataclasses.fields(DecodeConfig):
+        if not f.metadata.get("cli", False):
+            continue
+        flags = ", ".join(f"`{flag}`" for flag in f.metadata.get("flags") or ("--" + f.name.replace("_", "-"),))
+        choices = f.metadata.get("choices")
+        if str(f.type) == "bool":
+            values, default = "(switch)", "off"
+        else:
+            values = ", ".join(f"`{c}`" for c in choices) if choices is not None else str(f.type).split(" |")[0]
+            default = "" if f.default is None else f"`{f.default}`"
+        what = f.metadata["help"].replace("|", "\\|")
+        lines.append(f"| {flags} | {values} | {default} | {what} (`DecodeConfig.{f.name}`) |")
+    return "\n".join(lines)
+
+
+def update_flags_table(path: str = "docs/decoding.md") -> None:
+    """Rewrite the flags table of a docs page between its FLAGS_TABLE_MARKERS."""
+    page = Path(path).read_text(encoding="utf-8")
+    start, end = FLAGS_TABLE_MARKERS
+    head, rest = page.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    Path(path).write_text(f"{head}{start}\n{flags_table()}\n{end}{tail}", encoding="utf-8")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mdlm-generate", description="Generate text with a masked diffusion LM run.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -186,3 +186,16 @@ def test_one_stop_rule_end_of_text_first_then_the_familys_stop_tokens():
     assert completion_stop_ids(Ours(), Tokenizer(), eos_token_id=4) == [4]
     assert completion_stop_ids(Family(), Tokenizer()) == [2, 5]
     assert completion_stop_ids(Ours(), None) == [9]  # no tokenizer EOS: the model's
+
+
+def test_the_decoding_page_lists_every_flag():
+    """docs/decoding.md holds the flags table generated from DecodeConfig's metadata, up to date."""
+    from pathlib import Path
+
+    from mdlm.decode.cli import FLAGS_TABLE_MARKERS, flags_table
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "decoding.md").read_text(encoding="utf-8")
+    start, end = FLAGS_TABLE_MARKERS
+    assert page.split(start, 1)[1].split(end, 1)[0].strip() == flags_table(), \
+        'stale: python -c "from mdlm.decode.cli import update_flags_table; update_flags_table()"'
+    assert "`--entropy-bound`" in flags_table() and "`--no-cache`" in flags_table()
