@@ -241,7 +241,7 @@ def config_from_args(args, tokenizer) -> DecodeConfig:
     given = decode_flags_given(args)
     if given.get("use_cache") is False and given.get("approximate_prefix_cache"):
         raise CLIError("--no-cache and --approximate-prefix-cache contradict each other; give one of them")
-    objective = getattr(getattr(args, "model_config", None), "objective", None)
+    objective = getattr(args, "objective", None)
     if given.get("sampler") == "assd" and (getattr(args, "profile_name", "ours") != "ours" or objective != "as-arm"):
         what = f"a {objective} run" if getattr(args, "profile_name", "ours") == "ours" else \
             f"a {args.profile_name} model (one stream, no two-stream any-subset forward)"
@@ -438,7 +438,7 @@ def _main(args) -> int:
     check_args(args)
     prompts = read_prompts(args)
     model, tokenizer, profile = load_run(args.model, args.device, args.family, args.trust_remote_code, args.dtype)
-    args.model_config = model.model.config  # the run's training objective (ASSD needs an as-arm run)
+    args.objective = getattr(model, "objective", None)  # the run's training objective (ASSD needs an as-arm run)
     args.profile_name, args.eos_token_id = profile.name, completion_stop_ids(model, tokenizer)[0]
     if getattr(model, "corruption", "absorbing") == "uniform" and getattr(args, "sampler", "confidence") == "confidence":
         args.sampler = "uniform-noise"  # a uniform-noise model (DiffusionGemma) has one decoder, and no masks to fill

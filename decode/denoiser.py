@@ -136,6 +136,7 @@ class MDLMDenoiser(CountedDenoiser):
         super().__init__(model, mask_token_id if mask_token_id is not None else config.mask_token_id,
                          config.max_position_embeddings)
         self.attention, self.eos_token_id = config.attention, config.eos_token_id
+        self.objective = getattr(config, "objective", None)  # "as-arm": the two-stream run ASSD needs
         self.block_size = int(config.block_size) if config.attention == "block-causal" else None
         self.config = config  # mdlm.as_arm's two-stream forward reads the mask id from it
 
