@@ -89,7 +89,8 @@ def test_completion_equals_generate(loaded, client):
     denoiser, tokenizer = loaded
     prompt = "def parse(self, text):"
     for settings in (dict(temperature=0.0, steps=8, block_length=8), dict(temperature=1.0, seed=7, remasking="margin"),
-                     dict(temperature=0.0, remasking="threshold", threshold=0.2)):
+                     dict(temperature=0.0, remasking="threshold", threshold=0.2),
+                     dict(temperature=0.0, remasking="entropy-bound", entropy_bound=0.5, block_length=8)):
         extra = {k: v for k, v in settings.items() if k not in ("temperature", "seed")}
         out = client.completions.create(model="tiny", prompt=prompt, max_tokens=24, temperature=settings["temperature"],
                                         seed=settings.get("seed"), extra_body=extra)
@@ -123,6 +124,32 @@ def test_tokens_do_not_depend_on_batch_neighbours(client, server, settings):
     assert results[0] == alone
     # The eight shared network calls (fewer calls than the eight requests' steps one by one).
     assert server.stats()["network_calls"] - calls_before < 20 + sum(8 + 3 * k for k in range(7)) + 20
+
+
+def test_rows_with_different_policies_share_a_call(loaded):
+    """Step-wise rows of every remasking policy and different thresholds in one batch: each row's tokens
+    are its tokens alone (the shared commit groups only policies that select alike)."""
+    from mdlm.decode.serve.stepwise import RowDecoder, step_rows
+
+    denoiser, tokenizer = loaded
+    settings = [dict(remasking="threshold", threshold=1e-4), dict(remasking="threshold", threshold=0.9),
+                dict(remasking="entropy-bound", entropy_bound=100.0), dict(remasking="entropy-bound", entropy_bound=0.0),
+                dict(remasking="rcr", steps=6), dict(remasking="margin", steps=6, temperature=1.0),
+                dict(remasking="random", temperature=1.0), dict(remasking="low-confidence", eoser=True, steps=4)]
+    prompts = [tokenizer(f"def f{k}(x):" * (k % 3 + 1), add_special_tokens=False)["input_ids"] for k in range(8)]
+
+    def rows():
+        return [RowDecoder(p, 12, DecodeConfig(**{"temperature": 0.0, **s}, eos_token_id=tokenizer.eos_token_id),
+                           denoiser, seed=k) for k, (p, s) in enumerate(zip(prompts, settings))]
+
+    def run(batch):
+        while any(not r.done for r in batch):
+            step_rows(denoiser, [r for r in batch if not r.done], tokenizer.pad_token_id)
+        return [r.generated.tolist() for r in batch]
+
+    together = run(rows())
+    alone = [run([row])[0] for row in rows()]
+    assert together == alone
 
 
 def test_stream_is_prefix_stable_and_matches_plain(client):

@@ -16,6 +16,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
+from mdlm.decode.generate import completion_stop_ids
 from mdlm.decode.serve.protocol import APIError, Request, _param_of, parse_request
 from mdlm.decode.serve.scheduler import Choice, Job, QueueFull, Scheduler, whole_decode
 from mdlm.decode.serve.stepwise import RowDecoder
@@ -31,8 +32,9 @@ class ServerState:
                  api_key: str | None, default_max_tokens: int):
         self.denoiser, self.tokenizer, self.model_name = denoiser, tokenizer, model_name
         self.max_batch, self.api_key, self.default_max_tokens = max_batch, api_key, default_max_tokens
-        self.eos_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else denoiser.eos_token_id
-        self.stop_ids = {self.eos_token_id, *(getattr(denoiser, "stop_token_ids", None) or [])} - {None}
+        stop_ids = completion_stop_ids(denoiser, tokenizer)  # the one stop rule: end of text, then the family's
+        self.eos_token_id = stop_ids[0] if stop_ids else None
+        self.stop_ids = set(stop_ids)
         self.scheduler = Scheduler(denoiser, tokenizer, max_batch, max_queue, self.stop_ids)
         self.created = int(time.time())
 
@@ -52,7 +54,8 @@ class ServerState:
         job = Job(choices, request.config, request.max_tokens, request.stop, emit,
                   denoising=request.include_denoising)
         stepwise = (request.schema is None and request.config.sampler == "confidence"
-                    and self.denoiser.attention == "bidirectional" and not request.config.approximate_prefix_cache)
+                    and self.denoiser.attention == "bidirectional" and not request.config.approximate_prefix_cache
+                    and not request.config.dual_cache)  # the caches keep per-batch state: run whole
         try:
             if stepwise:
                 for choice in choices:

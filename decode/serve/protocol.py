@@ -4,8 +4,8 @@ names the field (the HTTP side answers it as an OpenAI-style JSON error with a 4
 OpenAI fields keep their meaning: model, prompt / messages, max_tokens (the number of positions
 the diffusion canvas gets; the text is cut at EOS and at `stop`), temperature (default 1), top_p, n, stop,
 seed, stream, stream_options.include_usage, response_format. Decoding knobs are extra body fields named as
-in `DecodeConfig`: sampler, steps, schedule, remasking, threshold, block_length, top_k, eoser,
-eoser_gamma_min, use_cache, full_logits, masking_schedule, draft_size, adaptive_draft, order.
+in `DecodeConfig` (DECODE_FIELDS: sampler, steps, unmasking_schedule (or its former name schedule),
+remasking, threshold, entropy_bound, block_length, top_k, eoser, ..., the caches, the ASSD knobs).
 stream_options.include_denoising adds one event per network call (step, nfe, revealed positions, canvas).
 """
 
@@ -18,9 +18,9 @@ from dataclasses import dataclass, fields
 
 from mdlm.decode.config import DecodeConfig
 
-DECODE_FIELDS = ("sampler", "steps", "schedule", "remasking", "threshold", "block_length", "top_k", "eoser",
-                 "eoser_gamma_min", "use_cache", "full_logits", "masking_schedule", "draft_size", "adaptive_draft",
-                 "order")
+DECODE_FIELDS = ("sampler", "steps", "unmasking_schedule", "schedule", "remasking", "threshold", "entropy_bound",
+                 "block_length", "top_k", "eoser", "eoser_gamma_min", "use_cache", "approximate_prefix_cache",
+                 "dual_cache", "full_logits", "masking_schedule", "draft_size", "adaptive_draft", "order")
 OPENAI_FIELDS = ("model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "stop", "seed",
                  "stream", "stream_options", "response_format")
 # Accepted for compatibility and ignored (their neutral value changes nothing here).
@@ -121,10 +121,12 @@ def decode_config(body: dict, eos_token_id) -> DecodeConfig:
     for name in ("steps", "block_length", "top_k", "draft_size"):
         if name in options:
             _integer(options, name, None, 1)
-    for name in ("threshold", "eoser_gamma_min"):
+    if "schedule" in options:  # DecodeConfig's former name of unmasking_schedule
+        options.setdefault("unmasking_schedule", options.pop("schedule"))
+    for name in ("threshold", "eoser_gamma_min", "entropy_bound"):
         if name in options:
             options[name] = _number(options, name, None)
-    for name in ("eoser", "use_cache", "full_logits", "adaptive_draft"):
+    for name in ("eoser", "use_cache", "approximate_prefix_cache", "dual_cache", "full_logits", "adaptive_draft"):
         if name in options and not isinstance(options[name], bool):
             raise _type_error(name, "true or false", options[name])
     temperature = _number(body, "temperature", 1.0)

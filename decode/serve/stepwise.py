@@ -58,7 +58,7 @@ class RowDecoder:
         to_generate[:, :self.prompt_length] = False  # a mask id inside the prompt is text
         self.blocks = plan_rank_blocks(to_generate, config, self.policy.sets_own_steps)  # this row's plan alone
         self.total_steps = sum(b.counts.shape[1] for b in self.blocks)
-        if config.schedule == "ascending":
+        if config.unmasking_schedule == "ascending":
             self.total_steps = ascending_num_steps(max_new_tokens)
         self.eos_id = config.eos_token_id if config.eos_token_id is not None else denoiser.eos_token_id
         self.counts = [block.counts[0].tolist() for block in self.blocks]  # tokens per step, per block
@@ -99,7 +99,7 @@ class RowDecoder:
     def eoser_factor(self) -> float:
         if not (self.config.eoser and self.eos_id is not None):
             return 1.0
-        return eoser_gamma(self.global_step, self.total_steps, self.config.schedule, self.config.eoser_gamma_min)
+        return eoser_gamma(self.global_step, self.total_steps, self.config.unmasking_schedule, self.config.eoser_gamma_min)
 
     def final_before(self) -> int:
         """Generated positions [0, k) that no later step can change: up to the first mask, and for a policy
@@ -209,7 +209,7 @@ def step_rows(denoiser, rows: list[RowDecoder], pad_id: int) -> None:
     groups: dict[tuple, list[int]] = {}
     for b, row in enumerate(rows):
         if row.shares_commit:
-            groups.setdefault((type(row.policy), getattr(row.policy, "threshold", None)), []).append(b)
+            groups.setdefault(_selection_key(row.policy), []).append(b)
         else:
             s = shifts[b]
             out, revealed_b, remasked[b] = row.commit_alone(x0[b:b + 1, s:], wanted[b:b + 1, s:], score[b:b + 1, s:])
@@ -224,6 +224,13 @@ def step_rows(denoiser, rows: list[RowDecoder], pad_id: int) -> None:
     for b, row in enumerate(rows):
         s = shifts[b]
         row.advance(after[b:b + 1, s:], revealed[b:b + 1, s:], remasked[b])
+
+
+def _selection_key(policy) -> tuple:
+    """Rows whose policies select alike (same class, same parameters: threshold, entropy bound) commit in
+    one call."""
+    return (type(policy), tuple(sorted((k, v) for k, v in vars(policy).items()
+                                       if isinstance(v, (bool, int, float, str, type(None))))))
 
 
 def _slice_sample(sample, start: int, end: int):
