@@ -29,18 +29,31 @@ def ours(seed=0, attention="bidirectional"):
     return MDLMForMaskedLM(config).eval()
 
 
+def native_denoiser(family: str):
+    """A tiny checkpoint in the family's published layout, loaded natively through the one loader."""
+    import tempfile
+
+    from mdlm.decode.loading import load_denoiser
+    from tests.family_models import write_published_checkpoint
+
+    with tempfile.TemporaryDirectory() as folder:
+        return load_denoiser(write_published_checkpoint(folder, family))[0]
+
+
 def denoiser_of(family: str):
+    if family.startswith("native-"):
+        return native_denoiser(family.removeprefix("native-"))
     if family.startswith("ours"):
         return MDLMDenoiser(ours(attention="block-causal" if family == "ours-block" else "bidirectional"))
     return adapter(family_model(family, VOCAB), family)
 
 
-def canvas(seed=0, padded=True):
+def canvas(seed=0, padded=True, mask_id=MASK):
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, VOCAB, (3, LENGTH), generator=generator)
     ids[ids == MASK] = 0
     masked = torch.rand(3, LENGTH, generator=generator) < 0.5
-    ids = ids.masked_fill(masked, MASK)
+    ids = ids.masked_fill(masked, mask_id)
     valid = torch.ones_like(ids, dtype=torch.bool)
     if padded:
         valid[1, :2] = False  # a left-padded row
@@ -48,10 +61,15 @@ def canvas(seed=0, padded=True):
     return ids, valid, masked & valid
 
 
-@pytest.mark.parametrize("family", [*FAMILIES, "ours", "ours-block"])
+# mdlm.families, from the published layout (150k-token vocabularies: Dream's and SDAR's run with the slow tests)
+NATIVE = ["native-llada", pytest.param("native-dream", marks=pytest.mark.slow),
+          pytest.param("native-sdar", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "ours", "ours-block", *NATIVE])
 def test_the_training_forward_equals_the_decoding_logits_at_masked_positions(family):
     denoiser = denoiser_of(family)
-    ids, valid, masked = canvas(padded=family not in NO_PADDING)
+    ids, valid, masked = canvas(padded=family not in NO_PADDING, mask_id=denoiser.mask_token_id)
     from mdlm.decode.canvas import default_position_ids
 
     positions = default_position_ids(valid)

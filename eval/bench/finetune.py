@@ -226,13 +226,17 @@ def run(size_name: str, families=tuple(FAMILIES)) -> dict:
     rows = []
     for family in families:
         for step in ("sft", "rl"):
-            for checkpointing in (False, True):
+            for checkpointing in ((False, True) if step == "sft" else (False,)):  # RL: the rollout dominates
                 for variant in VARIANTS:
                     row = measure_in_fresh_process("mdlm.eval.bench.finetune", "measure", family, step, variant,
                                                    checkpointing, size_name)
                     rows.append(row)
                     print(f"{family} {step} {variant}{' +ckpt' if checkpointing else ''}: "
                           f"{row['step_s']:.2f} s/step, peak {row['peak_mib']:.0f} MiB", flush=True)
+    return summarise(rows, size_name)
+
+
+def summarise(rows: list[dict], size_name: str) -> dict:
     for row in rows:
         row["peak_vs_full"] = row["peak_mib"] / full_row(rows, row)["peak_mib"]
         row["time_vs_full"] = row["step_s"] / full_row(rows, row)["step_s"]
@@ -295,8 +299,16 @@ def main(argv: list[str] | None = None) -> None:
     add_output_dir_argument(parser)
     parser.add_argument("--quick", action="store_true", help="smoke sizes (results/quick/)")
     parser.add_argument("--families", nargs="+", choices=sorted(FAMILIES), default=list(FAMILIES))
+    parser.add_argument("--assemble", nargs="+", type=Path, metavar="JSON",
+                        help="put together the results of families measured in separate processes")
     args = parser.parse_args(argv)
-    results = run("quick" if args.quick else "full", tuple(args.families))
+    if args.assemble:
+        import json
+
+        parts = [json.loads(path.read_text()) for path in args.assemble]
+        results = summarise([row for part in parts for row in part["rows"]], parts[0]["size"])
+    else:
+        results = run("quick" if args.quick else "full", tuple(args.families))
     write_results(quick_results_dir(args.output_dir, args.quick), RESULT_NAME, results, plot, markdown_table)
 
 
