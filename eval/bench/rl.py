@@ -19,6 +19,11 @@ wall-clock per update) come from each run's metrics.jsonl.
 
 The learning rate is selected on the held-out split (there is no separate validation split): the sweep's
 best is an optimistic pick for every method alike.
+
+The controls (the autoregressive baseline of the same backbone trained by TRL's unmodified GRPOTrainer,
+`train/rl/ar_control.py`; rejection-sampling finetuning, `train/rl/rft.py`), d2-AnyOrder and the one-change
+runs that look for what holds the trainers back are measured by `mdlm.eval.bench.rl_diagnose` at the same
+budget (results/rl-diagnose.json); they are not yet columns of this benchmark's table.
 """
 
 from __future__ import annotations

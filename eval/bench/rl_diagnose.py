@@ -144,8 +144,10 @@ RUNS = [
 ]
 
 
-def one_change_run(name, algorithm, start, changes, rollouts, task_name, starts, folder, eval_examples, seed=0):
-    """One RL run of section 3 through mdlm-rl (resumable: a finished run is read back)."""
+def one_change_run(name, algorithm, start, changes, rollouts, task_name, starts, folder, eval_examples, seed=0,
+                   known_before=None):
+    """One RL run of section 3 through mdlm-rl (resumable: a finished run is read back). `known_before`: the
+    start's held-out accuracy measured by an earlier run (the evaluation before RL is then skipped)."""
     from mdlm.train.rl.cli import build_parser, run
 
     options = {**BASE, **changes}
@@ -156,6 +158,7 @@ def one_change_run(name, algorithm, start, changes, rollouts, task_name, starts,
         argv = ["--algorithm", algorithm, "--task", task_name, "--model", str(starts[start]), "--output-dir",
                 str(folder), "--overwrite", "--seed", str(seed), "--max-steps", str(steps), "--save-steps",
                 str(steps), "--eval-examples", str(eval_examples), "--no-progress"]
+        argv += ["--no-eval-before"] if known_before is not None else []
         for key, value in options.items():
             if value is not None:
                 argv += ["--" + key.replace("_", "-"), str(value)]
@@ -166,12 +169,108 @@ def one_change_run(name, algorithm, start, changes, rollouts, task_name, starts,
     evaluation = json.loads((folder / "eval.json").read_text())
     mean = lambda key: sum(r.get(key, 0.0) for r in rolled) / len(rolled)  # noqa: E731
     return {"algorithm": algorithm, "start": start, "options": options, "updates": steps,
-            "accuracy_before": evaluation.get("before", {}).get("accuracy"),
+            "accuracy_before": evaluation.get("before", {}).get("accuracy", known_before),
             "accuracy_after": evaluation["after"]["accuracy"], "reward_after": evaluation["after"]["reward"],
             "rollout_reward_first_fifth": sum(r["reward"] for r in rolled[:fifth]) / fifth,
             "rollout_reward_last_fifth": sum(r["reward"] for r in rolled[-fifth:]) / fifth,
             "zero_spread_groups": mean("frac_reward_zero_std"), "kl_last": rows[-1].get("kl"),
             "seconds_per_update": mean("step_time")}
+
+
+def markdown_table(results: dict) -> str:
+    """The tables of docs/rl.md (`python -m mdlm.eval.bench.report`) from results/rl-diagnose.json."""
+    lines = [f"Group spread of `{results['sft_run']}` on {results['task']} train prompts (no training; L/2-step "
+             "rollout decoder): fraction of groups with zero reward spread / with a mixed solve and miss:", "",
+             "| temperature | solve rate | G 4 | G 8 | G 16 |", "| --- | --- | --- | --- | --- |"]
+    for temperature, block in results.get("group_spread", {}).items():
+        cells = [f"{100 * g['zero_spread']:.0f}% / {100 * g['mixed_solve']:.0f}%" for g in block["groups"].values()]
+        lines.append(f"| {temperature} | {100 * block['solve_rate']:.1f}% | " + " | ".join(cells) + " |")
+    est = results.get("estimator")
+    if est:
+        lines += ["", f"Policy-gradient estimates on {est['rollouts']} rollouts ({est['generations']} per prompt, one token "
+                  "per step at temperature 1), against the exact gradient along the trajectory:", "",
+                  "| estimate | cosine with the exact gradient | sequence log-prob: correlation with the exact one |",
+                  "| --- | --- | --- |",
+                  "| d1 one-pass, prompt masked p = 0.15 (3 mask draws) | " +
+                  ", ".join(f"{c:.2f}" for c in est["cos_d1_exact"]) + f" | {est['corr_seq_logp_d1_exact']:.2f} |",
+                  f"| d1 one-pass, prompt not masked | {est['cos_d1_no_prompt_mask_exact']:.2f} | "
+                  f"{est['corr_seq_logp_plain_exact']:.2f} |",
+                  "| d1, one mask draw against another | " + ", ".join(f"{c:.2f}" for c in est["cos_d1_d1"]) + " | |",
+                  "", f"Mean sequence log-prob of the same completions: exact {est['mean_seq_logp_exact']:.2f}, d1's "
+                  f"estimate {est['mean_seq_logp_d1']:.2f} nats."]
+    runs = results.get("runs", {})
+    if runs:
+        lines += ["", f"One-change runs ({results['task']}, R = {results.get('rollouts', 320)} rollouts each, seed 0 unless "
+                  f"the name says; held-out greedy accuracy on {results.get('eval_examples', 192)} prompts):", "",
+                  "| run | start | updates | held-out before -> after | rollout reward, first -> last fifth | "
+                  "zero-spread groups | KL (last) | s / update |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, r in runs.items():
+            before = "" if r["accuracy_before"] is None else f"{100 * r['accuracy_before']:.1f}% -> "
+            lines.append(f"| {name} | {r['start']} | {r['updates']} | {before}{100 * r['accuracy_after']:.1f}% | "
+                         f"{r['rollout_reward_first_fifth']:.3f} -> {r['rollout_reward_last_fifth']:.3f} | "
+                         f"{100 * r['zero_spread_groups']:.0f}% | {r['kl_last'] or 0:.4f} | {r['seconds_per_update']:.1f} |")
+    pooled = {}
+    for name, r in runs.items():
+        pooled.setdefault(r.get("change", name), []).append(r)
+    multi = {name: rs for name, rs in pooled.items() if len(rs) > 1 and all(r["accuracy_before"] is not None for r in rs)}
+    if multi:
+        lines += ["", "Seeds pooled (paired gain in held-out points, mean ± s.e.; rollout-reward rise, mean):", ""]
+        for name, rs in multi.items():
+            gains = [100 * (r["accuracy_after"] - r["accuracy_before"]) for r in rs]
+            mean = sum(gains) / len(gains)
+            se = math.sqrt(sum((g - mean) ** 2 for g in gains) / (len(gains) - 1) / len(gains))
+            rise = sum(r["rollout_reward_last_fifth"] - r["rollout_reward_first_fifth"] for r in rs) / len(rs)
+            lines.append(f"- {name}: {len(rs)} seeds, {mean:+.1f} ± {se:.1f} points "
+                         f"({', '.join(f'{g:+.1f}' for g in gains)}); rollout reward {rise:+.3f}")
+    rft = results.get("rft")
+    if rft:
+        lines += ["", f"Rejection-sampling finetuning: {rft['samples']} samples, {rft['kept']} distinct reward-1 pairs "
+                  f"kept, SFT on them: held-out {100 * rft.get('accuracy_after', float('nan')):.1f}%."]
+    ar = results.get("ar_control")
+    if ar:
+        lines += ["", f"Autoregressive control (`{ar['sft_run']}`, {ar['trainer']}, {ar['updates']} updates): held-out "
+                  f"{100 * ar['accuracy_before']:.1f}% -> {100 * ar['accuracy_after']:.1f}%, rollout reward "
+                  f"{ar['rollout_reward_first_fifth']:.3f} -> {ar['rollout_reward_last_fifth']:.3f}, zero-spread groups "
+                  f"{100 * ar['zero_spread_groups']:.0f}%."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for i, (temperature, block) in enumerate(results.get("group_spread", {}).items()):
+        sizes = [int(g) for g in block["groups"]]
+        axes[0].plot(sizes, [g["zero_spread"] for g in block["groups"].values()], "o-", color=f"C{i}",
+                     label=f"zero spread, T={temperature}")
+        axes[0].plot(sizes, [g["mixed_solve"] for g in block["groups"].values()], "s--", color=f"C{i}",
+                     label=f"mixed solve/miss, T={temperature}")
+    axes[0].set_xlabel("group size G")
+    axes[0].set_ylabel("fraction of groups")
+    axes[0].legend(fontsize=7)
+    est = results.get("estimator")
+    if est:
+        names = [f"d1 draw {k}" for k in range(len(est["cos_d1_exact"]))] + ["d1, no prompt mask"]
+        values = est["cos_d1_exact"] + [est["cos_d1_no_prompt_mask_exact"]]
+        axes[1].bar(names, values, color=["C3"] * len(est["cos_d1_exact"]) + ["C2"])
+        axes[1].set_ylabel("cosine with the exact policy gradient")
+        axes[1].tick_params(axis="x", labelsize=7, rotation=20)
+    runs = results.get("runs", {})
+    if runs:
+        names = list(runs)
+        axes[2].barh(names, [100 * r["accuracy_after"] for r in runs.values()], color="C0")
+        for name, r in runs.items():
+            if r["accuracy_before"] is not None:
+                axes[2].plot([100 * r["accuracy_before"]] * 2, [names.index(name) - 0.4, names.index(name) + 0.4], "k-")
+        axes[2].set_xlabel("held-out accuracy after RL, % (black: its start)")
+        axes[2].tick_params(axis="y", labelsize=7)
+    fig.suptitle(f"What holds RL back on {results['task']} ({results['sft_run']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -192,13 +291,26 @@ def main(argv=None) -> None:
     parser.add_argument("--rollouts", type=int, default=320, help="rollouts per RL run (section 3)")
     parser.add_argument("--eval-examples", type=int, default=192)
     parser.add_argument("--only", nargs="*", help="names of section-3 runs to do (default all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the section-3 runs (names get ' seed N')")
+    parser.add_argument("--report", action="store_true", help="only redraw the tables and the plot from the JSON")
     args = parser.parse_args(argv)
+    out_path = Path(args.output)
+    if args.report:
+        results = json.loads(out_path.read_text())
+        ar_path = out_path.with_name(f"{out_path.stem}-ar.json")  # the AR control ran in its own process
+        if ar_path.exists():
+            results["ar_control"] = json.loads(ar_path.read_text())
+            out_path.write_text(json.dumps(results, indent=1))
+        plot(results, out_path.with_suffix(".png"))
+        print(markdown_table(results))
+        return
     torch.manual_seed(0)
     task = get_task(args.task)
     model, tok = MDLMForMaskedLM.from_pretrained(args.sft), load_tokenizer(args.sft)
-    out_path = Path(args.output)
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
-    results.update(task=args.task, sft_run=args.sft)
+    results.update(task=args.task, sft_run=args.sft, eval_examples=args.eval_examples)
+    if "runs" in args.sections:
+        results["rollouts"] = args.rollouts
     start = time.time()
     if "spread" in args.sections:
         with torch.no_grad():
@@ -214,12 +326,17 @@ def main(argv=None) -> None:
         for name, algorithm, start_model, changes in RUNS:
             if args.only and name not in args.only:
                 continue
-            folder = runs_dir() / NAME / name.split(" (")[0].replace(" ", "-").lower()
+            key = name if args.seed == 0 else f"{name} seed {args.seed}"
+            folder = runs_dir() / NAME / (name.split(" (")[0].replace(" ", "-").lower() +
+                                          (f"-seed{args.seed}" if args.seed else ""))
             began = time.time()
-            results["runs"][name] = one_change_run(name, algorithm, start_model, changes, args.rollouts, args.task,
-                                                   starts, folder, args.eval_examples)
-            results["runs"][name]["wall_seconds"] = time.time() - began
-            print(name, json.dumps(results["runs"][name]), flush=True)
+            known = [r["accuracy_before"] for r in results["runs"].values()
+                     if r["start"] == start_model and r["accuracy_before"] is not None]
+            results["runs"][key] = one_change_run(name, algorithm, start_model, changes, args.rollouts, args.task,
+                                                  starts, folder, args.eval_examples, seed=args.seed,
+                                                  known_before=known[0] if known else None)
+            results["runs"][key].update(wall_seconds=time.time() - began, seed=args.seed, change=name)
+            print(key, json.dumps(results["runs"][key]), flush=True)
             out_path.write_text(json.dumps(results, indent=1))
     if "rft" in args.sections:
         from mdlm.train.rl.rft import rejection_sampling_finetune
