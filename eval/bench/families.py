@@ -136,7 +136,7 @@ def plot(results: dict, path) -> None:
 
     families = list(results["families"])
     paths = list(dict.fromkeys(p for f in families for p in results["families"][f]["paths"]))
-    figure, axis = plt.subplots(figsize=(9, 4))
+    figure, axis = plt.subplots(figsize=(11, 4))
     width = 0.8 / len(paths)
     for k, name in enumerate(paths):
         values = [results["families"][f]["paths"].get(name, {}).get("seconds_per_token", 0) * 1000 for f in families]
@@ -149,7 +149,7 @@ def plot(results: dict, path) -> None:
     axis.set_xticks([i + 0.4 - width / 2 for i in range(len(families))], families)
     axis.set_ylabel("CPU ms per generated token (1 thread)")
     axis.set_title(f"Native families: {results['config']['gen_length']} tokens, block {BLOCK}, temperature 0")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
