@@ -11,7 +11,9 @@ clear error (what is missing, what writes it); pickled weights are never loaded 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from mdlm.decode.families import (FAMILY_REGISTRY, FamilyProfile, ProfiledDenois
                                   stop_token_ids)
 from mdlm.families import has_native, load_native
 
+logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CAUSAL_ARCHITECTURE = re.compile(r"(ForCausalLM|LMHeadModel)$")
 HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -44,10 +47,20 @@ def load_denoiser(name_or_path, family: str | None = None, dtype="float32", devi
     if not local and (profile is None or profile.native):
         path, config_json, profile = _native_hub_snapshot(str(name_or_path), family, profile, flag)
         local = path is not None
+    model = None
     if profile is not None and local and has_native(profile.name, config_json):
-        model = _load_native(path, profile, config_json, dtype)
-        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path, flag)
-    else:
+        try:
+            model = _load_native(path, profile, config_json, dtype)
+        except ValueError as error:
+            # a checkpoint of the family that the native implementation does not read (another release's
+            # names or options): with --trust-remote-code its own code is the fallback, else the error stands
+            if not (trust_remote_code and config_json and config_json.get("auto_map")):
+                raise
+            logger.warning("%s; loading it with the checkpoint's own code (--trust-remote-code)", error)
+            profile = dataclasses.replace(profile, **dict(profile.published_code), native=False, published_code=())
+        else:
+            tokenizer = tokenizer if tokenizer is not None else load_tokenizer(path, flag)
+    if model is None:
         if profile is not None and profile.trust_remote_code and not trust_remote_code:
             raise ValueError(f"{flag} {name_or_path}: the {profile.name} family's modeling code ships with the "
                              "checkpoint; loading it runs that code, so pass trust_remote_code=True "
@@ -199,8 +212,9 @@ def _load_native(path: Path, profile: FamilyProfile, config_json: dict, dtype):
     except ValueError:
         raise
     except (KeyError, TypeError) as error:  # a config field missing or of the wrong type
-        raise ValueError(f"{path}: its config.json is not a {profile.name} config ({type(error).__name__}: {error}); "
-                         "pass the checkpoint's config.json as published") from None
+        raise ValueError(f"{path}: its config.json is not a published {profile.name} config ({type(error).__name__}: "
+                         f"{error}); pass the checkpoint as published, or --trust-remote-code to run its own code "
+                         "instead") from None
     except Exception as error:
         raise _load_error(str(path), error) from None
 

@@ -363,3 +363,50 @@ def test_mdlm_eval_accepts_a_bert_folder_as_mdlm_generate_does(tmp_path):
     text, = lm.generate_until([Instance("generate_until", {}, ("a b", {"until": ["\n"], "max_gen_toks": 3}), 0)],
                               disable_tqdm=True)
     assert isinstance(text, str)
+
+
+REMOTE_LLADA = '''
+from transformers import PretrainedConfig, PreTrainedModel
+
+from tests.family_models import LLaDALike, TinyCore
+
+
+class TinyLLaDAConfig(PretrainedConfig):
+    model_type = "llada"
+
+
+class LLaDAModelLM(PreTrainedModel):
+    config_class = TinyLLaDAConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.core = TinyCore(config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.core.lm_head
+
+    forward = LLaDALike.forward
+'''
+
+
+def test_a_release_the_native_code_cannot_read_falls_back_to_its_own_code_only_when_trusted(tmp_path, monkeypatch):
+    """A LLaDA checkpoint of another layout (here: a stand-in's weights) is refused by name; with
+    --trust-remote-code its own modeling code loads it, called by the published convention."""
+    folder = tmp_path / "llada-other"
+    module = remote_code_module(folder, REMOTE_LLADA, monkeypatch, tmp_path / "modules")
+    config = module.TinyLLaDAConfig(vocab_size=70, max_sequence_length=64, architectures=["LLaDAModelLM"],
+                                    auto_map={"AutoConfig": "modeling_tiny.TinyLLaDAConfig",
+                                              "AutoModel": "modeling_tiny.LLaDAModelLM"})
+    module.LLaDAModelLM(config).save_pretrained(folder)
+    from tests.family_models import published_tokenizer
+
+    published_tokenizer("dream").save_pretrained(folder)  # a mask token (id 151666 > 70: given below instead)
+    with pytest.raises(ValueError, match="not a published llada config .KeyError: 'd_model'.*--trust-remote-code"):
+        load_denoiser(folder, mask_token_id=65)
+    denoiser, _, profile = load_denoiser(folder, mask_token_id=65, trust_remote_code=True,
+                                         tokenizer=published_tokenizer("llada"))
+    assert type(denoiser.model).__name__ == "LLaDAModelLM" and not profile.native
+    assert denoiser.profile.attention_mask == "2d-long" and not denoiser.supports_cache  # the published call
+    logits = denoiser.logits(torch.tensor([[1, 2, 65]]), None, None)
+    assert logits.shape == (1, 3, 70)

@@ -140,7 +140,8 @@ def load_weights(model: NativeDiffusionLM, state: dict[str, torch.Tensor], famil
         detail = "; ".join(filter(None, [f"missing {', '.join(missing[:3])}" if missing else "",
                                          f"unknown {', '.join(unexpected[:3])}" if unexpected else ""]))
         raise ValueError(f"{source}: its weights are not the published {family} layout ({detail}); pass the "
-                         f"checkpoint as published, or name another family with --family")
+                         "checkpoint as published, --trust-remote-code to run its own code instead, or another "
+                         "--family")
     for name, tensor in state.items():
         if tuple(expected[name].shape) != tuple(tensor.shape):
             raise ValueError(f"{source}: weight {name} has shape {tuple(tensor.shape)} but its config.json makes it "
@@ -172,5 +173,4 @@ def require(condition: bool, source, family: str, what: str) -> None:
     """A published config option the native implementation does not implement is refused by name."""
     if not condition:
         raise ValueError(f"{source}: this {family} checkpoint uses {what}, which the native {family} implementation "
-                         "does not have; load it with --trust-remote-code --family-code remote (its own code), or "
-                         "open an issue with the checkpoint's name")
+                         "does not have; pass --trust-remote-code (trust_remote_code=True) to run its own code instead")
