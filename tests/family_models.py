@@ -534,3 +534,31 @@ def dit_reference_logits(family: str, fields: dict, state: dict, ids: torch.Tens
     shift, scale = linear(c, "backbone.output_layer.adaLN_modulation")[:, None].chunk(2, dim=2)
     x = layer_norm(x, state["backbone.output_layer.norm_final.weight"]) * (1 + scale) + shift
     return linear(x, "backbone.output_layer.linear")
+
+
+def llada_like_remote_code(model_type: str, class_name: str) -> str:
+    """The source of a remote-code modeling file (config class `TinyConfig`, model `class_name`) whose model
+    is the LLaDA-convention stand-in, for folders loaded with trust_remote_code."""
+    return f'''
+from transformers import PretrainedConfig, PreTrainedModel
+
+from tests.family_models import LLaDALike, TinyCore
+
+
+class TinyConfig(PretrainedConfig):
+    model_type = "{model_type}"
+
+
+class {class_name}(PreTrainedModel):
+    config_class = TinyConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.core = TinyCore(config.vocab_size)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.core.lm_head
+
+    forward = LLaDALike.forward
+'''

@@ -20,8 +20,8 @@ import torch
 from mdlm.decode import DecodeConfig, decode
 from mdlm.decode.families import FAMILY_REGISTRY, ProfiledDenoiser, detect_family, get_family, resolve_mask_token_id
 from tests.family_models import (BD3LMLike, BlockDiffusionLike, DreamLike, LLaDALike, MDLMOWTLike, family_config,
-                                 native_family_model, record_call_widths, reference_logits,
-                                 remote_code_module)
+                                 llada_like_remote_code, native_family_model, record_call_widths,
+                                 reference_logits, remote_code_module)
 from tests.test_decode_exactness import chi_square_p_value, histogram, order_mixture
 
 TOKENS, LENGTH, MASK = 3, 3, 3  # the vocabulary of test_decode_exactness: 3 tokens + the mask
@@ -355,29 +355,7 @@ def test_a_checkpoint_whose_vocabulary_is_smaller_than_its_tokenizer_is_refused(
 # A family whose code ships with the checkpoint, loaded end to end (trust_remote_code, offline)
 # ----------------------------------------------------------------------------------------------------
 
-REMOTE_MODELING = '''
-from transformers import PretrainedConfig, PreTrainedModel
-
-from tests.family_models import LLaDALike, TinyCore
-
-
-class TinyLLaDAMoEConfig(PretrainedConfig):
-    model_type = "lladamoe"
-
-
-class LLaDAMoEModelLM(PreTrainedModel):
-    config_class = TinyLLaDAMoEConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.core = TinyCore(config.vocab_size)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.core.lm_head
-
-    forward = LLaDALike.forward
-'''
+REMOTE_MODELING = llada_like_remote_code("lladamoe", "LLaDAMoEModelLM")
 
 
 @pytest.fixture
@@ -388,9 +366,9 @@ def remote_code_folder(tmp_path, monkeypatch):
     temporary one."""
     folder = tmp_path / "tiny-llada-moe"
     module = remote_code_module(folder, REMOTE_MODELING, monkeypatch, tmp_path / "modules")
-    config = module.TinyLLaDAMoEConfig(vocab_size=len(WORDS), max_position_embeddings=64,
+    config = module.TinyConfig(vocab_size=len(WORDS), max_position_embeddings=64,
                                        architectures=["LLaDAMoEModelLM"],
-                                       auto_map={"AutoConfig": "modeling_tiny.TinyLLaDAMoEConfig",
+                                       auto_map={"AutoConfig": "modeling_tiny.TinyConfig",
                                                  "AutoModel": "modeling_tiny.LLaDAMoEModelLM"})
     torch.manual_seed(0)
     module.LLaDAMoEModelLM(config).save_pretrained(folder)

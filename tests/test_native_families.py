@@ -23,7 +23,8 @@ from mdlm.decode import DecodeConfig
 from mdlm.decode.generate import build_canvas
 from mdlm.decode.loading import load_denoiser
 from mdlm.decode.registry import decode
-from tests.family_models import (PUBLISHED, one_intra_op_thread, published_reference_logits, published_weights,
+from tests.family_models import (PUBLISHED, llada_like_remote_code, one_intra_op_thread, published_reference_logits,
+                                 published_weights,
                                  remote_code_module, write_published_checkpoint)
 
 FAMILIES = ["llada", "dream", "sdar", "mdlm-owt", "bd3lm"]
@@ -365,29 +366,7 @@ def test_mdlm_eval_accepts_a_bert_folder_as_mdlm_generate_does(tmp_path):
     assert isinstance(text, str)
 
 
-REMOTE_LLADA = '''
-from transformers import PretrainedConfig, PreTrainedModel
-
-from tests.family_models import LLaDALike, TinyCore
-
-
-class TinyLLaDAConfig(PretrainedConfig):
-    model_type = "llada"
-
-
-class LLaDAModelLM(PreTrainedModel):
-    config_class = TinyLLaDAConfig
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.core = TinyCore(config.vocab_size)
-        self.post_init()
-
-    def get_output_embeddings(self):
-        return self.core.lm_head
-
-    forward = LLaDALike.forward
-'''
+REMOTE_LLADA = llada_like_remote_code("llada", "LLaDAModelLM")
 
 
 def test_a_release_the_native_code_cannot_read_falls_back_to_its_own_code_only_when_trusted(tmp_path, monkeypatch):
@@ -395,8 +374,8 @@ def test_a_release_the_native_code_cannot_read_falls_back_to_its_own_code_only_w
     --trust-remote-code its own modeling code loads it, called by the published convention."""
     folder = tmp_path / "llada-other"
     module = remote_code_module(folder, REMOTE_LLADA, monkeypatch, tmp_path / "modules")
-    config = module.TinyLLaDAConfig(vocab_size=70, max_sequence_length=64, architectures=["LLaDAModelLM"],
-                                    auto_map={"AutoConfig": "modeling_tiny.TinyLLaDAConfig",
+    config = module.TinyConfig(vocab_size=70, max_sequence_length=64, architectures=["LLaDAModelLM"],
+                                    auto_map={"AutoConfig": "modeling_tiny.TinyConfig",
                                               "AutoModel": "modeling_tiny.LLaDAModelLM"})
     module.LLaDAModelLM(config).save_pretrained(folder)
     from tests.family_models import published_tokenizer
