@@ -172,6 +172,12 @@ def masked_part(args) -> dict:
                       "config": {k: v for k, v in vars(config).items() if k != "step_callback"}}
         print(f"{name}: NFE {nfe:.1f}, {seconds:.3f} s/sample", flush=True)
 
+    from mdlm.eval.bench.decoding import heldout_blocks
+
+    heldout = heldout_blocks(tokenizer, length, num)  # real text: what the samples' statistics should resemble
+    rows["held-out text"] = {"nfe": None, "seconds_per_sample": None, "unigram_entropy": unigram_entropy(heldout),
+                             "gen_ppl": generative_perplexity(judge, heldout, 1) if judge is not None else None,
+                             "config": None}
     for gamma in args.masked_bounds:
         config = DecodeConfig(remasking="entropy-bound", entropy_bound=gamma, temperature=1.0)
         out = unconditional(model, config, num, length, batch, mask_id)
@@ -209,11 +215,20 @@ def plot(results: dict, path: Path) -> None:
     ax.legend()
     if masked:
         ax = axes[0][1]
-        for name, row in masked.items():
-            ax.scatter(row["nfe"], row["gen_ppl"] if row["gen_ppl"] is not None else row["unigram_entropy"], label=name)
+        for kind, marker in (("entropy-bound", "o"), ("threshold", "s"), ("fixed", "^")):
+            points = [row for name, row in masked.items() if name.startswith(kind)]
+            ys = [r["gen_ppl"] if r["gen_ppl"] is not None else r["unigram_entropy"] for r in points]
+            ax.plot([r["nfe"] for r in points], ys, marker=marker, label=kind)
+            for r, y in zip(points, ys):  # gen. PPL alone rewards repetition: the unigram entropy beside it
+                ax.annotate(f"H={r['unigram_entropy']:.2f}", (r["nfe"], y), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        reference = masked.get("held-out text")
+        if reference and reference["gen_ppl"] is not None:
+            ax.axhline(reference["gen_ppl"], color="gray", linestyle="--",
+                       label=f"held-out text (H={reference['unigram_entropy']:.2f})")
         ax.set_xlabel("NFE")
         ax.set_ylabel("gen. PPL" if results["masked"].get("judge") else "unigram entropy")
-        ax.set_title("masked MDLM at matched NFE")
+        ax.set_title("masked MDLM at matched NFE (H: unigram entropy, nats)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -242,8 +257,9 @@ def markdown_table(results: dict) -> str:
                   "| decoder | NFE | s / sample | gen. PPL | unigram entropy |", "| --- | ---: | ---: | ---: | ---: |"]
         for name, row in masked["rows"].items():
             ppl = "–" if row["gen_ppl"] is None else f"{row['gen_ppl']:.1f}"
-            lines.append(f"| {name} | {row['nfe']:.1f} | {row['seconds_per_sample']:.3f} | {ppl} | "
-                         f"{row['unigram_entropy']:.2f} |")
+            nfe = "–" if row["nfe"] is None else f"{row['nfe']:.1f}"
+            seconds = "–" if row["seconds_per_sample"] is None else f"{row['seconds_per_sample']:.3f}"
+            lines.append(f"| {name} | {nfe} | {seconds} | {ppl} | {row['unigram_entropy']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -263,10 +279,11 @@ def main(argv=None) -> int:
     parser.add_argument("--judge-run", default=None, help="an AR run scoring the masked samples (gen. PPL; default "
                         "runs/tiny-ar when it exists: accelerate launch train/pretrain.py --config tiny --objective ar "
                         "--attention causal --output-dir runs/tiny-ar)")
-    parser.add_argument("--masked-bounds", type=float, nargs="+", default=[0.1, 1.0])
-    parser.add_argument("--length", type=int, default=32)
-    parser.add_argument("--num-samples", type=int, default=16)
-    parser.add_argument("--sample-batch", type=int, default=8)
+    parser.add_argument("--masked-bounds", type=float, nargs="+", default=[2.0, 5.0, 10.0, 20.0],
+                        help="gamma in nats (a tiny run's positions carry 4-5 nats each: below that, one token per step)")
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--num-samples", type=int, default=32)
+    parser.add_argument("--sample-batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on shared cores)")
     add_output_dir_argument(parser)
@@ -275,7 +292,7 @@ def main(argv=None) -> int:
         args.judge_run = "runs/tiny-ar"
     if args.quick:
         args.vocab_size, args.canvas_length, args.max_new_tokens, args.repeats = 512, 8, 16, 1
-        args.entropy_bounds, args.masked_bounds, args.num_samples = [0.1, 1.0], [1.0], 4
+        args.entropy_bounds, args.masked_bounds, args.num_samples, args.length = [0.1, 1.0], [5.0], 4, 32
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     results = {"diffusion_gemma": diffusion_gemma_part(args), "masked": masked_part(args)}
