@@ -317,7 +317,9 @@ def main(argv=None) -> dict:
                                     "wall_s_rounds": [round(r["wall_s"], 3) for r in scheduler_runs[concurrency]]}
         levels.append(level)
     at_one = next((lv for lv in levels if lv["concurrency"] == 1), None)
-    results = dict(model=f"{Path(args.model).name} ({Path(args.model)})", requests=len(requests), tokens=tokens,
+    where = Path(args.model).resolve()
+    shown = where.relative_to(REPO_ROOT) if where.is_relative_to(REPO_ROOT) else where
+    results = dict(model=f"the {where.name} run ({shown})", requests=len(requests), tokens=tokens,
                    machine=f"{os.cpu_count()} CPU cores (shared), one torch thread per side",
                    tokens_per_step=TOKENS_PER_STEP, rounds=args.rounds,
                    sampler="confidence, low-confidence remasking, temperature 0", one_by_one=base, server=levels,
