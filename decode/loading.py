@@ -224,12 +224,17 @@ def load_tokenizer(path: Path, flag: str = "--model"):
     through auto_map (Dream's DreamTokenizer, a Qwen2 tokenizer) is read as the fast tokenizer its
     tokenizer.json (or vocab.json + merges.txt) defines, with its special tokens."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers.utils import logging as transformers_logging
 
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its config.json's model_type is no transformers type: not news
     try:
         return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except ValueError as error:
         if "custom code" not in str(error) and "trust_remote_code" not in str(error):
             raise _load_error(str(path), error) from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     try:
         if (path / "tokenizer.json").is_file():
             return PreTrainedTokenizerFast.from_pretrained(str(path))
