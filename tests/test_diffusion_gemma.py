@@ -192,6 +192,11 @@ def test_loaded_denoiser_reads_the_checkpoint(gemma_dir, gemma_tokenizer):
     assert profile.name == "diffusion-gemma" and denoiser.corruption == "uniform"
     assert denoiser.canvas_length == CANVAS and denoiser.settings.max_denoising_steps == 4
     assert gemma_tokenizer.convert_tokens_to_ids("<end_of_turn>") in denoiser.stop_token_ids
+    from mdlm.decode.uniform_noise import settings_for  # --steps and --entropy-bound reach the decoder
+
+    settings = settings_for(denoiser, DecodeConfig(steps=3, entropy_bound=2.0))
+    assert (settings.max_denoising_steps, settings.entropy_bound) == (3, 2.0)
+    assert settings.t_max == denoiser.settings.t_max and settings_for(denoiser, DecodeConfig()) == denoiser.settings
     with pytest.raises(ValueError, match="uniform-noise"):  # a masked sampler is refused in one line
         from mdlm.decode import decode
 
