@@ -243,6 +243,7 @@ def test_disconnect_mid_stream_frees_rows(server):
     ({"prompt": ["a"] * (MAX_BATCH + 1)}, "prompt"),
     ({"prompt": "x", "max_tokens": 8, "steps": 9}, "steps"),
     ({"prompt": "x", "remasking": "sideways"}, "remasking"),
+    ({"prompt": "x", "sampler": "first-hitting", "block_length": 4}, "block_length"),
     ({"prompt": "x", "temperature": -1}, "temperature"),
     ({"prompt": "x", "top_k_typo": 3}, "top_k_typo"),
     ({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object",

@@ -16,6 +16,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
+from mdlm.decode.config import refuse_block_length
 from mdlm.decode.generate import completion_stop_ids
 from mdlm.decode.serve.protocol import APIError, Request, _param_of, parse_request
 from mdlm.decode.serve.scheduler import Choice, Job, QueueFull, Scheduler, whole_decode
@@ -57,6 +58,8 @@ class ServerState:
                     and self.denoiser.attention == "bidirectional" and not request.config.approximate_prefix_cache
                     and not request.config.dual_cache)  # the caches keep per-batch state: run whole
         try:
+            if request.config.sampler in ("first-hitting", "ancestral"):
+                refuse_block_length(request.config)  # before the stream starts, not as an error inside it
             if stepwise:
                 for choice in choices:
                     choice.row = RowDecoder(choice.prompt_ids, request.max_tokens, request.config, self.denoiser,

@@ -103,8 +103,9 @@ def _stops(body: dict) -> list[str]:
 
 
 def _param_of(message: str) -> str | None:
-    """The DecodeConfig field a ValueError of its validation names ('steps must be', 'sampler=...')."""
-    match = re.match(r"\s*(\w+)\s*(=|must|is|has)", message)
+    """The DecodeConfig field a ValueError of its validation names: the field it starts with ('steps must
+    be', 'sampler=...', 'block_length applies'), else the first field it mentions."""
+    match = re.match(r"\s*(\w+)", message)
     if match and match.group(1) in {f.name for f in fields(DecodeConfig)}:
         return match.group(1)
     for name in DECODE_FIELDS:
