@@ -1,6 +1,7 @@
 """What holds the diffusion RL trainers back: measurements on one SFT model, each changing one thing.
 
-    python -m mdlm.eval.bench.rl_diagnose --sft runs/sft-sudoku --task sudoku   # -> results/rl-diagnose.json/.png
+    python -m mdlm.eval.bench.rl_diagnose --sft runs/sft-sudoku --task sudoku --sections spread estimator runs rft
+    python -m mdlm.eval.bench.rl_diagnose --report    # redraw results/rl-diagnose.png, print the tables
 
 1. Group spread (no training). GRPO learns only from groups whose rewards differ. For each rollout
    temperature and group size G, the fraction of groups with zero reward spread, and of groups in which some
@@ -27,7 +28,7 @@ import math
 import time
 from pathlib import Path
 
-from mdlm.eval.bench.common import REPO_ROOT, runs_dir
+from mdlm.eval.bench.common import add_output_dir_argument, runs_dir
 
 NAME = "rl-diagnose"
 
@@ -258,7 +259,12 @@ def plot(results: dict, path: Path) -> None:
         axes[1].bar(names, values, color=["C3"] * len(est["cos_d1_exact"]) + ["C2"])
         axes[1].set_ylabel("cosine with the exact policy gradient")
         axes[1].tick_params(axis="x", labelsize=7, rotation=20)
-    runs = results.get("runs", {})
+    runs = dict(results.get("runs", {}))
+    if results.get("ar_control"):
+        runs["AR + TRL GRPOTrainer (control)"] = {**results["ar_control"], "start": "ar"}
+    if results.get("rft", {}).get("accuracy_after") is not None:
+        runs["RFT (control)"] = {"accuracy_after": results["rft"]["accuracy_after"], "accuracy_before":
+                                 next((r["accuracy_before"] for r in runs.values() if r.get("start") == "sft"), None)}
     if runs:
         names = list(runs)
         axes[2].barh(names, [100 * r["accuracy_after"] for r in runs.values()], color="C0")
@@ -284,7 +290,8 @@ def main(argv=None) -> None:
     parser.add_argument("--sft", default="runs/sft-sudoku")
     parser.add_argument("--task", default="sudoku")
     parser.add_argument("--prompts", type=int, default=48, help="train prompts of the group-spread measurement")
-    parser.add_argument("--output", default=str(REPO_ROOT / "results" / f"{NAME}.json"))
+    add_output_dir_argument(parser)
+    parser.add_argument("--output", help=argparse.SUPPRESS)  # TEMP: the in-flight chain of this session
     parser.add_argument("--sections", nargs="+", default=["spread", "estimator"],
                         choices=["spread", "estimator", "runs", "rft"])
     parser.add_argument("--asarm", default="runs/sft-sudoku-asarm", help="the SFT model continued as an AS-ARM")
@@ -294,7 +301,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the section-3 runs (names get ' seed N')")
     parser.add_argument("--report", action="store_true", help="only redraw the tables and the plot from the JSON")
     args = parser.parse_args(argv)
-    out_path = Path(args.output)
+    out_path = Path(args.output) if args.output else Path(args.output_dir) / f"{NAME}.json"
     if args.report:
         results = json.loads(out_path.read_text())
         ar_path = out_path.with_name(f"{out_path.stem}-ar.json")  # the AR control ran in its own process
