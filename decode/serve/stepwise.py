@@ -138,11 +138,13 @@ class RowDecoder:
         """The policy's own commit for this row (policies with state, RCR) -> (tokens, revealed, remasked)."""
         return self.policy.commit(self.tokens, x0, masked, score, self.blocks[self.block], self.step, self.mask_id)
 
-    def advance(self, tokens: torch.Tensor, revealed: torch.Tensor, remasked: torch.Tensor | None) -> None:
-        """Take the step's outcome (1, L) tensors and move to the next step that needs a network call."""
+    def advance(self, tokens: torch.Tensor, revealed: torch.Tensor, remasked: torch.Tensor | None,
+                revealed_count: int) -> None:
+        """Take the step's outcome ((1, L) tensors; how many positions it revealed) and move to the next
+        step that needs a network call."""
         self.tokens, self.revealed_mask, self.remasked_mask = tokens, revealed, remasked
         if self.shares_commit:
-            self.left -= int(revealed.sum())
+            self.left -= revealed_count
         else:
             self.left = int(self.masked_in_block().sum())
         self.nfe += 1
@@ -183,24 +185,35 @@ def step_rows(denoiser, rows: list[RowDecoder], pad_id: int) -> None:
         at, present = active_positions(wanted.to(device))
         logits = denoiser.logits(ids, valid_d, positions_d, at=at)[present]  # (N, V), row-major
     per_row = logits.split(wanted.sum(-1).tolist())
-    samples = [None] * len(rows)
-    batched = [b for b, r in enumerate(rows) if _batched_draw_allowed(r)]
-    if batched:
-        # One argmax draw for all temperature-0 rows (statistics when any policy needs them).
-        stats = any(rows[b].policy.needs_statistics for b in batched)
-        together = draw(torch.cat([per_row[b] for b in batched]), rows[batched[0]].config, statistics=stats)
-        start = 0
-        for b in batched:
-            n = per_row[b].shape[0]
-            samples[b] = _slice_sample(together, start, start + n)
-            start += n
     x0 = tokens.clone()
     score = torch.full(tokens.shape, NEG_INF, dtype=torch.float64)  # (B, W), -inf where nothing is drawn
+    batched = [b for b, r in enumerate(rows) if _batched_draw_allowed(r)]
+    if batched:
+        # One argmax draw for all temperature-0 rows (statistics when any policy needs them); their tokens
+        # and, per scoring rule, their scores go in with one indexing each (row-major, as drawn).
+        stats = any(rows[b].policy.needs_statistics for b in batched)
+        together = draw(torch.cat([per_row[b] for b in batched]), rows[batched[0]].config, statistics=stats)
+        in_batch = torch.zeros(len(rows), 1, dtype=torch.bool)
+        in_batch[batched] = True
+        x0[wanted & in_batch] = together.tokens.cpu()
+        by_rule: dict = {}
+        for b in batched:
+            by_rule.setdefault(rows[b].policy.score, []).append(b)
+        if len(by_rule) == 1:
+            score[wanted & in_batch] = rows[batched[0]].policy.scores(together).cpu()
+        else:
+            start = 0
+            for b in batched:
+                n = per_row[b].shape[0]
+                score[b][wanted[b]] = rows[b].policy.scores(_slice_sample(together, start, start + n)).cpu()
+                start += n
+    batched_rows = set(batched)
     for b, row in enumerate(rows):
-        if samples[b] is None:
-            samples[b] = draw(per_row[b], row.config, row.generator, statistics=row.policy.needs_statistics)
-        x0[b][wanted[b]] = samples[b].tokens.cpu()
-        score[b][wanted[b]] = row.policy.scores(samples[b], row.generator).cpu()
+        if b in batched_rows:
+            continue
+        sample = draw(per_row[b], row.config, row.generator, statistics=row.policy.needs_statistics)
+        x0[b][wanted[b]] = sample.tokens.cpu()
+        score[b][wanted[b]] = row.policy.scores(sample, row.generator).cpu()
     gamma = torch.tensor([r.eoser_factor() for r in rows], dtype=torch.float64)[:, None]
     eos = torch.tensor([-1 if r.eos_id is None else r.eos_id for r in rows])[:, None]
     score = torch.where(wanted & (x0 == eos) & (gamma != 1.0), score * gamma, score)
@@ -221,9 +234,10 @@ def step_rows(denoiser, rows: list[RowDecoder], pad_id: int) -> None:
         chosen = policy.select(score[index], counts)  # stateless: the same selection alone or together
         after[index] = torch.where(chosen, x0[index], tokens[index])
         revealed[index] = chosen
+    revealed_counts = revealed.sum(-1).tolist()
     for b, row in enumerate(rows):
         s = shifts[b]
-        row.advance(after[b:b + 1, s:], revealed[b:b + 1, s:], remasked[b])
+        row.advance(after[b:b + 1, s:], revealed[b:b + 1, s:], remasked[b], revealed_counts[b])
 
 
 def _selection_key(policy) -> tuple:
