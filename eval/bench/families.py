@@ -54,13 +54,21 @@ BIDIRECTIONAL_PATHS = ("no cache", "prefix", "dual", "threshold", "threshold + d
 BLOCK_CAUSAL_PATHS = ("no cache", "exact block KV", "threshold", "threshold + exact block KV")
 
 
-def tiny_denoiser(family: str, seed: int = 0, sharpness: float = 10.0):
+def widened(shape: dict, factor: int) -> dict:
+    """A shape `factor` times wider (hidden, MLP, heads and vocabulary scaled alike: the same ratios)."""
+    keys = ("d_model", "mlp_hidden_size", "n_heads", "n_kv_heads", "vocab_size", "embedding_size", "hidden_size",
+            "intermediate_size", "num_attention_heads", "num_key_value_heads", "hidden_dim", "cond_dim")
+    return {k: v * factor if k in keys else v for k, v in shape.items()}
+
+
+def tiny_denoiser(family: str, seed: int = 0, sharpness: float = 10.0, widen: int = 1):
     """The family's native module with random weights (scaled up so that the conditionals are not flat),
     the last vocabulary id its mask, wrapped by its profile."""
     from mdlm.decode.families import ProfiledDenoiser, get_family
     from mdlm.families import build_native
 
-    fields = dict(SHAPES[family], mask_token_id=SHAPES[family]["vocab_size"] - 1)
+    shape = widened(SHAPES[family], widen)
+    fields = dict(shape, mask_token_id=shape["vocab_size"] - 1)
     model = build_native(family, fields, seed=seed).eval()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -82,10 +90,10 @@ def path_configs(family: str) -> dict:
             "threshold + dual": dataclasses.replace(threshold, dual_cache=True)}
 
 
-def measure_family(family: str, gen_length: int, repeats: int) -> dict:
+def measure_family(family: str, gen_length: int, repeats: int, widen: int = 1) -> dict:
     from mdlm.decode.registry import decode
 
-    denoiser = tiny_denoiser(family)
+    denoiser = tiny_denoiser(family, widen=widen)
     prompt = torch.randint(0, denoiser.mask_token_id, (1, PROMPT_LENGTH), generator=torch.Generator().manual_seed(1))
     canvas = torch.cat([prompt, torch.full((1, gen_length), denoiser.mask_token_id)], 1)
     decode(denoiser, canvas[:, :PROMPT_LENGTH + BLOCK], path_configs(family)["no cache"])  # warm-up
@@ -103,18 +111,18 @@ def measure_family(family: str, gen_length: int, repeats: int) -> dict:
     base = rows["no cache"]["seconds_per_token"]
     for row in rows.values():
         row["speedup"] = base / row["seconds_per_token"]
-    return {"shape": SHAPES[family], "paths": rows}
+    return {"shape": widened(SHAPES[family], widen), "paths": rows}
 
 
-def run(gen_length: int = GEN_LENGTH, repeats: int = 1, families=tuple(SHAPES)) -> dict:
+def run(gen_length: int = GEN_LENGTH, repeats: int = 1, families=tuple(SHAPES), widen: int = 1) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread measures the work, not the contention
     try:
-        families = {family: measure_family(family, gen_length, repeats) for family in families}
+        families = {family: measure_family(family, gen_length, repeats, widen) for family in families}
     finally:
         torch.set_num_threads(threads)
     return {"config": {"prompt_length": PROMPT_LENGTH, "gen_length": gen_length, "block_length": BLOCK,
-                       "temperature": 0.0, "threshold": 0.9, "threads": 1, "repeats": repeats,
+                       "temperature": 0.0, "threshold": 0.9, "threads": 1, "repeats": repeats, "widen": widen,
                        "device": "cpu", "torch": torch.__version__},
             "families": families}
 
@@ -161,8 +169,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="64 generated tokens (a smoke run)")
     parser.add_argument("--repeats", type=int, default=1, help="timed decodes per path (the fastest counts)")
     parser.add_argument("--families", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--widen", type=int, default=1, help="width (hidden, MLP, heads, vocabulary) times this")
     args = parser.parse_args(argv)
-    results = run(gen_length=64 if args.quick else GEN_LENGTH, repeats=args.repeats, families=args.families)
+    results = run(gen_length=64 if args.quick else GEN_LENGTH, repeats=args.repeats, families=args.families,
+                  widen=args.widen)
     return write_results(quick_results_dir(args.output_dir, args.quick), NAME, results, plot, markdown_table)
 
 
