@@ -142,6 +142,7 @@ RUNS = [
     ("mu 1 (one pass per generation)", "diffu-grpo", "sft", {"num_iterations": 1}),
     ("d2-AnyOrder", "d2-anyorder", "asarm", {"diffusion_steps": None}),
     ("cj-grpo", "cj-grpo", "sft", {"diffusion_steps": None}),
+    ("d2-AnyOrder lr 1e-4", "d2-anyorder", "asarm", {"diffusion_steps": None, "learning_rate": 1e-4}),
 ]
 
 
@@ -291,7 +292,6 @@ def main(argv=None) -> None:
     parser.add_argument("--task", default="sudoku")
     parser.add_argument("--prompts", type=int, default=48, help="train prompts of the group-spread measurement")
     add_output_dir_argument(parser)
-    parser.add_argument("--output", help=argparse.SUPPRESS)  # TEMP: the in-flight chain of this session
     parser.add_argument("--sections", nargs="+", default=["spread", "estimator"],
                         choices=["spread", "estimator", "runs", "rft"])
     parser.add_argument("--asarm", default="runs/sft-sudoku-asarm", help="the SFT model continued as an AS-ARM")
@@ -301,7 +301,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the section-3 runs (names get ' seed N')")
     parser.add_argument("--report", action="store_true", help="only redraw the tables and the plot from the JSON")
     args = parser.parse_args(argv)
-    out_path = Path(args.output) if args.output else Path(args.output_dir) / f"{NAME}.json"
+    out_path = Path(args.output_dir) / f"{NAME}.json"
     if args.report:
         results = json.loads(out_path.read_text())
         ar_path = out_path.with_name(f"{out_path.stem}-ar.json")  # the AR control ran in its own process
