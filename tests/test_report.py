@@ -90,3 +90,15 @@ def test_the_families_table_is_generated_from_the_registry(tmp_path):
 def test_a_dashed_result_name_is_its_underscored_module():
     assert report.benchmark_module("rl-diagnose") == "rl_diagnose"
     assert report.benchmark_module("rl-countdown/rl") == "rl" and report.benchmark_module("lm_eval") == "lm_eval"
+
+
+def test_the_command_exits_1_on_a_stale_page(tmp_path):
+    import subprocess
+    import sys
+
+    shutil.copy(ROOT / "results" / "lm_head.json", tmp_path / "lm_head.json")
+    page = tmp_path / "page.md"
+    page.write_text("<!-- results:lm_head -->\nhand-edited\n<!-- /results:lm_head -->\n")
+    done = subprocess.run([sys.executable, "-m", "mdlm.eval.bench.report", "--check", "--results", str(tmp_path),
+                           "--pages", str(page)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "out of date" in done.stderr
