@@ -422,12 +422,17 @@ def check_args(args) -> None:
     for name, value in given.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise CLIError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    steps = given.get("steps")
-    if steps is not None and given.get("sampler", "confidence") == "confidence" and steps > args.max_new_tokens:
-        raise CLIError(f"--steps {steps} is more than the {args.max_new_tokens} tokens to generate (a step "
-                       f"reveals at least one token); use --steps {args.max_new_tokens} or fewer")
     if args.trace:
         check_writable("--trace", args.trace)
+
+
+def check_steps(args, sampler: str) -> None:
+    """--steps against the tokens to generate, once the loaded model has settled the sampler (a uniform-noise
+    model's steps are per canvas, not per token: any count is fine there)."""
+    steps = decode_flags_given(args).get("steps")
+    if steps is not None and sampler == "confidence" and steps > args.max_new_tokens:
+        raise CLIError(f"--steps {steps} is more than the {args.max_new_tokens} tokens to generate (a step "
+                       f"reveals at least one token); use --steps {args.max_new_tokens} or fewer")
 
 
 def _main(args) -> int:
@@ -442,6 +447,7 @@ def _main(args) -> int:
     args.profile_name, args.eos_token_id = profile.name, completion_stop_ids(model, tokenizer)[0]
     if getattr(model, "corruption", "absorbing") == "uniform" and getattr(args, "sampler", "confidence") == "confidence":
         args.sampler = "uniform-noise"  # a uniform-noise model (DiffusionGemma) has one decoder, and no masks to fill
+    check_steps(args, getattr(args, "sampler", "confidence"))
     config = config_from_args(args, tokenizer)
     prompts = chat_prompts(tokenizer, prompts, profile, not args.no_chat_template)
     rows = [pair for pair in prompts for _ in range(args.num_samples)]

@@ -155,7 +155,8 @@ async def _generate(state: ServerState, http: HTTPRequest, chat: bool):
             raise APIError(f"the request body is not valid JSON ({error})", None) from None
         request = parse_request(body, state.tokenizer, chat=chat, context=state.denoiser.context,
                                 max_batch=state.max_batch, eos_token_id=state.eos_token_id,
-                                model_name=state.model_name, default_max_tokens=state.default_max_tokens)
+                                model_name=state.model_name, default_max_tokens=state.default_max_tokens,
+                                corruption=getattr(state.denoiser, "corruption", "absorbing"))
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         job = state.job(request, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))

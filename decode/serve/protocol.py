@@ -27,6 +27,9 @@ OPENAI_FIELDS = ("model", "max_tokens", "max_completion_tokens", "temperature", 
 IGNORED_FIELDS = ("user", "logprobs", "top_logprobs", "echo", "best_of", "logit_bias", "frequency_penalty",
                   "presence_penalty", "suffix", "metadata", "store", "parallel_tool_calls", "service_tier")
 MAX_STOP_STRINGS = 4
+# The knobs of the masked samplers: a uniform-noise model (DiffusionGemma) has no mask to fill, and its one
+# sampler ('uniform-noise') takes steps (per canvas) and entropy_bound only; the rest would be silently ignored.
+MASKED_ONLY_FIELDS = tuple(name for name in DECODE_FIELDS if name not in ("sampler", "steps", "entropy_bound"))
 
 
 class APIError(Exception):
@@ -114,11 +117,29 @@ def _param_of(message: str) -> str | None:
     return None
 
 
-def decode_config(body: dict, eos_token_id) -> DecodeConfig:
+def uniform_noise_options(body: dict, options: dict) -> None:
+    """A uniform-noise model's request: sampler 'uniform-noise' by default (and the only one), masked-only
+    knobs refused naming the field."""
+    sampler = options.setdefault("sampler", "uniform-noise")
+    if sampler != "uniform-noise":
+        raise APIError(f"sampler {sampler!r} fills masks, and this uniform-noise model (DiffusionGemma) has none; "
+                       "use sampler 'uniform-noise' (the default) or leave it out", "sampler")
+    for name in (*MASKED_ONLY_FIELDS, "top_p"):
+        if body.get(name) is not None and not (name == "top_p" and body[name] == 1):
+            raise APIError(f"{name} applies to the masked samplers; this uniform-noise model's sampler takes steps "
+                           "(per canvas) and entropy_bound only: drop it", name)
+    if body.get("response_format") not in (None, {"type": "text"}):
+        raise APIError("response_format json_schema scaffolds a masked canvas; a uniform-noise model has no masks: "
+                       "drop response_format", "response_format")
+
+
+def decode_config(body: dict, eos_token_id, corruption: str = "absorbing") -> DecodeConfig:
     """The DecodeConfig of a request's body (OpenAI's temperature/top_p/seed and the extra knobs)."""
     options = {name: body[name] for name in DECODE_FIELDS if body.get(name) is not None}
     if "sampler" in options and not isinstance(options["sampler"], str):
         raise _type_error("sampler", "a string", options["sampler"])
+    if corruption == "uniform":
+        uniform_noise_options(body, options)
     for name in ("steps", "block_length", "top_k", "draft_size"):
         if name in options:
             _integer(options, name, None, 1)
@@ -201,8 +222,9 @@ def chat_text(tokenizer, messages) -> str:
 
 
 def parse_request(body, tokenizer, *, chat: bool, context: int | None, max_batch: int, eos_token_id,
-                  model_name: str, default_max_tokens: int = 64) -> Request:
-    """Validate an OpenAI request body -> `Request` (raises `APIError` naming the field)."""
+                  model_name: str, default_max_tokens: int = 64, corruption: str = "absorbing") -> Request:
+    """Validate an OpenAI request body -> `Request` (raises `APIError` naming the field). `corruption`: the
+    model's ("uniform": DiffusionGemma, whose default and only sampler is 'uniform-noise')."""
     if not isinstance(body, dict):
         raise APIError("the request body must be a JSON object", None)
     prompt_field = "messages" if chat else "prompt"
@@ -239,7 +261,7 @@ def parse_request(body, tokenizer, *, chat: bool, context: int | None, max_batch
     if not isinstance(stream, bool):
         raise _type_error("stream", "true or false", stream)
     include_usage, include_denoising = stream_options(body)
-    config = decode_config(body, eos_token_id)
+    config = decode_config(body, eos_token_id, corruption)
     model = body.get("model") or model_name
     if not isinstance(model, str):
         raise _type_error("model", "a string", model)

@@ -7,7 +7,8 @@ The scheduler thread owns the model. Each turn of its loop:
   3. makes one network call per group of rows that can share it (`group_key`: the step-wise confidence
      rows whose calls have the same shape), left-padded (`stepwise.step_rows`),
   4. runs one job of a sampler that has no step-wise form (first-hitting, ancestral, ASSD, JSON schema
-     rounds, block-causal models) whole, as a group of its own, between two steps of the batch,
+     rounds, block-causal models, uniform-noise on DiffusionGemma) whole, as a group of its own, between
+     two steps of the batch,
   5. hands each row's news to its job: committed text, a denoising event, the end.
 A job talks back through `emit` (thread-safe; the HTTP side turns the events into responses). The
 server never dies on a request: an exception inside a job ends that job with an error event.
