@@ -9,6 +9,11 @@ gives the tokens per step inside a block. Two layouts:
 - column blocks (block-causal models, BD3-LM, Arriola et al. 2025): the blocks are the model's attention
   blocks, column ranges of a canvas whose column is the position (`PositionLayout`).
 A policy that sets its own steps (threshold, entropy-bound) gets one step per token as an upper bound.
+
+Each row plans its steps as it would alone (its own blocks, its own tokens per block), so a batch of
+left-padded prompts decodes each row as alone: on a block-causal model prompts of other lengths cover
+other column blocks, and sharing `steps` over the batch's blocks would give each row another schedule.
+A block's counts are the rows' plans padded with zero-token steps (a step nobody reveals in is skipped).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class Block:
     members: torch.Tensor
     counts: torch.Tensor
     columns: tuple[int, int] | None = None  # [start, end) when the block is a column range (block-causal)
+    row_steps: list[int] | None = None  # steps each row has in the block (the rest of `counts` is padding)
 
 
 def _counts_tensor(per_row: list[list[int]], device) -> torch.Tensor:
@@ -37,7 +43,7 @@ def _counts_tensor(per_row: list[list[int]], device) -> torch.Tensor:
 
 
 def _steps_per_block(config: DecodeConfig, block_sizes: list[int], own_steps: bool) -> list[int]:
-    """Steps of each block (block_sizes: the most tokens any row has in the block), summing to
+    """Steps of each block of one row (block_sizes: its tokens in each of its blocks), summing to
     `config.steps` exactly, so that NFE == steps (without a cache-free skip) instead of a silent rounding.
 
     The steps are spread evenly, the remainder going to the earliest blocks (LLaDA asserts divisibility
@@ -55,6 +61,12 @@ def _steps_per_block(config: DecodeConfig, block_sizes: list[int], own_steps: bo
     if steps > total:
         raise ValueError(f"steps={steps} is more than the {total} tokens to generate: each step reveals at least "
                          f"one token; ask for steps <= {total} (or leave steps unset for one token per step)")
+    return _spread(steps, sizes)
+
+
+def _spread(steps: int, sizes: list[int]) -> list[int]:
+    """`steps` over blocks of `sizes` tokens: evenly, the remainder to the earliest blocks, no block
+    more steps than tokens (its surplus to the blocks with room)."""
     allotted, left = [0] * len(sizes), steps
     while left:
         room = [k for k, size in enumerate(sizes) if allotted[k] < size]
@@ -64,6 +76,34 @@ def _steps_per_block(config: DecodeConfig, block_sizes: list[int], own_steps: bo
             allotted[k] += add
             left -= add
     return allotted
+
+
+def _plan_rows(members_of: list[torch.Tensor], config: DecodeConfig, own_steps: bool) -> list[list[list[int]]]:
+    """Tokens per step of each block (outer) and row (inner), each row planned as if alone: its steps
+    spread over the blocks where it has tokens to generate (`_steps_per_block` on its own block sizes)."""
+    sizes = [members.sum(-1).tolist() for members in members_of]  # block -> row -> tokens
+    batch_tokens = sum(max(1, max(block, default=0)) for block in sizes)
+    plans = [[[] for _ in block] for block in sizes]
+    for row in range(len(sizes[0]) if sizes else 0):
+        own_blocks = [k for k in range(len(sizes)) if sizes[k][row]]
+        if not own_blocks:
+            continue  # nothing to generate in this row (a finished or prompt-only row)
+        row_sizes = [sizes[k][row] for k in own_blocks]
+        if config.steps is not None and not own_steps and sum(row_sizes) < config.steps <= batch_tokens:
+            # refused alone (more steps than its tokens), but the batch as a whole has room for the steps
+            # (as before per-row plans): this row reveals one token per step
+            row_steps = row_sizes
+        else:
+            row_steps = _steps_per_block(config, row_sizes, own_steps)  # as alone, refusals included
+        for k, steps in zip(own_blocks, row_steps):
+            plans[k][row] = step_counts(config.unmasking_schedule, sizes[k][row], steps)
+    return plans
+
+
+def _blocks_of(members_of, plans, device, ranges=None) -> list[Block]:
+    ranges = ranges or [None] * len(members_of)
+    return [Block(members, _counts_tensor(counts, device), columns, [len(c) for c in counts])
+            for members, counts, columns in zip(members_of, plans, ranges)]
 
 
 def _check_ascending_steps(config: DecodeConfig, longest: int, own_steps: bool) -> None:
@@ -97,15 +137,11 @@ def plan_rank_blocks(to_generate: torch.Tensor, config: DecodeConfig, own_steps:
                 ends.append(start + sum(steps))
             lo = torch.tensor(starts, device=rank.device)[:, None]
             hi = torch.tensor(ends, device=rank.device)[:, None]
-            blocks.append(Block(to_generate & (rank >= lo) & (rank < hi), _counts_tensor(counts, rank.device)))
+            blocks.append(Block(to_generate & (rank >= lo) & (rank < hi), _counts_tensor(counts, rank.device),
+                                row_steps=[len(c) for c in counts]))
         return blocks
     members_of = [to_generate & (rank // block_length == k) for k in range(num_blocks)]
-    block_steps = _steps_per_block(config, [int(m.sum(-1).max()) for m in members_of], own_steps)
-    blocks = []
-    for members, steps in zip(members_of, block_steps):
-        counts = [step_counts(config.unmasking_schedule, int(m), steps) for m in members.sum(-1).tolist()]
-        blocks.append(Block(members, _counts_tensor(counts, rank.device)))
-    return blocks
+    return _blocks_of(members_of, _plan_rows(members_of, config, own_steps), rank.device)
 
 
 def plan_column_blocks(to_generate: torch.Tensor, config: DecodeConfig, block_length: int,
@@ -117,17 +153,17 @@ def plan_column_blocks(to_generate: torch.Tensor, config: DecodeConfig, block_le
     ranges = [r for r in ranges if to_generate[:, r[0]:r[1]].any()]
     if config.unmasking_schedule == "ascending":
         _check_ascending_steps(config, int(to_generate.sum(-1).max()), own_steps)
-    block_steps = _steps_per_block(config, [int(to_generate[:, a:b].sum(-1).max()) for a, b in ranges], own_steps)
-    blocks = []
-    for (start, end), steps in zip(ranges, block_steps):
+    members_of = []
+    for start, end in ranges:
         members = torch.zeros_like(to_generate)
         members[:, start:end] = to_generate[:, start:end]
-        if config.unmasking_schedule == "ascending":
-            counts = [step_counts("ascending", int(m), 0) if m else [0] for m in members.sum(-1).tolist()]
-        else:
-            counts = [step_counts(config.unmasking_schedule, int(m), steps) for m in members.sum(-1).tolist()]
-        blocks.append(Block(members, _counts_tensor(counts, to_generate.device), (start, end)))
-    return blocks
+        members_of.append(members)
+    if config.unmasking_schedule == "ascending":  # ASS sizes each block's steps itself
+        plans = [[step_counts("ascending", int(m), 0) if m else [] for m in members.sum(-1).tolist()]
+                 for members in members_of]
+    else:
+        plans = _plan_rows(members_of, config, own_steps)
+    return _blocks_of(members_of, plans, to_generate.device, ranges)
 
 
 def block_length_for_block_causal(denoiser, config: DecodeConfig) -> int:

@@ -46,9 +46,12 @@ def decode_blocks(denoiser: CountedDenoiser, x, valid, position_ids, config: Dec
         blocks = plan_column_blocks(to_generate, config, column_blocks, policy.sets_own_steps)
     else:
         blocks = plan_rank_blocks(to_generate, config, policy.sets_own_steps)
-    total_steps = sum(b.counts.shape[1] for b in blocks)
+    # EOSER's gamma follows each row's own step count (the steps it has alone), not the batch's
+    rows = range(x.shape[0])
+    total_steps = [sum(b.row_steps[r] for b in blocks) for r in rows]
     if config.unmasking_schedule == "ascending":
-        total_steps = ascending_num_steps(int(to_generate.sum(-1).max()))
+        total_steps = [ascending_num_steps(int(m)) for m in to_generate.sum(-1).tolist()]
+    row_step = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     eos_id = config.eos_token_id if config.eos_token_id is not None else denoiser.eos_token_id
     global_step = 0
     for block in blocks:
@@ -56,11 +59,13 @@ def decode_blocks(denoiser: CountedDenoiser, x, valid, position_ids, config: Dec
         policy.start_block(x)
         first_step = True
         step = 0
+        row_steps = torch.tensor(block.row_steps, device=x.device)
         while ((x == mask_id) & block.members).any():
             if not policy.sets_own_steps:
                 if step >= block.counts.shape[1]:
                     raise RuntimeError("the unmasking schedule ended with masks left in the block (a bug)")
                 if not bool(block.counts[:, step].any()):  # a step that reveals nothing costs no network call
+                    row_step += step < row_steps
                     step, global_step = step + 1, global_step + 1
                     continue
             masked = (x == mask_id) & block.members  # (B, L)
@@ -78,11 +83,13 @@ def decode_blocks(denoiser: CountedDenoiser, x, valid, position_ids, config: Dec
                 policy_logprob = torch.zeros(x.shape, dtype=torch.float64, device=x.device)
                 policy_logprob[masked] = tempered_logprob(masked_logits, sample.tokens, config.temperature)
             if config.eoser and eos_id is not None:
-                gamma = eoser_gamma(global_step, total_steps, config.unmasking_schedule, config.eoser_gamma_min)
-                score = torch.where(masked & (x0 == eos_id), score * gamma, score)
+                gamma = torch.tensor([eoser_gamma(int(row_step[r]), total_steps[r], config.unmasking_schedule,
+                                                  config.eoser_gamma_min) for r in rows], dtype=score.dtype)
+                score = torch.where(masked & (x0 == eos_id), score * gamma.to(x.device)[:, None], score)
             after, revealed, remasked = policy.commit(x, x0, masked, score, block, step, mask_id)
             recorder.record(x, revealed, logprob, remasked, x0=x0, confidence=score, policy_logprob=policy_logprob)
             x = after
+            row_step += masked.any(-1) if policy.sets_own_steps else step < row_steps
             step, global_step = step + 1, global_step + 1
     return x, global_step
 
