@@ -402,7 +402,7 @@ def run_schema(model, tokenizer, rows, args, config, console) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mdlm.cli.errors import run_main
+    from mdlm.decode.cli_errors import run_main
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -54,11 +54,11 @@ def check_limit(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """lm-eval's CLI; any error it raises (a missing task, a bad model arg, a missing run) is one line and
-    exit status 2 (`mdlm.errors`), not lm-eval's traceback."""
+    exit status 2 (`mdlm.decode.cli_errors`), not lm-eval's traceback."""
     import mdlm.eval.adapter  # noqa: F401  (registers --model mdlm)
     from lm_eval.__main__ import cli_evaluate
 
-    from mdlm.errors import run_main
+    from mdlm.decode.cli_errors import run_main
 
     _add_local_tasks_to_task_manager()
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -129,7 +129,7 @@ def bench(name):
     def entry(argv):
         import importlib
 
-        from mdlm.errors import run_main
+        from mdlm.decode.cli_errors import run_main
 
         return run_main(f"mdlm.eval.bench.{name}", importlib.import_module(f"mdlm.eval.bench.{name}").main, argv)
     return entry
@@ -292,7 +292,7 @@ def test_one_clear_line_and_status_2(runs, tmp_path, capsys, entry, argv, expect
 
 
 def test_an_unexpected_error_is_one_line_with_status_1(capsys, monkeypatch):
-    from mdlm.errors import run_main
+    from mdlm.decode.cli_errors import run_main
 
     def bug():
         raise KeyError("oops")

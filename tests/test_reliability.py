@@ -249,7 +249,7 @@ def test_a_failed_safetensors_save_is_one_line_with_status_2(tmp_path, capsys):
     traceback under TRL); the save is now named with the folder and the fix."""
     from safetensors.torch import save_file
 
-    from mdlm.errors import run_main
+    from mdlm.decode.cli_errors import run_main
     from mdlm.train.run_folder import save_errors_named
 
     def save():

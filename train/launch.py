@@ -4,7 +4,7 @@
     mdlm-launch [accelerate launch options] train/pretrain.py [script options]     # the same
 
 `accelerate launch` turns any failing process into a `CalledProcessError` traceback of 25-70 lines
-after the script's output, and exits 1, so the script's one-line error (`mdlm.errors`) scrolls away and
+after the script's output, and exits 1, so the script's one-line error (`mdlm.decode.cli_errors`) scrolls away and
 its status 2 (bad input) is lost. This runs accelerate's own launcher in-process and, when the script
 fails, exits with the script's status and prints nothing more: the script's line stays the last one.
 (`accelerate launch --quiet` also keeps the line last, but exits 1.) With `--num_processes` below 1,

@@ -251,7 +251,7 @@ def train(args: PretrainArgs | dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mdlm.errors import run_main
+    from mdlm.decode.cli_errors import run_main
 
     run_main("pretrain", lambda: train(parse_args(argv)))
 

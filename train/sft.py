@@ -445,7 +445,7 @@ def with_saved_options(given: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mdlm.errors import run_main
+    from mdlm.decode.cli_errors import run_main
 
     run_main("sft", lambda: finetune(SFTArgs.from_dict(with_saved_options(vars(build_parser().parse_args(argv))))))
 

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from mdlm.errors import report
+from mdlm.decode.cli_errors import report
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -356,6 +356,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from mdlm.errors import run_main
+    from mdlm.decode.cli_errors import run_main
 
     run_main("mdlm.eval.bench.decoding", main)

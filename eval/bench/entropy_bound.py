@@ -302,6 +302,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from mdlm.errors import run_main
+    from mdlm.decode.cli_errors import run_main
 
     raise SystemExit(run_main("bench entropy_bound", main))

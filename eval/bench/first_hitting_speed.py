@@ -164,6 +164,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from mdlm.errors import run_main
+    from mdlm.decode.cli_errors import run_main
 
     run_main("mdlm.eval.bench.first_hitting_speed", main)

@@ -126,6 +126,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from mdlm.errors import run_main
+    from mdlm.decode.cli_errors import run_main
 
     run_main("mdlm.eval.bench.lm_head", main)

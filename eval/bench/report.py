@@ -102,6 +102,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from mdlm.cli.errors import run_main
+    from mdlm.decode.cli_errors import run_main
 
     raise SystemExit(run_main("mdlm.eval.bench.report", main))  # --check's status reaches the shell (CI)

@@ -248,6 +248,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from mdlm.errors import run_main
+    from mdlm.decode.cli_errors import run_main
 
     run_main("mdlm.eval.bench.schema", main)

@@ -485,8 +485,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Bad input is one line and status 2, anything else one line and status 1 (`mdlm.errors`)."""
-    from mdlm.errors import run_main
+    """Bad input is one line and status 2, anything else one line and status 1 (`mdlm.decode.cli_errors`)."""
+    from mdlm.decode.cli_errors import run_main
 
     try:
         run_main("mdlm-rl", run, vars(build_parser().parse_args(argv)))
