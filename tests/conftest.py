@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# One intra-op thread for the tests and the processes they start. The models here are tiny, so threads only
+# add scheduling cost (up to 50x on a shared 2-core machine); and a float32 matmul split over two threads
+# can round differently for different batch shapes, which the exactness tests (atol 1e-9 on log-probs
+# recorded at one shape and recomputed at another) would read as a mismatch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 import mdlm  # noqa: F401  (registers the Auto classes)
 from mdlm import MDLMConfig, MDLMForMaskedLM
