@@ -91,7 +91,7 @@ class FamilyProfile:
 
 
 def _features(kv_cache="RADD reuse", assd="no", schema="yes", lm_eval="yes", rl="no"):
-    return {"KV cache": kv_cache, "ASSD": assd, "schema": schema, "lm-eval": lm_eval, "RL": rl}
+    return {"KV cache": kv_cache, "ASSD": assd, "schema": schema, "lm-eval": lm_eval, "finetuning": rl}
 
 
 QWEN_STOPS = ("<|endoftext|>", "<|im_end|>")
@@ -99,7 +99,7 @@ LLADA_STOPS = ("<|endoftext|>", "<|eot_id|>")
 
 FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
     FamilyProfile("ours", "this stack's MDLMForMaskedLM (mdlm-pretrain runs)", ("MDLMForMaskedLM",),
-                  features=_features("RADD reuse, exact block KV", "as-arm runs", rl="yes")),
+                  features=_features("RADD reuse, exact block KV", "as-arm runs", rl="SFT, RL (full or LoRA)")),
     FamilyProfile("bert", "BERT masked LMs (transformers BertForMaskedLM)", ("BertForMaskedLM",), ("bert",),
                   position_ids=True, ban_special_tokens=True, examples=("google-bert/bert-base-uncased",), features=_features()),
     FamilyProfile("roberta", "RoBERTa masked LMs (transformers RobertaForMaskedLM)", ("RobertaForMaskedLM",),
@@ -114,7 +114,7 @@ FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
                   published_code=(("attention_mask", "2d-long"), ("position_ids", False), ("kv_cache", False),
                                   ("trust_remote_code", True), ("auto_class", "AutoModel")),
                   examples=("GSAI-ML/LLaDA-8B-Base", "GSAI-ML/LLaDA-8B-Instruct", "GSAI-ML/LLaDA-1.5"),
-                  features=_features("RADD reuse, Fast-dLLM prefix + dual (approximate)")),
+                  features=_features("RADD reuse, Fast-dLLM prefix + dual (approximate)", rl="SFT, RL (full or LoRA)")),
     FamilyProfile("llada-moe", "LLaDA-MoE (inclusionAI): bidirectional MoE", ("LLaDAMoEModelLM",),
                   ("lladamoe", "llada_moe"), auto_class="AutoModel", trust_remote_code=True,
                   known_mask_token_id=156895, stop_tokens=("<|endoftext|>", "<|role_end|>"), chat_template=True,
@@ -133,14 +133,15 @@ FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
                                   ("schedule", None)),
                   examples=("Dream-org/Dream-v0-Instruct-7B", "apple/DiffuCoder-7B-Instruct"),
                   features=_features("RADD reuse, Fast-dLLM prefix + dual (approximate)",
-                                     schema="unconstrained (shifted logits)")),
+                                     schema="unconstrained (shifted logits)", rl="SFT, RL (full or LoRA)")),
     FamilyProfile("sdar", "SDAR (Qwen3-initialised): Qwen3 blocks, block diffusion (block 4); native "
                   "(mdlm.families.sdar)", ("SDARForCausalLM",), ("sdar",), attention_mask="4d-bool", position_ids=True,
                   known_mask_token_id=151669, stop_tokens=QWEN_STOPS, chat_template=True, attention="block-causal",
                   block_size=4, block_size_key="block_size", kv_cache=True, native=True,
                   published_code=(("kv_cache", False), ("trust_remote_code", True),
                                   ("auto_class", "AutoModelForCausalLM")),
-                  examples=("JetLM/SDAR-1.7B-Chat",), features=_features("RADD reuse, exact block KV")),
+                  examples=("JetLM/SDAR-1.7B-Chat",),
+                  features=_features("RADD reuse, exact block KV", rl="SFT, RL (full or LoRA; MDPO's rollout fails)")),
     FamilyProfile("mdlm-owt", "MDLM on OpenWebText (Sahoo et al. 2024): a DiT, bidirectional, timesteps input; "
                   "native (mdlm.families.dit)", ("MDLM",), attention_mask="4d-bool", position_ids=True,
                   time_input="timesteps", known_mask_token_id=50257, kv_cache=True, native=True,
@@ -172,7 +173,7 @@ FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
 
 def families_table() -> str:
     """The README's table of families and what of this stack runs on each (kept equal by a test)."""
-    columns = ["KV cache", "ASSD", "schema", "lm-eval", "RL"]
+    columns = ["KV cache", "ASSD", "schema", "lm-eval", "finetuning"]
     lines = ["| family | detected from | mask id | calling convention | " + " | ".join(columns) + " |",
              "| --- " * (4 + len(columns)) + "|"]
     for p in FAMILY_REGISTRY.values():
