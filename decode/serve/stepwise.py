@@ -31,7 +31,7 @@ from mdlm.decode.config import DecodeConfig
 from mdlm.decode.denoiser import active_positions
 from mdlm.decode.draw import draw
 from mdlm.decode.remasking import RemaskingPolicy, remasking_policy
-from mdlm.decode.schedules import ascending_num_steps, eoser_gamma
+from mdlm.decode.unmasking import ascending_num_steps, eoser_gamma
 
 NEG_INF = float("-inf")
 

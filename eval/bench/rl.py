@@ -57,7 +57,7 @@ METHOD_OPTIONS = {
 
 def decoders(length: int) -> dict:
     from mdlm.decode.config import DecodeConfig
-    from mdlm.decode.schedules import ascending_num_steps
+    from mdlm.decode.unmasking import ascending_num_steps
 
     return {"one-per-step": (DecodeConfig(steps=length, temperature=0.0), length),
             "half-steps": (DecodeConfig(steps=length // 2, temperature=0.0), length // 2),

@@ -55,7 +55,7 @@ class CJGRPOConfig(DiffusionGRPOConfig):
                           "with the ascending step-size schedule (floor(log2 L) steps) and EOSER; the loss will "
                           "follow this schedule's steps instead", UserWarning, stacklevel=2)
         if self.unmasking_schedule == "ascending" and self.diffusion_steps is not None:
-            from mdlm.decode.schedules import ascending_num_steps
+            from mdlm.decode.unmasking import ascending_num_steps
 
             expected = ascending_num_steps(self.max_completion_length)
             if self.block_length is not None or self.diffusion_steps != expected:
