@@ -48,7 +48,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from mdlm.train.trainer import RunFolder, TrainerConfig, add_option_arguments, option, options_from_dict, validate_options
+from mdlm.train.options import add_option_arguments, option, options_from_dict, validate_options
+from mdlm.train.run_folder import RunFolder
+from mdlm.train.trainer import TrainerConfig
 
 TASKS = ("signatures", "sudoku", "countdown")
 TASK_VOCAB = 260  # byte-level BPE with no merges: one token per character, digits never fused

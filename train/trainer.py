@@ -554,10 +554,3 @@ class Trainer:
                 return self.output_dir
         progress.close()  # the last step saved the checkpoint and the finished model
         return self.output_dir
-
-
-# Short-lived re-exports: the options and run-folder helpers moved to train/options.py and
-# train/run_folder.py; train/sft.py still imports them from here.
-from mdlm.train.options import (add_option_arguments, options_from_dict, read_config_file,  # noqa: E402,F401
-                                validate_options)
-from mdlm.train.run_folder import RunFolder, RunLock  # noqa: E402,F401

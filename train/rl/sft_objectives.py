@@ -31,7 +31,8 @@ def finetune_with_objective(options: dict, objective: str) -> Path:
     from mdlm import MDLMForMaskedLM
     from mdlm.tokenizer import load_tokenizer
     from mdlm.train.sft import SFTArgs, build_data, scratch_model
-    from mdlm.train.trainer import RunFolder, Trainer, make_accelerator, objective_loss_fn
+    from mdlm.train.run_folder import RunFolder
+    from mdlm.train.trainer import Trainer, make_accelerator, objective_loss_fn
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r}; choose one of {', '.join(OBJECTIVES)} (plain masked-diffusion "
