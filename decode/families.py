@@ -141,7 +141,7 @@ FAMILY_REGISTRY: dict[str, FamilyProfile] = {p.name: p for p in (
                   published_code=(("kv_cache", False), ("trust_remote_code", True),
                                   ("auto_class", "AutoModelForCausalLM")),
                   examples=("JetLM/SDAR-1.7B-Chat",),
-                  features=_features("RADD reuse, exact block KV", rl="SFT, RL (full or LoRA; MDPO's rollout fails)")),
+                  features=_features("RADD reuse, exact block KV", rl="SFT, RL (full or LoRA)")),
     FamilyProfile("mdlm-owt", "MDLM on OpenWebText (Sahoo et al. 2024): a DiT, bidirectional, timesteps input; "
                   "native (mdlm.families.dit)", ("MDLM",), attention_mask="4d-bool", position_ids=True,
                   time_input="timesteps", known_mask_token_id=50257, kv_cache=True, native=True,

@@ -55,7 +55,7 @@ def _capture(trainer):
 
 def _trained(algorithm, inputs, mask_id):
     if algorithm == "mdpo":
-        return (inputs["step_canvases"] == mask_id) & inputs["completion_mask"].bool()[:, None]
+        return inputs["step_drawn"] & inputs["completion_mask"].bool()[:, None]
     return inputs["step_revealed"].bool() & inputs["completion_mask"].bool()[:, None]
 
 
@@ -100,6 +100,25 @@ def test_recorded_and_recomputed_logprobs_agree(sudoku_setup, tmp_path, algorith
     if algorithm == "cj-grpo":
         assert trajectory.num_steps == math.floor(math.log2(T))  # ascending schedule: log2 L steps
         assert torch.equal(out["step_revealed"], trajectory.revealed[:, :, -T:].permute(1, 0, 2))
+
+
+def test_mdpo_in_blocks_trains_the_drawn_block_only_and_stays_finite(sudoku_setup, tmp_path):
+    # 3 blocks of 8: a step draws x0-hat in its block only; the later blocks' masks (x0-hat = the mask
+    # token, log p = -inf) are no action. Trained as actions they sent NaN into the weights (SDAR's blocks).
+    trainer = _trainer(sudoku_setup, tmp_path, "mdpo", block_length=8, max_steps=1, num_iterations=1)
+    seen = _capture(trainer)
+    trainer.train()
+    _, inputs, _ = seen["losses"][0]
+    masked = inputs["step_canvases"] == trainer.mask_token_id
+    drawn = inputs["step_drawn"]
+    assert drawn.any() and (masked & ~drawn).any() and not (drawn & ~masked).any()
+    for row, steps in zip(drawn, masked):
+        for step_drawn, step_masked in zip(row, steps):
+            first = int(step_masked.nonzero()[0]) // 8 * 8  # the step's block: that of its first mask
+            assert torch.equal(step_drawn, step_masked & (torch.arange(24) // 8 == first // 8))
+    assert torch.isfinite(inputs["old_step_logps"]).all()
+    assert math.isfinite(trainer.state.log_history[0]["loss"])
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
 def test_mdpo_advantage_arithmetic_on_a_hand_made_group():

@@ -349,6 +349,23 @@ def resumable(trainer_cls: type) -> type:
             if self.args.should_save:
                 atomic_write_text(checkpoint / CHECKPOINT_DONE, f"step {self.state.global_step}\n")
 
+        def _save(self, output_dir=None, state_dict=None):
+            # A native family (not a transformers model) is saved by transformers as its plain state dict
+            # with safetensors' save_file, which refuses one tensor under two names: the tied embedding and
+            # head of SDAR. Each tensor is written once; loading back (non-strict) keeps the tie.
+            from transformers import PreTrainedModel
+
+            from mdlm.trainable import is_lora
+
+            model = self.accelerator.unwrap_model(self.model)
+            if state_dict is None and not isinstance(model, PreTrainedModel) and not is_lora(model):
+                state_dict, seen = {}, set()
+                for name, tensor in model.state_dict().items():
+                    if tensor.numel() == 0 or tensor.data_ptr() not in seen:
+                        seen.add(tensor.data_ptr())
+                        state_dict[name] = tensor
+            super()._save(output_dir, state_dict=state_dict)
+
         def load_rollout_rng(self, checkpoint: Path) -> None:
             import torch
 

@@ -11,7 +11,8 @@ official trainer's "adv-v4":
     A_t <- (A_t - mean_G A_t) / (std_G A_t + 1e-4)           per step, over the G rollouts of a prompt
 
 Only the k steps with the largest summed |A_t| over the group are trained. The action of step t is
-x0-hat_t at every position still masked in the canvas before the step; its loss is the clipped ratio
+x0-hat_t at every position still masked in the canvas before the step (of the step's block, when the
+rollout decodes semi-autoregressive blocks: later blocks are not drawn yet); its loss is the clipped ratio
 pi(x0-hat_t | x_t) / pi_old, weighted by the step's confidence at the position and lambda_t = T / n_masked,
 averaged over the n_masked positions, plus beta * KL with KL = 1/2 (log pi_ref - log pi)^2 per token.
 Optionally only groups where some rollout "over-denoises" (its x0-hat was right at an intermediate step,
@@ -60,6 +61,14 @@ def select_steps(advantages: torch.Tensor, num_generations: int, k: int) -> torc
     score = advantages.abs().view(-1, num_generations, S).sum(1)
     order = torch.sort(-score, dim=1, stable=True).indices[:, :k]
     return order.sort(1).values.repeat_interleave(num_generations, 0)
+
+
+def action_logps(model, drawn: torch.Tensor, *args, compute_entropy: bool = False):
+    """`step_logps` at the (B, K, T) `drawn` positions (the step's actions), 0 elsewhere. An undrawn
+    position's target is the mask token, log p = -inf; left in, its inf - inf in the ratio and the KL
+    would send NaN gradients through the `where` that drops it from the loss."""
+    logps, entropy = step_logps(model, *args, compute_entropy=compute_entropy)
+    return torch.where(drawn, logps, torch.zeros((), device=logps.device)), entropy
 
 
 def over_denoised(correct: torch.Tensor) -> torch.Tensor:
@@ -138,23 +147,26 @@ class MDPOTrainer(DiffusionGRPOTrainer):
 
         pick = lambda x: x[:, :, -T:].permute(1, 0, 2).gather(1, steps[..., None].expand(-1, -1, T))  # noqa: E731
         canvases, targets = pick(trajectory.canvases), pick(trajectory.x0)
-        masked = canvases == self.mask_token_id
         confidence = pick(trajectory.confidence).float()
-        confidence = torch.where(masked & torch.isfinite(confidence), confidence, torch.zeros((), device=device))
+        # The actions: the positions the step drew x0-hat at (a finite score). With semi-autoregressive
+        # blocks (a block-causal model's attention blocks, or block_length) that is the current block's
+        # masked positions; the masks of later blocks were not drawn, their x0-hat is the mask token.
+        drawn = (canvases == self.mask_token_id) & torch.isfinite(confidence)
+        confidence = torch.where(drawn, confidence, torch.zeros((), device=device))
         args = (batch["prompt_ids"], batch["prompt_mask"], canvases, targets, self.mask_token_id, self.temperature)
-        out = {"step_index": steps, "step_canvases": canvases, "step_targets": targets,
+        out = {"step_index": steps, "step_canvases": canvases, "step_targets": targets, "step_drawn": drawn,
                "step_confidence": confidence, "advantages": advantages, "row_weight": weight,
-               "old_step_logps": step_logps(self.model, *args)[0]}
+               "old_step_logps": action_logps(self.model, drawn, *args)[0]}
         if self.beta != 0.0:
-            out["ref_step_logps"] = step_logps(self.ref_model, *args)[0]
+            out["ref_step_logps"] = action_logps(self.ref_model, drawn, *args)[0]
         return out
 
     def _compute_loss(self, model, inputs):
         canvases, targets = inputs["step_canvases"], inputs["step_targets"]
         B, K, T = canvases.shape
-        logps, entropy = step_logps(model, inputs["prompt_ids"], inputs["prompt_mask"], canvases, targets,
-                                    self.mask_token_id, self.temperature, compute_entropy=True)
-        trained = (canvases == self.mask_token_id) & inputs["completion_mask"].bool()[:, None, :]
+        logps, entropy = action_logps(model, inputs["step_drawn"], inputs["prompt_ids"], inputs["prompt_mask"],
+                                      canvases, targets, self.mask_token_id, self.temperature, compute_entropy=True)
+        trained = inputs["step_drawn"] & inputs["completion_mask"].bool()[:, None, :]
         n = trained.sum(-1).clamp(min=1).float()  # (B, K)
         surrogate, clipped = clipped_surrogate(logps, inputs["old_step_logps"], inputs["advantages"][..., None],
                                                self.epsilon_low, self.epsilon_high)
