@@ -255,6 +255,8 @@ def test_two_process_accelerate_launch_gathers_on_rank_zero(tiny_run_dir, tmp_pa
         assert metric(launched, task, name) == pytest.approx(metric(single, task, name), rel=1e-5)
 
 
+# slow: the lm-eval CLI test covers the adapter end to end; this adds the benchmark's files (9 s)
+@pytest.mark.slow
 def test_benchmark_quick_run_writes_json_plot_and_table(tiny_run_dir, ar_run_dir, tmp_path):
     from mdlm.eval.bench import lm_eval as bench
 

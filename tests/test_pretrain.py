@@ -201,6 +201,8 @@ def test_accelerate_launch_runs_the_script_to_a_loadable_run(tmp_path, mdlm_cach
     assert model.config.vocab_size == len(AutoTokenizer.from_pretrained(run))
 
 
+# slow: the accelerate launch test runs the same script (8 s)
+@pytest.mark.slow
 def test_python_train_script_runs_without_accelerate(tmp_path, mdlm_cache):
     run = tmp_path / "plain"
     done = run_command([sys.executable, SCRIPT, *cli({**TINY, "max_steps": 2, "eval_every": 2, "save_every": 2,
