@@ -20,6 +20,8 @@ def run_cli(*args):
                           env=ENV, timeout=300)
 
 
+# slow: the live-view subprocess test runs the installed entry point; the in-process tests cover jsonl (8 s)
+@pytest.mark.slow
 def test_subprocess_generates_jsonl_with_nfe_and_time(tiny_run_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "def parse(", "suffix": "):"}\n"import os"\n', encoding="utf-8")

@@ -211,6 +211,8 @@ def test_quick_benchmarks_write_beside_the_committed_results(tmp_path, monkeypat
     assert (explicit / "sampling.json").exists()
 
 
+# slow: CI itself runs bare pytest from a clean clone, which is this check (10 s)
+@pytest.mark.slow
 def test_bare_pytest_collects_the_tests_that_import_tests_conftest():
     # -P: like the `pytest` command, the working directory is not put on sys.path (`python -m` would)
     done = subprocess.run([sys.executable, "-P", "-m", "pytest", "--collect-only", "-q", "tests/test_losses.py",
