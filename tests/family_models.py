@@ -10,7 +10,6 @@ checked against it. Nothing is downloaded: the weights are random and the config
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import torch.nn as nn
@@ -458,17 +457,6 @@ def remote_code_module(folder, source: str, monkeypatch, modules_cache):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@contextlib.contextmanager
-def one_intra_op_thread():
-    """Tiny matrices: one intra-op thread is ~1000x faster than two spinning on a shared, loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def record_call_widths(model) -> list[int]:

@@ -16,7 +16,7 @@ from mdlm.decode import DecodeConfig
 from mdlm.decode.blocks import plan_column_blocks
 from mdlm.decode.loading import load_denoiser
 from tests.family_models import write_published_checkpoint
-from tests.test_native_families import decode_prompts, tiny_matrices_on_one_thread  # noqa: F401 (autouse fixture)
+from tests.test_native_families import decode_prompts
 
 PROMPTS = ["w1 w2 w3", "w4", "w5 w6 w7 w8 w9 w10"]  # three lengths: each covers other position blocks
 

@@ -42,15 +42,6 @@ def tiny_gemma_for(tokenizer, seed: int = 0, steps: int = 4):
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A model this small runs ~50x faster on one thread than on two contended ones (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def gemma_tokenizer(stdlib_tokenizer):
     tokenizer = copy.deepcopy(stdlib_tokenizer)

@@ -23,7 +23,7 @@ from mdlm.decode import DecodeConfig
 from mdlm.decode.generate import build_canvas
 from mdlm.decode.loading import load_denoiser
 from mdlm.decode.registry import decode
-from tests.family_models import (PUBLISHED, llada_like_remote_code, one_intra_op_thread, published_reference_logits,
+from tests.family_models import (PUBLISHED, llada_like_remote_code, published_reference_logits,
                                  published_weights,
                                  remote_code_module, write_published_checkpoint)
 
@@ -31,12 +31,6 @@ FAMILIES = ["llada", "dream", "sdar", "mdlm-owt", "bd3lm"]
 BLOCK_CAUSAL = ("sdar", "bd3lm")
 PUBLISHED_CHAT = ("llada", "dream", "sdar")
 MASK_IDS = {"llada": 126336, "dream": 151666, "sdar": 151669, "mdlm-owt": 50257, "bd3lm": 50257}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_matrices_on_one_thread():
-    with one_intra_op_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
