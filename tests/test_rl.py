@@ -116,13 +116,13 @@ def _trainer(sudoku_setup, tmp_path, reward, **overrides):
                             accuracy_fn=task.accuracy)
 
 
-def _ones_reward(prompts, completions, completion_ids, **kw):
+def mean_token_reward(prompts, completions, completion_ids, **kw):
     # A reward that varies within a group even for a random model: the mean token id.
     return [sum(ids) / max(1, len(ids)) / 260 for ids in completion_ids]
 
 
 def test_ratio_is_one_before_any_update_and_kl_grows_after(sudoku_setup, tmp_path):
-    trainer = _trainer(sudoku_setup, tmp_path, _ones_reward)
+    trainer = _trainer(sudoku_setup, tmp_path, mean_token_reward)
     seen = []
     original = type(trainer)._compute_loss
 
@@ -154,7 +154,7 @@ def test_ratio_is_one_before_any_update_and_kl_grows_after(sudoku_setup, tmp_pat
 
 
 def test_tokens_after_eos_carry_no_loss(sudoku_setup, tmp_path):
-    trainer = _trainer(sudoku_setup, tmp_path, _ones_reward, num_iterations=1)
+    trainer = _trainer(sudoku_setup, tmp_path, mean_token_reward, num_iterations=1)
     tok = sudoku_setup[2]
     ids, mask = _prompts(tok, sudoku_setup[1]["prompt"][:4])
     completion = torch.randint(5, 200, (4, 24))
@@ -230,7 +230,7 @@ def test_each_trainer_raises_a_reward_that_is_easy_to_learn(sudoku_setup, tmp_pa
     args = config_class(output_dir=str(tmp_path / algorithm), per_device_train_batch_size=16, num_generations=4,
                         max_completion_length=24, max_steps=steps, logging_steps=2, learning_rate=3e-3,
                         use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True, report_to=[], **options)
-    trainer = trainer_class(copy.deepcopy(model), _ones_reward, args, data, tok, accuracy_fn=task.accuracy)
+    trainer = trainer_class(copy.deepcopy(model), mean_token_reward, args, data, tok, accuracy_fn=task.accuracy)
     trainer.train()
     rewards = [r["reward"] for r in trainer.state.log_history if "reward" in r]
     assert sum(rewards[-3:]) / 3 >= rewards[0] + min_gain, rewards

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mdlm.train.rl.d2_anyorder import D2AnyOrderConfig, D2AnyOrderTrainer, anyorder_rollout, trajectory_logps
-from tests.test_rl import _prompts
+from tests.test_rl import _prompts, mean_token_reward
 from tests.test_rl import sudoku_setup as setup  # noqa: F401  (the fixture: task, data, tokenizer, tiny model)
 
 
@@ -55,13 +55,8 @@ def _trainer(setup, tmp_path, reward, trainer_class=D2AnyOrderTrainer, **overrid
                          accuracy_fn=task.accuracy)
 
 
-def _mean_token_reward(prompts, completions, completion_ids, **kw):
-    # Varies within a group even for a random model: the mean token id.
-    return [sum(ids) / max(1, len(ids)) / 260 for ids in completion_ids]
-
-
 def test_ratio_is_exactly_one_before_an_update_and_the_rollout_agrees(setup, tmp_path):
-    trainer = _trainer(setup, tmp_path, _mean_token_reward)
+    trainer = _trainer(setup, tmp_path, mean_token_reward)
     seen = []
     original = D2AnyOrderTrainer._compute_loss
 
@@ -96,7 +91,7 @@ class NegatedAdvantages(D2AnyOrderTrainer):
 def test_raises_an_easy_reward_and_not_with_negated_advantages(setup, tmp_path, trainer_class, rises):
     """The easy reward of tests/test_rl.py (mean token id), 15 updates at lr 1e-2 from one untrained start
     (measured: 0.50 -> 0.67; negated 0.50 -> 0.29)."""
-    trainer = _trainer(setup, tmp_path, _mean_token_reward, trainer_class, max_steps=15, logging_steps=1,
+    trainer = _trainer(setup, tmp_path, mean_token_reward, trainer_class, max_steps=15, logging_steps=1,
                        per_device_train_batch_size=16, num_iterations=1, learning_rate=1e-2)
     trainer.train()
     rewards = [r["reward"] for r in trainer.state.log_history if "reward" in r]

@@ -15,14 +15,14 @@ import torch
 from mdlm.train.rl.base import group_advantages, step_logps
 from mdlm.train.rl.cj_grpo import CJGRPOConfig, CJGRPOTrainer
 from mdlm.train.rl.mdpo import MDPOConfig, MDPOTrainer, mdpo_advantages, over_denoised, select_steps
-from tests.test_rl import _ones_reward, sudoku_setup  # noqa: F401  (fixture)
+from tests.test_rl import mean_token_reward, sudoku_setup  # noqa: F401  (fixture)
 from tests.test_rl_cli import FAST, sudoku_run  # noqa: F401  (fixture)
 
 ALGOS = {"mdpo": (MDPOConfig, MDPOTrainer, dict(diffusion_steps=6, sample_train_steps=3)),
          "cj-grpo": (CJGRPOConfig, CJGRPOTrainer, dict())}
 
 
-def _trainer(setup, tmp_path, algorithm, reward=_ones_reward, **overrides):
+def _trainer(setup, tmp_path, algorithm, reward=mean_token_reward, **overrides):
     config_cls, trainer_cls, extra = ALGOS[algorithm]
     task, data, tok, model = setup
     options = dict(output_dir=str(tmp_path / "rl"), per_device_train_batch_size=4, num_generations=4,
