@@ -1,10 +1,14 @@
-"""The RL benchmark's arithmetic: pass@k, reward-selected best-of-n, mean and standard error."""
+"""The RL benchmark (`mdlm.eval.bench.rl`): its arithmetic, its units (one method at one seed, resumable,
+shared between processes), the summary's target check and the table."""
 
 from __future__ import annotations
 
+import json
 import math
 
-from mdlm.eval.bench.rl import best_of_n, mean_se, pass_at_k
+import pytest
+
+from mdlm.eval.bench.rl import best_of_n, fifths, mean_se, pass_at_k
 
 
 def test_pass_at_k_and_best_of_n_on_hand_made_samples():
@@ -16,135 +20,101 @@ def test_pass_at_k_and_best_of_n_on_hand_made_samples():
     assert best_of_n(rewards, correct) == 0.5
 
 
-def test_mean_and_standard_error():
+def test_mean_standard_error_and_fifths():
     stat = mean_se([0.4, 0.5, 0.6])
     assert math.isclose(stat["mean"], 0.5) and math.isclose(stat["se"], 0.1 / math.sqrt(3))
     assert math.isnan(mean_se([0.3])["se"])
+    first, last = fifths([0.1 * i for i in range(1, 11)])
+    assert math.isclose(first, 0.15) and math.isclose(last, 0.95)
 
 
-def _fake_results():
-    """A results dict shaped as main() builds it (2 seeds, hand-picked numbers)."""
-    def evaluation(acc):
-        return {"decoders": {name: {"accuracy": acc, "reward": acc, "nfe": nfe} for name, nfe in
-                             (("one-per-step", 24), ("half-steps", 12), ("ass-eoser", 4), ("rcr", 12))},
-                "pass@2": acc, "over_denoising_rate": 0.0}
-
-    def seed(acc, s):
-        return {"seed": s, "seconds": 1.0, "eval": evaluation(acc),
-                "training": {"kl_final": 0.01, "entropy_mean": 0.3, "frac_reward_zero_std": 0.5,
-                             "nfe_per_rollout": 12, "seconds_per_update": 2.0},
-                "curve": [{"updates": 2, "rollouts": 8, "accuracy": acc - 0.1}, {"updates": 4, "rollouts": 16,
-                                                                                  "accuracy": acc}]}
-
-    methods = {m: {"best_lr": 3e-5, "sweep": {"3e-05": a}, "steps": 4, "seeds": [seed(a, 0), seed(a + 0.1, 1)]}
-               for m, a in (("diffu-grpo", 0.4), ("mdpo", 0.6), ("cj-grpo", 0.45))}
-    return {"task": "sudoku", "sft_run": "runs/sft", "sizes": {"seeds": [0, 1], "rollouts": 16, "batch": 4,
-                                                                "num_generations": 2, "pass_k": 2},
-            "eval_examples": 16, "sft": evaluation(0.4), "best_of_n": {"n": 4, "accuracy": 0.5},
-            "methods": methods, "seconds": 60.0}
+def _record(method, seed, before, after):
+    return {"method": method, "seed": seed, "accuracy_before": before, "accuracy_after": after, "wall_seconds": 60.0,
+            "reward_first_fifth": 0.2, "reward_last_fifth": 0.3, "kl_final": 0.01, "zero_spread_groups": 0.4,
+            "seconds_per_update": 0.5, "reward_curve": [{"rollouts": 8, "seconds": 1.0, "reward": 0.2},
+                                                        {"rollouts": 16, "seconds": 2.0, "reward": 0.3}],
+            "accuracy_curve": [{"rollouts": 16, "seconds": 2.0, "accuracy": after}]}
 
 
-def test_summary_targets_table_and_plot(tmp_path):
-    from mdlm.eval.bench.rl import markdown_table, plot, summarise
+def test_the_target_needs_ten_points_and_three_standard_errors(tmp_path):
+    from mdlm.eval.bench.rl import METHOD_OPTIONS, markdown_table, plot, summarise
 
-    results = _fake_results()
+    units = {"mdpo": [_record("mdpo", s, 0.2, a) for s, a in enumerate((0.31, 0.32, 0.33))],   # +12 ± 0.6: met
+             "cj-grpo": [_record("cj-grpo", s, 0.2, a) for s, a in enumerate((0.20, 0.30, 0.45))],  # +11.7 ± 7.3
+             "rft": [_record("rft", s, 0.2, 0.25) for s in range(3)]}
+    results = {"format": 3, "task": "countdown", "sft_run": "runs/sft", "eval_examples": 8, "units": units,
+               "sizes": {"seeds": [0, 1, 2], "rollouts": 16, "batch": 8, "num_generations": 4},
+               "sft": {"accuracy": 0.2}, "best_of_n": {"n": 4, "accuracy": 0.5}, "method_options": METHOD_OPTIONS}
     results["summary"] = summarise(results)
-    per_method, targets = results["summary"]["per_method"], results["summary"]["targets"]
-    assert math.isclose(per_method["mdpo"]["one-per-step"]["mean"], 0.65)
-    assert math.isclose(targets["mdpo: +10 points over SFT"]["gain_points"], 25.0)
-    assert targets["mdpo: +10 points over SFT"]["met"] and not targets["cj-grpo: +10 points over SFT"]["met"]
-    # diffu-GRPO's final mean is 0.45; both MDPO seeds pass it at update 2 of diffu-GRPO's 4: not <= 4/3
-    reach = targets["mdpo: reaches diffu-GRPO's final accuracy in <= 1/3 of its updates"]
-    assert reach["mdpo_updates_per_seed"] == [2, 2] and not reach["met"]
+    targets = results["summary"]["targets"]
+    mdpo = targets["mdpo: +10 points over its SFT start, gain > 3 s.e."]
+    assert mdpo["met"] and math.isclose(mdpo["gain_points"], 12.0)
+    assert not targets["cj-grpo: +10 points over its SFT start, gain > 3 s.e."]["met"]  # a mean gain alone is not enough
+    assert targets["some diffusion RL method: +10 points, gain > 3 s.e."]["methods"] == ["mdpo"]
     table = markdown_table(results)
-    assert "| mdpo (2 seeds) | 65.0% ± 5.0 |" in table and "best-of-4" in table
+    assert "| MDPO (3 seeds) | 20.0% | 32.0 ± 0.6% | +12.0 ± 0.6 | 20.8 |" in table
+    assert table.index("RFT (control)") < table.index("MDPO")  # the columns' order: controls first
+    header, rule = table.splitlines()[2:4]
+    assert header.count("|") == rule.count("|") == table.splitlines()[4].count("|")
     plot(results, tmp_path / "rl.png")
     assert (tmp_path / "rl.png").stat().st_size > 0
 
 
-def test_a_baselines_only_process_keeps_its_numbers(tmp_path, monkeypatch):
-    """`--methods` with none runs only the baselines (one process of a split benchmark) and leaves them
-    in partial.json for --assemble, so a process stopped later loses nothing it measured."""
-    import json
+def test_the_round_two_results_still_render():
+    from pathlib import Path
 
-    from mdlm.eval.bench.rl import main
+    from mdlm.eval.bench.rl import markdown_table
+
+    old = json.loads((Path(__file__).parents[1] / "results" / "rl-countdown-long" / "rl.json").read_text())
+    assert "| diffu-grpo (3 seeds) |" in markdown_table(old)
+
+
+@pytest.fixture(scope="module")
+def starts(tmp_path_factory):
+    """An untrained sudoku SFT run, and the same network saved as an AS-ARM and as a causal run."""
+    from mdlm import MDLMForMaskedLM
     from tests.conftest import save_untrained_sudoku_run
 
-    sft = save_untrained_sudoku_run(tmp_path / "sft")
-    monkeypatch.setenv("MDLM_BENCH_RUNS", str(tmp_path / "runs"))
-    main(["--sft", str(sft), "--quick", "--methods", "--eval-examples", "4", "--best-of-n", "2",
-          "--pass-k", "2", "--output-dir", str(tmp_path / "out")])
-    partial = json.loads((tmp_path / "runs" / "rl-quick" / "partial.json").read_text())
-    assert partial["methods"] == {} and partial["best_of_n"]["n"] == 2
-    assert set(partial["sft"]["decoders"]) == {"one-per-step", "half-steps", "ass-eoser", "rcr"}
-    assert partial["seconds"] > 0  # --assemble reports the longest process's wall time from these
+    root = tmp_path_factory.mktemp("starts")
+    sft = save_untrained_sudoku_run(root / "sft")
+    out = {"sft": sft}
+    for kind, objective, attention in (("asarm", "as-arm", "bidirectional"), ("ar", "ar", "causal")):
+        folder = save_untrained_sudoku_run(root / kind)
+        model = MDLMForMaskedLM.from_pretrained(folder)
+        model.config.objective, model.config.attention = objective, attention
+        model.save_pretrained(folder)
+        out[kind] = folder
+    return out
 
 
-def test_training_reward_fifths_and_their_column(tmp_path):
-    """The rollout reward's first and last fifth of generations (one generation alone is a few prompts) come
-    from metrics.jsonl; the table shows them only when every method has them (older results lack them)."""
-    import json
-
-    from mdlm.eval.bench.rl import markdown_table, summarise, training_metrics
-
-    rows = [{"step": i + 1, "loss": 0.0, "reward": r, "kl": 0.0, "entropy": 0.5, "frac_reward_zero_std": 0.0,
-             "nfe_per_rollout": 12, "step_time": 0.1} for i, r in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
-                                                                              0.8, 0.9, 1.0])]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    metrics = training_metrics(tmp_path)
-    assert math.isclose(metrics["reward_first_fifth"], 0.15) and math.isclose(metrics["reward_last_fifth"], 0.95)
-    results = _fake_results()
-    results["summary"] = summarise(results)
-    assert "first -> last fifth" not in markdown_table(results)
-    for block in results["methods"].values():
-        for seed in block["seeds"]:
-            seed["training"].update(reward_first_fifth=0.5, reward_last_fifth=0.75)
-    results["summary"] = summarise(results)
-    table = markdown_table(results)
-    assert "| rollout reward, first -> last fifth | lr |" in table and "| 0.500 -> 0.750 | 3e-05 |" in table
-    header, rule, sft_row = table.splitlines()[2:5]
-    assert header.count("|") == rule.count("|") == sft_row.count("|")
-
-
-def test_a_batch_that_does_not_hold_whole_groups_is_refused(tmp_path):
-    import pytest
-
+def test_units_run_once_and_the_results_wait_for_every_begun_method(starts, tmp_path):
+    """A finished unit is read back, not rerun; a process whose methods are done does not write results while
+    another process's method (begun in the same folder) has seeds to go; the last one writes them."""
     from mdlm.eval.bench.rl import main
 
-    with pytest.raises(SystemExit, match="multiple of --num-generations 4"):
-        main(["--sft", str(tmp_path), "--batch", "10", "--num-generations", "4"])
+    common = ["--sft", str(starts["sft"]), "--task", "sudoku", "--quick", "--asarm", str(starts["asarm"]),
+              "--ar-sft", str(starts["ar"]), "--run-folder", str(tmp_path / "runs"), "--output-dir",
+              str(tmp_path / "out"), "--rollouts", "8", "--eval-examples", "4"]
+    (tmp_path / "runs" / "mdpo-seed0").mkdir(parents=True)  # another process has begun MDPO
+    assert main(common + ["--methods", "diffu-grpo", "rft", "ar-grpo", "d2-anyorder"]) is None
+    record = tmp_path / "runs" / "diffu-grpo-seed1" / "record.json"
+    written = record.stat().st_mtime_ns
+    assert json.loads(record.read_text())["updates"] == 2  # R 8 x mu 2 / batch 8
+    results = main(common + ["--methods", "mdpo", "--set", "mdpo.learning_rate=1e-3"])
+    assert record.stat().st_mtime_ns == written  # diffu-GRPO was not run again
+    assert set(results["units"]) == {"rft", "ar-grpo", "diffu-grpo", "mdpo", "d2-anyorder"}
+    for method, records in results["units"].items():
+        assert [r["seed"] for r in records] == [0, 1]
+        assert all(0 <= r["accuracy_after"] <= 1 and r["accuracy_curve"] for r in records), method
+    assert [p["rollouts"] for p in results["units"]["diffu-grpo"][0]["reward_curve"]] == [8]  # one generation
+    assert (tmp_path / "out" / "rl.png").exists()
+    assert results["method_options"]["mdpo"]["learning_rate"] == 1e-3  # --set: what the run used is recorded
 
 
-def test_assemble_pools_one_methods_seeds_from_several_processes(tmp_path):
-    """A method's seeds run in separate processes (same lr, same budget) are pooled by --assemble; the sweep
-    kept is the lowest seed's; a seed given twice or a different lr is refused."""
-    import json
+def test_a_malformed_one_change_option_is_refused_in_one_line():
+    from mdlm.eval.bench.rl import METHOD_OPTIONS, method_options
 
-    import pytest
-
-    from mdlm.eval.bench.rl import assemble
-
-    full = _fake_results()
-    base = {**full, "methods": {m: b for m, b in full["methods"].items() if m != "cj-grpo"}}
-    base["sizes"] = {**base["sizes"], "seeds": [0]}
-    cj = full["methods"]["cj-grpo"]
-    folders = []
-    for name, part in (("base", base),
-                       ("cj0", {"sizes": base["sizes"], "methods": {"cj-grpo": {**cj, "seeds": cj["seeds"][:1]}}}),
-                       ("cj1", {"sizes": base["sizes"], "methods": {"cj-grpo": {**cj, "sweep": {"3e-05": 0.9},
-                                                                                 "seeds": cj["seeds"][1:]}}})):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "partial.json").write_text(json.dumps(part))
-        folders.append(tmp_path / name)
-    results = assemble([folders[2], folders[0], folders[1]], tmp_path / "out")
-    pooled = results["methods"]["cj-grpo"]
-    assert [s["seed"] for s in pooled["seeds"]] == [0, 1] and pooled["sweep"] == {"3e-05": 0.45}
-    assert results["summary"]["per_method"]["cj-grpo"]["one-per-step"]["n"] == 2
-    assert results["sizes"]["seeds"] == [0, 1]
-    with pytest.raises(ValueError, match=r"seed\(s\) \[0\] come from more than one process"):
-        assemble([folders[0], folders[1], folders[1]], tmp_path / "out2")
-    other = json.loads((folders[2] / "partial.json").read_text())
-    other["methods"]["cj-grpo"]["best_lr"] = 1e-4
-    (folders[2] / "partial.json").write_text(json.dumps(other))
-    with pytest.raises(ValueError, match="only seeds of one setting can be pooled"):
-        assemble(folders, tmp_path / "out3")
+    with pytest.raises(SystemExit, match="expected METHOD.OPTION=VALUE"):
+        method_options(["grpo.learning_rate=1e-3"])
+    changed = method_options(["cj-grpo.num_iterations=1"])
+    assert changed["cj-grpo"]["num_iterations"] == 1 and METHOD_OPTIONS["cj-grpo"]["num_iterations"] == 2

@@ -1,29 +1,33 @@
-"""RL benchmark: diffu-GRPO (d1) against MDPO (He et al. 2025) and CJ-GRPO (Yang et al. 2025) at an equal
-rollout budget, from one SFT model.
+"""RL benchmark: every RL trainer and its controls at an equal rollout budget, from one SFT start.
 
-    python -m mdlm.eval.bench.rl --sft runs/sft-sudoku                # -> results/rl.json, results/rl.png
-    python -m mdlm.eval.bench.rl --sft runs/sft-sudoku --quick    # smoke sizes -> results/quick/
+    python -m mdlm.eval.bench.rl --task countdown --sft runs/sft-countdown --ar-base runs/ar-small \
+        --output-dir results/rl-countdown-v3                          # -> rl.json, rl.png there
+    python -m mdlm.eval.bench.rl --task sudoku --sft runs/sft-sudoku --quick    # smoke sizes -> results/quick/
 
-Every method starts from the same SFT run, sees the same training prompts (the task's train split, seeded
-by the run seed), the same group size G and batch, and the same number of rollouts R; a method with mu
-passes per generation (num_iterations) therefore takes R * mu / batch optimizer steps. Per method a short
-learning-rate sweep runs at seed 0; the best (held-out greedy accuracy, one token per step) is then run at
-every seed. Each final model is evaluated on the held-out split with four greedy decoders (one token per
-step; L/2 steps; ascending step sizes + EOSER at floor(log2 L) steps; RCR at L/2 steps), pass@k of the
-L/2-step decoder at temperature 1, and the over-denoising rate (right at some step, wrong at the end) of
-the L/2-step decoder. Learning curves (held-out greedy accuracy at every checkpoint) are reported against
-rollouts and gradient updates. Baselines: the SFT model with each decoder (SFT + RCR among them) and
-best-of-n of the SFT model with n = R samples per prompt (the highest-reward one is kept: the verifier
-used as the reward). Training metrics (KL, entropy, fraction of zero-spread groups, NFE per rollout,
-wall-clock per update) come from each run's metrics.jsonl.
+The columns (METHODS), all at R rollouts per run (R / G prompts x G draws), the same train prompts (the
+task's train split, seeded by the run seed) and the same held-out prompts, scored by each model's own
+greedy decoder:
 
-The learning rate is selected on the held-out split (there is no separate validation split): the sweep's
-best is an optimistic pick for every method alike.
+    sft          the start itself, and best-of-n of it (n draws per prompt, the highest reward kept)
+    rft          rejection-sampling finetuning: SFT on its own reward-1 samples among the R
+                 (`train/rl/rft.py`), a non-RL baseline that sharpens a policy toward its best-of-n
+    ar-grpo      the autoregressive baseline of the same backbone, SFT-ed with the same recipe from the
+                 causal pretrained run (`--ar-base`), trained by TRL's own, unmodified GRPOTrainer
+                 (`train/rl/ar_control.py`)
+    diffu-grpo   d1's one-pass log-prob estimate (Zhao et al. 2025)
+    mdpo         MDPO (He et al. 2025)
+    cj-grpo      CJ-GRPO (Yang et al. 2025)
+    d2-anyorder  the exact trajectory likelihood (Wang et al. 2025), from the SFT model continued with
+                 the any-subset AR objective (`train/rl/sft_objectives.py`)
 
-The controls (the autoregressive baseline of the same backbone trained by TRL's unmodified GRPOTrainer,
-`train/rl/ar_control.py`; rejection-sampling finetuning, `train/rl/rft.py`), d2-AnyOrder and the one-change
-runs that look for what holds the trainers back are measured by `mdlm.eval.bench.rl_diagnose` at the same
-budget (results/rl-diagnose.json); they are not yet columns of this benchmark's table.
+Each (method, seed) is one unit with its own run folder and `record.json` (held-out accuracy before and
+after, the rollout reward per generation and the held-out accuracy at every checkpoint, each against
+rollouts and training wall time): a killed benchmark resumes where it stopped, and several processes may
+share one folder (`--methods` / `--seeds` pick the units). Whoever finds every unit done writes the results;
+`--assemble` only assembles. The AS-ARM and AR starts are trained on first use (`starts/` in the folder).
+
+The learning rates of METHOD_OPTIONS were chosen on the held-out split in a pilot at seed 0 (there is no
+separate validation split): an optimistic pick, made alike for every method.
 """
 
 from __future__ import annotations
@@ -37,32 +41,29 @@ from pathlib import Path
 from mdlm.eval.bench.common import REPO_ROOT, add_output_dir_argument, quick_results_dir, runs_dir, write_results
 
 NAME = "rl"
-METHODS = ("diffu-grpo", "mdpo", "cj-grpo")
+RL_METHODS = ("diffu-grpo", "mdpo", "cj-grpo", "d2-anyorder")
+TRAINED = ("rft", "ar-grpo") + RL_METHODS
+METHODS = ("sft",) + TRAINED
+DIFFUSION = ("diffu-grpo", "mdpo", "cj-grpo", "d2-anyorder", "rft")
+START = {"rft": "sft", "ar-grpo": "ar", "diffu-grpo": "sft", "mdpo": "sft", "cj-grpo": "sft", "d2-anyorder": "asarm"}
 
-# Sizes: FULL is 15 RL runs of R = 160 rollouts (a 3-point lr sweep per method at seed 0, then 2 more
-# seeds at the best lr), 3-5 minutes each with their evaluations, plus best-of-160 of the SFT model (about
-# 10 minutes): about 45 minutes split over two processes on 2 cores (docs/benchmarks.md); QUICK is a smoke run.
-FULL = dict(seeds=[0, 1, 2], rollouts=160, batch=8, num_generations=4, eval_examples=192, pass_k=4,
-            best_of_n=None, curve_every=5, lrs={"diffu-grpo": [1e-5, 3e-5, 1e-4], "mdpo": [1e-5, 3e-5, 1e-4],
-                                                 "cj-grpo": [1e-5, 3e-5, 1e-4]})
-QUICK = dict(seeds=[0, 1], rollouts=16, batch=4, num_generations=2, eval_examples=16, pass_k=2, best_of_n=4,
-             curve_every=2, lrs={"diffu-grpo": [3e-5], "mdpo": [3e-5], "cj-grpo": [3e-5]})
-# Per method: passes per generation and the rollout decoder (each method's own choice).
+# Sizes shared by every method. FULL: R = 3,072 rollouts per run (48 generations of 8 prompts x G 8);
+# QUICK is a smoke run.
+FULL = dict(seeds=[0, 1, 2], rollouts=3072, batch=64, num_generations=8, eval_examples=512, curve_every=8,
+            best_of_n=32)
+QUICK = dict(seeds=[0, 1], rollouts=16, batch=8, num_generations=4, eval_examples=8, curve_every=2, best_of_n=2)
+# Each method's own choices: passes per generation (mu), rollout decoder, learning rate. RFT: the SFT run on
+# the kept samples (its optimizer steps equal diffu-GRPO's updates at FULL).
 METHOD_OPTIONS = {
-    "diffu-grpo": dict(num_iterations=2, diffusion_steps=12),
-    "mdpo": dict(num_iterations=1, diffusion_steps=12, sample_train_steps=4),
-    "cj-grpo": dict(num_iterations=2),
+    "diffu-grpo": dict(num_iterations=2, diffusion_steps=8, learning_rate=3e-4),
+    "mdpo": dict(num_iterations=1, diffusion_steps=8, sample_train_steps=4, learning_rate=3e-4),
+    "cj-grpo": dict(num_iterations=2, learning_rate=3e-4),
+    "d2-anyorder": dict(num_iterations=2, learning_rate=3e-4),
+    "ar-grpo": dict(num_iterations=2, learning_rate=3e-4),
+    "rft": dict(lr=3e-4, batch_size=32, warmup_steps=5),
 }
-
-
-def decoders(length: int) -> dict:
-    from mdlm.decode.config import DecodeConfig
-    from mdlm.decode.unmasking import ascending_num_steps
-
-    return {"one-per-step": (DecodeConfig(steps=length, temperature=0.0), length),
-            "half-steps": (DecodeConfig(steps=length // 2, temperature=0.0), length // 2),
-            "ass-eoser": (DecodeConfig(schedule="ascending", eoser=True, temperature=0.0), ascending_num_steps(length)),
-            "rcr": (DecodeConfig(steps=length // 2, remasking="rcr", temperature=0.0), length // 2)}
+# The AS-ARM continuation of the SFT model (d2-AnyOrder's start): the recipe of docs/rl.md.
+ASARM_RECIPE = dict(max_steps=300, lr=5e-4, warmup_steps=20, batch_size=32, ema=0.99)
 
 
 def mean_se(values: list[float]) -> dict:
@@ -70,29 +71,6 @@ def mean_se(values: list[float]) -> dict:
     mean = sum(values) / n
     se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
     return {"mean": mean, "se": se, "n": n}
-
-
-def _columns(task, held):
-    return {k: list(held[k]) for k in task.columns}
-
-
-def sample_many(model, tok, task, held, length: int, n: int, seed: int, batch_size: int = 64):
-    """n samples per held-out prompt (L/2-step confidence decoder, temperature 1): (rewards, correct),
-    each a list of n lists."""
-    from mdlm.decode.config import DecodeConfig
-    from mdlm.decode.generate import generate
-
-    rewards, correct = [], []
-    prompts, columns = list(held["prompt"]), _columns(task, held)
-    model.eval()
-    for i in range(n):
-        config = DecodeConfig(steps=length // 2, temperature=1.0, seed=seed * 1000 + i)
-        texts = []
-        for start in range(0, len(prompts), batch_size):
-            texts += generate(model, tok, prompts[start:start + batch_size], length, config)
-        rewards.append(task.reward(prompts, texts, None, **columns))
-        correct.append(task.accuracy(texts, **columns))
-    return rewards, correct
 
 
 def pass_at_k(correct: list[list[float]]) -> float:
@@ -108,132 +86,278 @@ def best_of_n(rewards, correct) -> float:
     return hits / len(rewards[0])
 
 
-def over_denoising_rate(model, tok, task, held, length: int) -> float:
-    """Fraction of held-out prompts whose greedy L/2-step decode had a right x0-hat at some step before the
-    last and a wrong final answer."""
-    import torch
-
+def sample_many(model, tok, task, held, length: int, n: int, seed: int, batch_size: int = 64):
+    """n samples per held-out prompt (L/2-step confidence decoder, temperature 1, the rollout decoder):
+    (rewards, correct), each a list of n lists."""
     from mdlm.decode.config import DecodeConfig
-    from mdlm.decode.generate import completion_ids, generate_with_result
-    from mdlm.train.rl.mdpo import over_denoised
+    from mdlm.decode.generate import generate
 
-    prompts, columns = list(held["prompt"]), _columns(task, held)
-    config = DecodeConfig(steps=length // 2, temperature=0.0, trace=True, eos_token_id=tok.eos_token_id)
+    rewards, correct = [], []
+    prompts, columns = list(held["prompt"]), {k: list(held[k]) for k in task.columns}
     model.eval()
-    with torch.no_grad():
-        _, result, generated = generate_with_result(model, tok, prompts, length, config)
-    per_step = []
-    for step in result.trace:
-        ids = completion_ids(step.x0, generated, tok.eos_token_id)
-        texts = [tok.decode(row, skip_special_tokens=True) for row in ids]
-        per_step.append(torch.tensor(task.accuracy(texts, **columns)) > 0.5)
-    ids = completion_ids(result.tokens.cpu(), generated, tok.eos_token_id)
-    final = torch.tensor(task.accuracy([tok.decode(r, skip_special_tokens=True) for r in ids], **columns)) > 0.5
-    correct = torch.stack(per_step + [final], 1)
-    return over_denoised(correct).float().mean().item()
+    for i in range(n):
+        config = DecodeConfig(steps=length // 2, temperature=1.0, seed=seed * 1000 + i)
+        texts = []
+        for start in range(0, len(prompts), batch_size):
+            texts += generate(model, tok, prompts[start:start + batch_size], length, config)
+        rewards.append(task.reward(prompts, texts, None, **columns))
+        correct.append(task.accuracy(texts, **columns))
+    return rewards, correct
 
 
-def evaluate_model(model, tok, task, held, length: int, pass_k: int, seed: int) -> dict:
-    from mdlm.train.tasks import evaluate
-
-    out = {"decoders": {}}
-    for name, (config, nfe) in decoders(length).items():
-        result = evaluate(model, tok, task, held, config=config, completion_length=length)
-        out["decoders"][name] = {"accuracy": result["accuracy"], "reward": result["reward"], "nfe": nfe}
-    _, correct = sample_many(model, tok, task, held, length, pass_k, seed)
-    out[f"pass@{pass_k}"] = pass_at_k(correct)
-    out["over_denoising_rate"] = over_denoising_rate(model, tok, task, held, length)
-    return out
+def fifths(rewards: list[float]) -> tuple[float, float]:
+    """The mean rollout reward of the first and of the last fifth of generations (one generation alone is a
+    few prompts: too noisy to compare)."""
+    fifth = max(1, len(rewards) // 5)
+    return sum(rewards[:fifth]) / fifth, sum(rewards[-fifth:]) / fifth
 
 
-def training_metrics(run: Path) -> dict:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "loss" in r]
+# -- the starts ------------------------------------------------------------------------------------------------
 
-    def mean(key):
-        values = [r[key] for r in rows if key in r]
-        return sum(values) / len(values) if values else None
+def ensure_start(kind: str, sft: Path, ar_base: Path | None, folder: Path, given: dict | None = None) -> Path:
+    """The run a method starts from: the SFT run itself, its AS-ARM continuation, or the AR baseline SFT-ed
+    with the SFT run's own recipe (its run_options.yaml) from the causal pretrained `ar_base` (from scratch
+    when the SFT run was). Trained once, under `folder/starts/`, and resumed when a benchmark was killed
+    while training it; `given` maps a kind to a run to use as it is (--asarm, --ar-sft)."""
+    import yaml
 
-    rolled = [r for r in rows if "reward" in r]  # the optimizer steps that drew a new generation
-    fifth = max(1, len(rolled) // 5)  # one generation is a handful of prompts: too noisy to compare alone
-    return {"kl_final": rows[-1].get("kl", 0.0), "entropy_mean": mean("entropy"),
-            "frac_reward_zero_std": mean("frac_reward_zero_std"), "nfe_per_rollout": mean("nfe_per_rollout"),
-            "seconds_per_update": mean("step_time"), "reward_first": rolled[0]["reward"],
-            "reward_last": rolled[-1]["reward"], "over_denoising_rate_rollouts": mean("over_denoising_rate"),
-            "reward_first_fifth": sum(r["reward"] for r in rolled[:fifth]) / fifth,
-            "reward_last_fifth": sum(r["reward"] for r in rolled[-fifth:]) / fifth}
+    from mdlm.eval.bench.common import is_finished
+    from mdlm.train.rl.sft_objectives import finetune_with_objective
+
+    if kind == "sft":
+        return sft
+    if (given or {}).get(kind):
+        return Path(given[kind])
+    out = folder / "starts" / kind
+    if is_finished(out):
+        return out
+    resume = {"resume": "latest"} if (out / "checkpoints").is_dir() else {"overwrite": True}
+    if kind == "asarm":
+        options = {**ASARM_RECIPE, "task": _task_of(sft), "model": str(sft), "output_dir": str(out), **resume}
+        return finetune_with_objective(options, "as-arm")
+    if ar_base is None:
+        raise SystemExit("ar-grpo needs --ar-base: the causal pretrained run of the same backbone (mdlm-pretrain "
+                         "--objective ar), which is SFT-ed with the SFT run's own recipe")
+    recipe = yaml.safe_load((sft / "run_options.yaml").read_text())
+    keep = ("task", "max_steps", "stop_at_step", "batch_size", "lr", "min_lr_ratio", "weight_decay", "warmup_steps",
+            "grad_clip", "ema", "seed", "loss", "data", "prompt_column", "response_column", "max_examples")
+    options = {k: recipe[k] for k in keep if recipe.get(k) is not None}
+    if recipe.get("preset"):
+        options.update(preset=recipe["preset"], hidden_size=recipe.get("hidden_size"),
+                       num_hidden_layers=recipe.get("num_hidden_layers"))
+    else:
+        options["model"] = str(ar_base)
+    return finetune_with_objective({**options, "output_dir": str(out), "progress": False, **resume}, "ar")
 
 
-def curve(run: Path, tok, task, held, length: int, rollouts_per_step: float) -> list[dict]:
+def _task_of(run: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((run / "run_options.yaml").read_text())["task"]
+
+
+# -- one unit: a method at a seed --------------------------------------------------------------------------------
+
+def run_unit(method: str, seed: int, sizes: dict, options: dict, start: Path, task_name: str, folder: Path) -> dict:
+    """Train `method` at `seed` from `start` with `options` (every method's, as METHOD_OPTIONS); returns its
+    record, which is also written to `folder/record.json` (a finished unit is read back, not rerun)."""
+    done = folder / "record.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    began = time.time()
+    if method in RL_METHODS:
+        record = _diffusion_rl_unit(method, seed, sizes, options[method], start, task_name, folder)
+    elif method == "ar-grpo":
+        record = _ar_grpo_unit(seed, sizes, options["ar-grpo"], start, task_name, folder)
+    elif method == "rft":
+        record = _rft_unit(seed, sizes, options, start, task_name, folder)
+    else:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(TRAINED)}")
+    record.update(method=method, seed=seed, start=str(start), wall_seconds=time.time() - began)
+    folder.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _diffusion_rl_unit(method, seed, sizes, options, start, task_name, folder) -> dict:
     from mdlm import MDLMForMaskedLM
-    from mdlm.train.tasks import evaluate
-
-    points = []
-    for checkpoint in sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
-        step = int(checkpoint.name.split("-")[1])
-        model = MDLMForMaskedLM.from_pretrained(checkpoint)
-        accuracy = evaluate(model, tok, task, held, completion_length=length)["accuracy"]
-        points.append({"updates": step, "rollouts": step * rollouts_per_step, "accuracy": accuracy})
-    return points
-
-
-def rl_run(method: str, lr: float, seed: int, sizes: dict, task_name: str, sft: Path, out: Path,
-           eval_examples: int) -> tuple[Path, float]:
+    from mdlm.tokenizer import load_tokenizer
+    from mdlm.train.rl import get_algorithm
     from mdlm.train.rl.cli import build_parser, run
+    from mdlm.train.tasks import evaluate, get_task
 
-    options = METHOD_OPTIONS[method]
     steps = sizes["rollouts"] * options["num_iterations"] // sizes["batch"]
-    argv = ["--algorithm", method, "--task", task_name, "--model", str(sft), "--output-dir", str(out),
-            "--overwrite", "--seed", str(seed), "--learning-rate", str(lr), "--max-steps", str(steps),
-            "--num-generations", str(sizes["num_generations"]), "--per-device-train-batch-size", str(sizes["batch"]),
-            "--save-steps", str(sizes["curve_every"]), "--eval-examples", str(eval_examples), "--no-eval-before",
-            "--no-progress", "--temperature", "1.0"]
+    save_every = max(1, sizes["curve_every"] * options["num_iterations"])
+    argv = ["--algorithm", method, "--task", task_name, "--model", str(start), "--output-dir", str(folder),
+            "--seed", str(seed), "--max-steps", str(steps), "--num-generations", str(sizes["num_generations"]),
+            "--per-device-train-batch-size", str(sizes["batch"]), "--save-steps", str(save_every),
+            "--eval-examples", str(sizes["eval_examples"]), "--no-progress", "--temperature", "1.0"]
+    argv += ["--resume"] if (folder / "trainer_state.json").exists() or any(folder.glob("checkpoint-*")) \
+        else ["--overwrite"]
     for key, value in options.items():
         argv += ["--" + key.replace("_", "-"), str(value)]
-    start = time.time()
     run(vars(build_parser().parse_args(argv)))
-    return out, time.time() - start
+    evaluation = json.loads((folder / "eval.json").read_text())
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    mu = options["num_iterations"]
+    drawn = lambda step: math.ceil(step / mu) * sizes["batch"]  # noqa: E731  rollouts drawn by the end of `step`
+    elapsed, seconds_at = 0.0, {}
+    for r in rows:
+        elapsed += r.get("step_time", 0.0)
+        seconds_at[r["step"]] = elapsed
+    rolled = [r for r in rows if "reward" in r]
+    reward_curve = [{"rollouts": drawn(r["step"]), "seconds": seconds_at[r["step"]], "reward": r["reward"]}
+                    for r in rolled]
+    task = get_task(task_name)
+    held = task.dataset("test", sizes["eval_examples"])
+    _, trainer_cls = get_algorithm(method)
+    tok = load_tokenizer(str(start))
+    length = task.max_completion_length
+    accuracy_curve = []
+    for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        step = int(checkpoint.name.split("-")[1])
+        if step == steps:
+            continue  # the final model: eval.json's "after"
+        policy = MDLMForMaskedLM.from_pretrained(checkpoint)
+        accuracy = evaluate(policy, tok, task, held, trainer_cls.evaluation_config(length), completion_length=length)
+        accuracy_curve.append({"rollouts": drawn(step), "seconds": seconds_at.get(step, 0.0),
+                               "accuracy": accuracy["accuracy"]})
+    accuracy_curve.append({"rollouts": sizes["rollouts"], "seconds": elapsed, "accuracy": evaluation["after"]["accuracy"]})
+    first, last = fifths([r["reward"] for r in rolled])
+    mean = lambda key: sum(r.get(key, 0.0) for r in rows) / len(rows)  # noqa: E731
+    return {"accuracy_before": evaluation["before"]["accuracy"], "accuracy_after": evaluation["after"]["accuracy"],
+            "updates": steps, "train_seconds": elapsed, "reward_curve": reward_curve, "accuracy_curve": accuracy_curve,
+            "reward_first_fifth": first, "reward_last_fifth": last, "kl_final": rows[-1].get("kl", 0.0),
+            "zero_spread_groups": mean("frac_reward_zero_std"), "seconds_per_update": mean("step_time"),
+            "options": options}
 
+
+def _ar_grpo_unit(seed, sizes, options, start, task_name, folder) -> dict:
+    from mdlm.train.rl.ar_control import run_ar_grpo
+
+    result = run_ar_grpo(str(start), task_name, str(folder), rollouts=sizes["rollouts"],
+                         num_generations=sizes["num_generations"], batch=sizes["batch"],
+                         num_iterations=options["num_iterations"], learning_rate=options["learning_rate"],
+                         seed=seed, eval_examples=sizes["eval_examples"])
+    final = {"rollouts": sizes["rollouts"], "seconds": result["train_seconds"], "accuracy": result["accuracy_after"]}
+    return {**result, "accuracy_curve": [final], "reward_first_fifth": result["rollout_reward_first_fifth"],
+            "reward_last_fifth": result["rollout_reward_last_fifth"], "options": options}
+
+
+def _rft_unit(seed, sizes, every_options, start, task_name, folder) -> dict:
+    from mdlm import MDLMForMaskedLM
+    from mdlm.tokenizer import load_tokenizer
+    from mdlm.train.rl.rft import rejection_sampling_finetune
+    from mdlm.train.tasks import evaluate, get_task
+
+    options = every_options["rft"]
+    # as many optimizer steps as diffu-GRPO takes from the same rollouts
+    steps = sizes["rollouts"] * every_options["diffu-grpo"]["num_iterations"] // sizes["batch"]
+    began = time.time()
+    result = rejection_sampling_finetune(str(start), task_name, str(folder / "sft"), sizes["rollouts"],
+                                         sizes["num_generations"], seed=seed,
+                                         sft_options={**options, "max_steps": steps, "eval_every": steps,
+                                                      "save_every": steps, "progress": False})
+    seconds = time.time() - began
+    task = get_task(task_name)
+    held = task.dataset("test", sizes["eval_examples"])
+    tok = load_tokenizer(str(start))
+    before = evaluate(MDLMForMaskedLM.from_pretrained(start), tok, task, held)["accuracy"]
+    after = before if result["run"] is None else \
+        evaluate(MDLMForMaskedLM.from_pretrained(result["run"]), tok, task, held)["accuracy"]
+    return {"accuracy_before": before, "accuracy_after": after, "updates": steps, "train_seconds": seconds,
+            "kept": result["kept"], "samples": result["samples"], "reward_curve": [],
+            "accuracy_curve": [{"rollouts": sizes["rollouts"], "seconds": seconds, "accuracy": after}],
+            "options": {**options, "max_steps": steps}}
+
+
+# -- results -----------------------------------------------------------------------------------------------------
 
 def summarise(results: dict) -> dict:
-    """Means and standard errors over seeds, and the issue's target checks."""
-    summary = {}
-    for method, block in results["methods"].items():
-        seeds = block["seeds"]
-        summary[method] = {name: mean_se([s["eval"]["decoders"][name]["accuracy"] for s in seeds])
-                           for name in seeds[0]["eval"]["decoders"]}
-        summary[method]["pass@k"] = mean_se([s["eval"][f"pass@{results['sizes']['pass_k']}"] for s in seeds])
-        summary[method]["over_denoising_rate"] = mean_se([s["eval"]["over_denoising_rate"] for s in seeds])
-        for key in ("kl_final", "entropy_mean", "frac_reward_zero_std", "seconds_per_update", "nfe_per_rollout",
-                    "reward_first_fifth", "reward_last_fifth"):
-            if all(key in s["training"] for s in seeds):  # the fifths are absent from older results
-                summary[method][key] = mean_se([s["training"][key] for s in seeds])
-    sft = results["sft"]["decoders"]["one-per-step"]["accuracy"]
-    checks = {}
-    base = summary.get("diffu-grpo", {}).get("one-per-step", {}).get("mean")
+    """Per method: held-out accuracy after, the gain over its own start (mean ± s.e. over seeds), the rollout
+    reward's first and last fifth; and the issue's target checks."""
+    per_method = {}
+    for method, records in results["units"].items():
+        gains = [r["accuracy_after"] - r["accuracy_before"] for r in records]
+        stat = {"start": mean_se([r["accuracy_before"] for r in records]),
+                "after": mean_se([r["accuracy_after"] for r in records]), "gain": mean_se(gains),
+                "minutes_per_seed": sum(r["wall_seconds"] for r in records) / len(records) / 60}
+        for key in ("reward_first_fifth", "reward_last_fifth", "kl_final", "zero_spread_groups", "seconds_per_update"):
+            if all(key in r for r in records):
+                stat[key] = mean_se([r[key] for r in records])
+        per_method[method] = stat
+    targets = {}
+
+    def ten_points(method):
+        stat = per_method.get(method)
+        if stat is None or stat["gain"]["n"] < 3:
+            return None
+        gain, se = stat["gain"]["mean"], stat["gain"]["se"]
+        return {"gain_points": 100 * gain, "se_points": 100 * se, "met": gain >= 0.10 and gain > 3 * se}
+
     for method in ("mdpo", "cj-grpo"):
-        if method in summary:
-            gain = summary[method]["one-per-step"]["mean"] - sft
-            checks[f"{method}: +10 points over SFT"] = {"gain_points": 100 * gain, "met": gain >= 0.10}
-            if base is not None:
-                checks[f"{method}: beats diffu-GRPO at equal rollouts"] = {
-                    "difference_points": 100 * (summary[method]["one-per-step"]["mean"] - base),
-                    "met": summary[method]["one-per-step"]["mean"] > base}
-    if "mdpo" in summary and base is not None:
-        updates = results["methods"]["diffu-grpo"]["steps"]
-        mdpo_curves = [s["curve"] for s in results["methods"]["mdpo"]["seeds"]]
-        reached = []
-        for points in mdpo_curves:
-            hit = [p["updates"] for p in points if p["accuracy"] >= base]
-            reached.append(hit[0] if hit else None)
-        checks["mdpo: reaches diffu-GRPO's final accuracy in <= 1/3 of its updates"] = {
-            "diffu_grpo_updates": updates, "mdpo_updates_per_seed": reached,
-            "met": all(r is not None and r <= updates / 3 for r in reached)}
-    if "cj-grpo" in summary and base is not None:
-        cj, half = summary["cj-grpo"]["ass-eoser"]["mean"], summary["diffu-grpo"]["half-steps"]["mean"]
-        checks["cj-grpo ASS at log2 L steps >= diffu-GRPO at L/2 steps"] = {
-            "cj_grpo_ass": cj, "diffu_grpo_half": half, "met": cj >= half}
-    return {"per_method": summary, "targets": checks}
+        if ten_points(method) is not None:
+            targets[f"{method}: +10 points over its SFT start, gain > 3 s.e."] = ten_points(method)
+    diffusion = {m: ten_points(m) for m in RL_METHODS if ten_points(m) is not None}
+    if diffusion:
+        targets["some diffusion RL method: +10 points, gain > 3 s.e."] = {
+            "met": any(v["met"] for v in diffusion.values()),
+            "methods": [m for m, v in diffusion.items() if v["met"]]}
+    return {"per_method": per_method, "targets": targets}
+
+
+def _pm(stat: dict, scale: float = 100, digits: int = 1, sign: bool = False) -> str:
+    value = f"{scale * stat['mean']:{'+' if sign else ''}.{digits}f}"
+    if stat["n"] < 2 or math.isnan(stat["se"]):
+        return value
+    return f"{value} ± {scale * stat['se']:.{digits}f}"
+
+
+LABELS = {"rft": "RFT (control)", "ar-grpo": "AR + TRL GRPOTrainer (control)", "diffu-grpo": "diffu-GRPO",
+          "mdpo": "MDPO", "cj-grpo": "CJ-GRPO", "d2-anyorder": "d2-AnyOrder (exact likelihood)"}
+
+
+def markdown_table(results: dict) -> str:
+    if results.get("format") != 3:  # the round-2 benchmark's files
+        from mdlm.eval.bench.rl_round2 import markdown_table as round2_table
+
+        return round2_table(results)
+    sizes, summary = results["sizes"], results["summary"]["per_method"]
+    lines = [f"Held-out {results['task']} accuracy ({results['eval_examples']} held-out prompts, each model's own "
+             f"greedy decoder; mean ± s.e. over seeds; R = {sizes['rollouts']} rollouts per run, G = "
+             f"{sizes['num_generations']}, {sizes['batch']} rollouts per generation; SFT start "
+             f"`{results['sft_run']}`):", "",
+             "| method | start | held-out after | gain over its start (points) | gain / s.e. | rollout reward, first "
+             "-> last fifth | KL (last) | zero-spread groups | s / update | min / seed | lr |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines.append(f"| SFT | | {100 * results['sft']['accuracy']:.1f}% | | | | | | | | |")
+    bon = results["best_of_n"]
+    lines.append(f"| SFT best-of-{bon['n']} (reward-selected) | | {100 * bon['accuracy']:.1f}% | | | | | | | | |")
+    for method in TRAINED:
+        if method not in summary:
+            continue
+        stat = summary[method]
+        gain = stat["gain"]
+        ratio = gain["mean"] / gain["se"] if gain["n"] > 1 and gain["se"] > 0 else float("nan")
+        reward = (f"{stat['reward_first_fifth']['mean']:.3f} -> {stat['reward_last_fifth']['mean']:.3f}"
+                  if "reward_first_fifth" in stat else "")
+        cells = [f"{LABELS[method]} ({stat['after']['n']} seeds)", f"{100 * stat['start']['mean']:.1f}%",
+                 _pm(stat["after"]) + "%", _pm(gain, sign=True), "" if math.isnan(ratio) else f"{ratio:.1f}", reward,
+                 f"{stat['kl_final']['mean']:.3f}" if "kl_final" in stat else "",
+                 f"{100 * stat['zero_spread_groups']['mean']:.0f}%" if "zero_spread_groups" in stat else "",
+                 f"{stat['seconds_per_update']['mean']:.2f}" if "seconds_per_update" in stat else "",
+                 f"{stat['minutes_per_seed']:.1f}", f"{_lr(results, method):g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Targets: " + ("; ".join(f"{name}: {'met' if v['met'] else 'not met'}"
+                                           for name, v in results["summary"]["targets"].items()) or "none checked"), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _lr(results: dict, method: str) -> float:
+    """The learning rate the method's runs used (each record keeps its options)."""
+    options = results["units"][method][0].get("options") or results["method_options"][method]
+    return options.get("learning_rate", options.get("lr"))
 
 
 def plot(results: dict, path: Path) -> None:
@@ -242,222 +366,155 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    sft = results["sft"]["decoders"]["one-per-step"]["accuracy"]
-    for method, block in results["methods"].items():
-        for i, s in enumerate(block["seeds"]):
-            points = [{"updates": 0, "rollouts": 0, "accuracy": sft}] + s["curve"]
-            label = f"{method} ({_seeds(len(block['seeds']))})" if i == 0 else None
-            kwargs = dict(color=f"C{METHODS.index(method)}", alpha=0.8, label=label)
-            axes[0].plot([p["rollouts"] for p in points], [p["accuracy"] for p in points], **kwargs)
-            axes[1].plot([p["updates"] for p in points], [p["accuracy"] for p in points], **kwargs)
-    for ax, label in zip(axes, ("rollouts", "gradient updates (optimizer steps)")):
-        ax.axhline(sft, color="gray", ls="--", lw=1, label="SFT")
-        ax.set_xlabel(label)
-        ax.set_ylabel("held-out accuracy (greedy, 1 token/step)")
-        ax.legend(fontsize=8)
-    fig.suptitle(f"RL on {results['task']}: R = "
-                 f"{results['sizes']['rollouts']} rollouts")
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5))
+    sft = results["sft"]["accuracy"]
+    for i, method in enumerate(TRAINED):
+        for j, record in enumerate(results["units"].get(method, [])):
+            kwargs = dict(color=f"C{i}", alpha=0.8, lw=1.2, label=LABELS[method] if j == 0 else None)
+            points = [{"rollouts": 0, "seconds": 0.0, "accuracy": record["accuracy_before"]}] + record["accuracy_curve"]
+            for ax, key in ((axes[0][0], "rollouts"), (axes[0][1], "seconds")):
+                ax.plot([p[key] / (60 if key == "seconds" else 1) for p in points], [100 * p["accuracy"] for p in points],
+                        marker="o", ms=2.5, **kwargs)
+            curve = record["reward_curve"]
+            window = max(1, len(curve) // 8)
+            smooth = [sum(p["reward"] for p in curve[max(0, k - window + 1):k + 1]) / len(curve[max(0, k - window + 1):k + 1])
+                      for k in range(len(curve))]
+            for ax, key in ((axes[1][0], "rollouts"), (axes[1][1], "seconds")):
+                ax.plot([p[key] / (60 if key == "seconds" else 1) for p in curve], smooth, **kwargs)
+    for ax in axes[0]:
+        ax.axhline(100 * sft, color="gray", ls="--", lw=1, label="SFT start")
+        ax.set_ylabel("held-out accuracy, % (own greedy decoder)")
+    for ax in axes[1]:
+        ax.set_ylabel("rollout reward (running mean)")
+    for ax in (axes[0][0], axes[1][0]):
+        ax.set_xlabel("rollouts")
+    for ax in (axes[0][1], axes[1][1]):
+        ax.set_xlabel("training wall time, minutes (one core)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"RL on {results['task']}: R = {results['sizes']['rollouts']} rollouts per run, "
+                 f"{len(results['sizes']['seeds'])} seeds (one line each)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _seeds(n: int) -> str:
-    return f"{n} seed{'s' if n != 1 else ''}"
+def baselines(sft: Path, task_name: str, sizes: dict, folder: Path) -> dict:
+    """The SFT start's held-out greedy accuracy and its reward-selected best-of-n (cached in the folder)."""
+    from mdlm.train.rl.cli import load_policy
+    from mdlm.train.tasks import evaluate, get_task
+
+    done = folder / "baselines.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    task = get_task(task_name)
+    held = task.dataset("test", sizes["eval_examples"])
+    model, tok = load_policy(str(sft))
+    length = task.max_completion_length
+    out = {"sft": {"accuracy": evaluate(model, tok, task, held, completion_length=length)["accuracy"]}}
+    rewards, correct = sample_many(model, tok, task, held, length, sizes["best_of_n"], seed=1)
+    out["best_of_n"] = {"n": sizes["best_of_n"], "accuracy": best_of_n(rewards, correct),
+                        "pass_at_n": pass_at_k(correct)}
+    folder.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(out, indent=1))
+    return out
 
 
-def _pm(stat: dict) -> str:
-    if stat["n"] < 2 or math.isnan(stat["se"]):
-        return f"{100 * stat['mean']:.1f}%"
-    return f"{100 * stat['mean']:.1f}% ± {100 * stat['se']:.1f}"
-
-
-def markdown_table(results: dict) -> str:
-    sizes, summary = results["sizes"], results["summary"]["per_method"]
-    names = list(results["sft"]["decoders"])
-    k = sizes["pass_k"]
-    # the training reward's first and last fifth of generations (did the objective itself move?); older
-    # results lack it
-    trend = bool(summary) and all("reward_last_fifth" in stat for stat in summary.values())
-    extra = " |" if trend else ""
-    lines = [f"Held-out {results['task']} accuracy ({results['eval_examples']} held-out prompts; mean ± s.e. over "
-             f"seeds; R = {sizes['rollouts']} rollouts per run, G = {sizes['num_generations']}, "
-             f"batch {sizes['batch']}; SFT start `{results['sft_run']}`):", "",
-             "| model | " + " | ".join(f"{n} (NFE {results['sft']['decoders'][n]['nfe']})" for n in names) +
-             f" | pass@{k} | over-denoising | KL | entropy | zero-spread groups | s / update |" +
-             (" rollout reward, first -> last fifth |" if trend else "") + " lr |",
-             "| --- |" + " --- |" * (len(names) + 7) + (" --- |" if trend else "")]
-    sft = results["sft"]
-    lines.append("| SFT | " + " | ".join(f"{100 * sft['decoders'][n]['accuracy']:.1f}%" for n in names) +
-                 f" | {100 * sft[f'pass@{k}']:.1f}% | {100 * sft['over_denoising_rate']:.1f}% | | | | | |" + extra)
-    bon = results["best_of_n"]
-    lines.append(f"| SFT best-of-{bon['n']} (reward-selected) | {100 * bon['accuracy']:.1f}% |" +
-                 " |" * (len(names) + 6) + extra)
-    for method, stat in summary.items():
-        lr = results["methods"][method]["best_lr"]
-        reward = (f" {stat['reward_first_fifth']['mean']:.3f} -> {stat['reward_last_fifth']['mean']:.3f} |"
-                  if trend else "")
-        lines.append(f"| {method} ({_seeds(stat[names[0]]['n'])}) | " + " | ".join(_pm(stat[n]) for n in names) +
-                     f" | {_pm(stat['pass@k'])} | {_pm(stat['over_denoising_rate'])} | {stat['kl_final']['mean']:.4f} | "
-                     f"{stat['entropy_mean']['mean']:.2f} | {100 * stat['frac_reward_zero_std']['mean']:.0f}% | "
-                     f"{stat['seconds_per_update']['mean']:.1f} |{reward} {lr:g} |")
-    lines += ["", "Learning-rate sweep (seed 0, held-out accuracy one token per step): " + "; ".join(
-        f"{m}: " + ", ".join(f"{lr} -> {100 * acc:.1f}%" for lr, acc in block["sweep"].items())
-        for m, block in results["methods"].items()), "",
-        "Targets: " + "; ".join(f"{name}: {'met' if v['met'] else 'not met'}" for name, v in
-                                results["summary"]["targets"].items()),
-        ""]
-    if results.get("seconds"):
-        lines.append(f"Wall time {results['seconds'] / 60:.1f} min.")
-    return "\n".join(lines) + "\n"
-
-
-def assemble(folders: list[Path], results_dir: Path) -> dict:
-    """One results file from benchmark processes that each ran some methods (one of them the baselines):
-    finished methods only; the wall time is the longest process's."""
-    parts = [json.loads((Path(f) / "partial.json").read_text()) for f in folders]
-    base = next(p for p in parts if "sft" in p)
-    results = {**base, "methods": {}, "assembled_from": [str(f) for f in folders]}
-    for part in parts:
-        for method, block in part["methods"].items():
-            if "best_lr" not in block and len(part["sizes"]["lrs"][method]) == 1 and block["seeds"]:
-                # a process stopped after the method's last evaluated seed: one lr, no sweep to choose from
-                lr = part["sizes"]["lrs"][method][0]
-                block = {"best_lr": lr, "sweep": {str(lr): block["seeds"][0]["eval"]["decoders"]["one-per-step"]
-                                                  ["accuracy"]},
-                         "steps": part["sizes"]["rollouts"] * METHOD_OPTIONS[method]["num_iterations"] //
-                         part["sizes"]["batch"], "seeds": block["seeds"]}
-            if "best_lr" in block:
-                earlier = results["methods"].get(method)
-                results["methods"][method] = block if earlier is None else merge_seeds(method, earlier, block)
-    results["sizes"] = {**base["sizes"], "seeds": sorted({record["seed"] for block in results["methods"].values()
-                                                           for record in block["seeds"]} | set(base["sizes"]["seeds"]))}
-    results["seconds"] = max(p.get("seconds", 0.0) for p in parts)
+def assemble(folder: Path, sizes: dict, options: dict, task_name: str, sft: Path, results_dir: Path,
+             methods) -> dict | None:
+    """The results from the finished units in `folder`, when every seed of `methods` and of every method begun
+    there (by another process sharing the folder) is done; else None."""
+    base = folder / "baselines.json"
+    methods = [m for m in TRAINED if m in methods or any(folder.glob(f"{m}-seed*"))]
+    units = {m: [json.loads((folder / f"{m}-seed{s}" / "record.json").read_text()) for s in sizes["seeds"]
+                 if (folder / f"{m}-seed{s}" / "record.json").exists()] for m in methods}
+    missing = [f"{m} seed {s}" for m in methods for s in sizes["seeds"]
+               if not (folder / f"{m}-seed{s}" / "record.json").exists()]
+    if missing or not base.exists():
+        print(f"{len(missing)} unit(s) to go ({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''})"
+              + ("" if base.exists() else "; the baselines are not measured yet"), flush=True)
+        return None
+    results = {"format": 3, "task": task_name, "sft_run": str(sft), "sizes": sizes,
+               "eval_examples": sizes["eval_examples"], "method_options": options,
+               **json.loads(base.read_text()), "units": {m: r for m, r in units.items() if r}}
     results["summary"] = summarise(results)
     return write_results(results_dir, NAME, results, plot, markdown_table)
 
 
-def merge_seeds(method: str, one: dict, other: dict) -> dict:
-    """One method's block from two processes that ran other seeds at the same lr and budget (a method's seeds
-    split over processes); the lr sweep kept is the one run at the lowest seed, as a single process does."""
-    if one["best_lr"] != other["best_lr"] or one["steps"] != other["steps"]:
-        raise ValueError(f"--assemble: the {method} runs differ (lr {one['best_lr']} vs {other['best_lr']}, "
-                         f"{one['steps']} vs {other['steps']} updates); only seeds of one setting can be pooled")
-    seeds = sorted(one["seeds"] + other["seeds"], key=lambda record: record["seed"])
-    numbers = [record["seed"] for record in seeds]
-    if len(set(numbers)) != len(numbers):
-        raise ValueError(f"--assemble: {method} seed(s) {sorted({n for n in numbers if numbers.count(n) > 1})} "
-                         "come from more than one process; pass each run folder once")
-    first = min((one, other), key=lambda block: min(record["seed"] for record in block["seeds"]))
-    return {**first, "seeds": seeds}
+def method_options(overrides: list[str]) -> dict:
+    """METHOD_OPTIONS with `METHOD.OPTION=VALUE` items applied (a number where the value reads as one)."""
+    options = {method: dict(values) for method, values in METHOD_OPTIONS.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        method, dot, option = key.partition(".")
+        if not (sep and dot and method in METHOD_OPTIONS and option):
+            raise SystemExit(f"--set {item}: expected METHOD.OPTION=VALUE with METHOD one of "
+                             f"{', '.join(METHOD_OPTIONS)} (e.g. diffu-grpo.learning_rate=1e-3)")
+        options[method][option] = _number_or_text(value)
+    return options
 
 
-def _write_partial(folder: Path, results: dict, method: str, seeds: list) -> None:
-    """What has been measured so far, beside the runs (a killed benchmark keeps its numbers)."""
-    partial = {**results, "methods": {**results["methods"], method: {"seeds": seeds}}}
-    (folder / "partial.json").write_text(json.dumps(partial, indent=1, default=str))
+def _number_or_text(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
-def main(argv=None) -> dict:
-    from mdlm.train.rl.cli import load_policy
-    from mdlm.train.tasks import get_task
-
+def main(argv=None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sft", type=Path, default=REPO_ROOT / "runs" / "sft-sudoku")
-    parser.add_argument("--task", default="sudoku")
+    parser.add_argument("--sft", type=Path, default=REPO_ROOT / "runs" / "sft-countdown")
+    parser.add_argument("--task", default=None, help="default: the SFT run's task")
+    parser.add_argument("--ar-base", dest="ar_base", type=Path, default=None,
+                        help="the causal pretrained run the AR control is SFT-ed from (when --sft was SFT-ed from a "
+                             "pretrained run); an --sft trained from scratch gives an AR trained from scratch")
+    parser.add_argument("--asarm", type=Path, default=None, help="d2-AnyOrder's start as it is (default: the SFT "
+                        "run continued with the as-arm objective, trained on first use)")
+    parser.add_argument("--ar-sft", dest="ar_sft", type=Path, default=None,
+                        help="the AR control's start as it is (default: trained on first use, see --ar-base)")
     parser.add_argument("--quick", action="store_true", help="smoke sizes, written under results/quick/")
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
-                        help="RL methods to run (none: only the baselines, for a benchmark split over processes)")
+    parser.add_argument("--methods", nargs="*", default=list(TRAINED), choices=TRAINED,
+                        help="the trained columns to run (this process's share of the units)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     parser.add_argument("--rollouts", type=int, help="override R, the rollouts per run")
     parser.add_argument("--batch", type=int, help="override the rollouts per generation (prompts x G)")
     parser.add_argument("--num-generations", dest="num_generations", type=int, help="override G, rollouts per prompt")
-    parser.add_argument("--eval-examples", type=int, help="override the held-out prompts")
-    parser.add_argument("--lrs", type=float, nargs="+", help="one learning-rate sweep for every method")
-    parser.add_argument("--curve-every", dest="curve_every", type=int, help="checkpoint (curve point) every N updates")
-    parser.add_argument("--pass-k", dest="pass_k", type=int, help="k of pass@k")
-    parser.add_argument("--best-of-n", dest="best_of_n", type=int, help="n of the SFT best-of-n (default R)")
-    parser.add_argument("--skip-baselines", action="store_true", help="only the RL runs (for a benchmark split "
-                        "over processes; put together with --assemble)")
-    parser.add_argument("--assemble", type=Path, nargs="+", metavar="RUNS",
-                        help="write the results from the partial.json of these benchmark run folders instead")
+    parser.add_argument("--eval-examples", dest="eval_examples", type=int, help="override the held-out prompts")
+    parser.add_argument("--curve-every", dest="curve_every", type=int, help="a curve point every N generations")
+    parser.add_argument("--best-of-n", dest="best_of_n", type=int, help="n of the SFT best-of-n")
+    parser.add_argument("--run-folder", dest="run_folder", type=Path,
+                        help="where the units live (default: $MDLM_BENCH_RUNS/rl-TASK)")
+    parser.add_argument("--assemble", action="store_true",
+                        help="only write the results from the finished units of the run folder")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="METHOD.OPTION=VALUE",
+                        help="change one of a method's options (e.g. diffu-grpo.learning_rate=1e-3): a one-change "
+                             "run; use its own --run-folder")
     add_output_dir_argument(parser)
     args = parser.parse_args(argv)
-    if args.assemble:
-        return assemble(args.assemble, quick_results_dir(args.output_dir, args.quick))
+    options = method_options(args.overrides)
     sizes = dict(QUICK if args.quick else FULL)
-    for key in ("seeds", "rollouts", "batch", "num_generations", "eval_examples", "curve_every", "pass_k", "best_of_n"):
+    for key in ("seeds", "rollouts", "batch", "num_generations", "eval_examples", "curve_every", "best_of_n"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
-    if args.lrs:
-        sizes["lrs"] = {m: list(args.lrs) for m in METHODS}
     if sizes["batch"] % sizes["num_generations"] or sizes["num_generations"] < 2:
         raise SystemExit(f"--batch {sizes['batch']} must be a multiple of --num-generations {sizes['num_generations']} "
                          "(at least 2): each generation holds whole groups")
     if not (args.sft / "config.json").is_file():
         raise SystemExit(f"--sft {args.sft}: no SFT run there; train one with the recipe of docs/finetuning.md "
-                         "(python train/sft.py --task sudoku ... --output-dir runs/sft-sudoku)")
+                         "(python train/sft.py --task countdown ... --output-dir runs/sft-countdown)")
+    task_name = args.task or _task_of(args.sft)
     results_dir = quick_results_dir(args.output_dir, args.quick)
-    folder = runs_dir() / ("rl-quick" if args.quick else "rl")
-    start = time.time()
-    task = get_task(args.task)
-    length = task.max_completion_length
-    held = task.dataset("test", sizes["eval_examples"])
-    model, tok = load_policy(str(args.sft))
-    results = {"task": args.task, "sft_run": str(args.sft), "sizes": sizes, "eval_examples": len(held),
-               "completion_length": length, "method_options": METHOD_OPTIONS, "methods": {}}
-    folder.mkdir(parents=True, exist_ok=True)
-    if not args.skip_baselines:
-        results["sft"] = evaluate_model(model, tok, task, held, length, sizes["pass_k"], seed=0)
-        n = sizes["best_of_n"] or sizes["rollouts"]
-        rewards, correct = sample_many(model, tok, task, held, length, n, seed=1)
-        results["best_of_n"] = {"n": n, "accuracy": best_of_n(rewards, correct)}
-        print(json.dumps({"sft": results["sft"], "best_of_n": results["best_of_n"]}), flush=True)
-        (folder / "partial.json").write_text(json.dumps(results, indent=1, default=str))  # kept if stopped
-    from mdlm import MDLMForMaskedLM
-
-    for method in args.methods:
-        sweep, best = {}, None
-        for lr in sizes["lrs"][method]:
-            out, seconds = rl_run(method, lr, sizes["seeds"][0], sizes, args.task, args.sft,
-                                  folder / f"{method}-lr{lr:g}-seed{sizes['seeds'][0]}", len(held))
-            sweep[lr] = json.loads((out / "eval.json").read_text())["after"]["accuracy"]
-            if best is None or sweep[lr] > sweep[best[0]]:
-                best = (lr, out, seconds)
-            print(json.dumps({"method": method, "lr": lr, "accuracy": sweep[lr], "seconds": seconds}), flush=True)
-        lr = best[0]
-        seeds = []
-        options = METHOD_OPTIONS[method]
-        steps = sizes["rollouts"] * options["num_iterations"] // sizes["batch"]
-        for seed in sizes["seeds"]:
-            if seed == sizes["seeds"][0]:
-                out, seconds = best[1], best[2]
-            else:
-                out, seconds = rl_run(method, lr, seed, sizes, args.task, args.sft, folder / f"{method}-lr{lr:g}-seed{seed}",
-                                      len(held))
-            policy = MDLMForMaskedLM.from_pretrained(out)
-            record = {"seed": seed, "seconds": seconds, "eval": evaluate_model(policy, tok, task, held, length,
-                                                                               sizes["pass_k"], seed),
-                      "training": training_metrics(out),
-                      "curve": curve(out, tok, task, held, length, sizes["batch"] / options["num_iterations"])}
-            final = {"updates": steps, "rollouts": sizes["rollouts"],
-                     "accuracy": record["eval"]["decoders"]["one-per-step"]["accuracy"]}
-            if not record["curve"] or record["curve"][-1]["updates"] != steps:
-                record["curve"].append(final)
-            seeds.append(record)
-            _write_partial(folder, results, method, seeds)
-            print(json.dumps({"method": method, "seed": seed, "eval": record["eval"]}), flush=True)
-        results["methods"][method] = {"best_lr": lr, "sweep": {str(k): v for k, v in sweep.items()}, "steps": steps,
-                                      "seeds": seeds}
-        (folder / "partial.json").write_text(json.dumps(results, indent=1, default=str))
-    results["seconds"] = time.time() - start
-    (folder / "partial.json").write_text(json.dumps(results, indent=1, default=str))  # with the wall time
-    if args.skip_baselines:
-        print(f"RL runs only: put the results together with --assemble {folder} ...", flush=True)
-        return results
-    results["summary"] = summarise(results)
-    return write_results(results_dir, NAME, results, plot, markdown_table)
+    folder = args.run_folder or runs_dir() / (f"rl-{task_name}" + ("-quick" if args.quick else ""))
+    if not args.assemble:
+        baselines(args.sft, task_name, sizes, folder)
+        for method in args.methods:
+            start = ensure_start(START[method], args.sft, args.ar_base, folder, {"asarm": args.asarm, "ar": args.ar_sft})
+            for seed in sizes["seeds"]:
+                record = run_unit(method, seed, sizes, options, start, task_name, folder / f"{method}-seed{seed}")
+                print(json.dumps({k: record[k] for k in ("method", "seed", "accuracy_before", "accuracy_after",
+                                                         "wall_seconds")}), flush=True)
+    return assemble(folder, sizes, options, task_name, args.sft, results_dir, () if args.assemble else args.methods)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel, TrainerCallback
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutputWithPast
 
 from mdlm import MDLMConfig, MDLMForMaskedLM
@@ -102,6 +102,22 @@ def greedy_accuracy(model: CausalLMView, tokenizer, task, held, batch_size: int 
     return {"accuracy": sum(accuracy) / len(accuracy), "examples": len(accuracy), "sample": completions[:3]}
 
 
+class _RewardClock(TrainerCallback):
+    """The rollout reward TRL logs at each optimizer step, against rollouts drawn and training wall time (a
+    public callback: the trainer itself is not touched)."""
+
+    def __init__(self, rollouts_per_update: float):
+        self.rollouts_per_update, self.curve, self.began = rollouts_per_update, [], None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.began = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "reward" in logs:
+            self.curve.append({"rollouts": state.global_step * self.rollouts_per_update,
+                               "seconds": time.time() - self.began, "reward": logs["reward"]})
+
+
 def run_ar_grpo(run: str, task_name: str, output_dir: str, rollouts: int, num_generations: int = 4,
                 batch: int = 8, num_iterations: int = 2, learning_rate: float = 3e-5, temperature: float = 1.0,
                 seed: int = 0, eval_examples: int = 192) -> dict:
@@ -123,8 +139,10 @@ def run_ar_grpo(run: str, task_name: str, output_dir: str, rollouts: int, num_ge
                       logging_steps=1, save_strategy="no", seed=seed, use_cpu=True, report_to=[], bf16=False,
                       disable_tqdm=True, generation_kwargs={"use_cache": False},
                       gradient_checkpointing=False)  # TRL's default True: our network has no checkpointing
+    clock = _RewardClock(batch / num_iterations)
     trainer = GRPOTrainer(model=model, reward_funcs=task.reward, args=args,
-                          train_dataset=task.dataset("train", 2000, seed), processing_class=tokenizer)
+                          train_dataset=task.dataset("train", 2000, seed), processing_class=tokenizer,
+                          callbacks=[clock])
     began = time.time()
     trainer.train()
     rolled = [r for r in trainer.state.log_history if "reward" in r]
@@ -134,7 +152,7 @@ def run_ar_grpo(run: str, task_name: str, output_dir: str, rollouts: int, num_ge
               "rollout_reward_first_fifth": sum(r["reward"] for r in rolled[:fifth]) / fifth,
               "rollout_reward_last_fifth": sum(r["reward"] for r in rolled[-fifth:]) / fifth,
               "zero_spread_groups": sum(r.get("frac_reward_zero_std", 0) for r in rolled) / max(1, len(rolled)),
-              "train_seconds": time.time() - began, "sample_after": after["sample"]}
+              "train_seconds": time.time() - began, "sample_after": after["sample"], "reward_curve": clock.curve}
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / "result.json").write_text(json.dumps(result, indent=1))
     return result

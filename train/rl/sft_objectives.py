@@ -3,9 +3,10 @@ objective, for the models RL compares against or needs:
 
 - `as-arm`: the any-subset AR model (`mdlm/as_arm.py`, two-stream, joint mask) that d2-AnyOrder trains,
   usually continued from a masked-diffusion SFT run (same weights, same tokenizer);
-- `ar`: the autoregressive baseline of the same backbone (config attention "causal"), SFT-ed the same way
-  from scratch, with the same byte-level tokenizer (`scratch_model` trains it from the same seed), for the
-  TRL GRPOTrainer control (`train/rl/ar_control.py`).
+- `ar`: the autoregressive baseline of the same backbone (config attention "causal"), SFT-ed the same way:
+  from scratch with the same byte-level tokenizer (`scratch_model` trains it from the same seed), or from
+  the causal pretrained run (`mdlm-pretrain --objective ar`) where the diffusion SFT starts from
+  `mdlm-small`; for the TRL GRPOTrainer control (`train/rl/ar_control.py`).
 
     finetune_with_objective({"task": "sudoku", "model": "runs/sft-sudoku", "max_steps": 150, "lr": 5e-4,
                              "output_dir": "runs/sft-sudoku-asarm"}, "as-arm")
@@ -20,6 +21,13 @@ import dataclasses
 from pathlib import Path
 
 OBJECTIVES = ("as-arm", "ar")
+
+
+def _is_causal_run(run: str) -> bool:
+    import json
+
+    config = Path(run) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("attention") == "causal"
 
 
 def finetune_with_objective(options: dict, objective: str) -> Path:
@@ -38,9 +46,10 @@ def finetune_with_objective(options: dict, objective: str) -> Path:
         raise ValueError(f"objective {objective!r}; choose one of {', '.join(OBJECTIVES)} (plain masked-diffusion "
                          "SFT is train/sft.py)")
     args = SFTArgs.from_dict(options).resolved()
-    if objective == "ar" and args.model:
-        raise ValueError("the autoregressive baseline is trained from scratch (--preset): a masked-diffusion run's "
-                         "weights are not a causal model's")
+    if objective == "ar" and args.model and not _is_causal_run(args.model):
+        raise ValueError(f"--model {args.model} is not a causal run: the autoregressive baseline starts from scratch "
+                         "(--preset) or from a causal pretrained run (mdlm-pretrain --objective ar); a masked-"
+                         "diffusion run's weights are not a causal model's")
     if AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=True)  # several runs in one Python process
     accelerator = make_accelerator(args.mixed_precision)
