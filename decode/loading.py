@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -66,7 +67,8 @@ def load_denoiser(name_or_path, family: str | None = None, dtype="float32", devi
                              "checkpoint; loading it runs that code, so pass trust_remote_code=True "
                              "(--trust-remote-code) if you trust it")
         source = str(path) if local else str(name_or_path)
-        model, tokenizer = _load(source, profile, dtype, trust_remote_code, tokenizer, flag)
+        with quiet_transformers_progress():
+            model, tokenizer = _load(source, profile, dtype, trust_remote_code, tokenizer, flag)
         if trust_remote_code:
             check_remote_code_model(model, source, flag)
     if profile is None:
@@ -139,6 +141,21 @@ class _ConfigView:
     def __init__(self, fields: dict):
         self.architectures = fields.get("architectures")
         self.model_type = fields.get("model_type")
+
+
+@contextmanager
+def quiet_transformers_progress():
+    """No transformers progress bar inside: "Loading weights" before every load (console output is quiet),
+    "Writing model shards" from save_pretrained (it would break into a training bar's line)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _choose_profile(config_json, family, flag, name) -> FamilyProfile | None:

@@ -431,3 +431,15 @@ def test_generate_cuts_a_completion_at_any_of_the_familys_stop_tokens():
     denoiser = ProfiledDenoiser(model, get_family("dream"), tokenizer=tokenizer)  # stops: <|endoftext|>, <|im_end|>
     text, = generate(denoiser, tokenizer, ["a b"], 4, DecodeConfig(temperature=0.0))
     assert text == ""
+
+
+def test_loading_a_run_prints_no_progress_bar(tmp_path, capfd):
+    """Console output is quiet: transformers' "Loading weights" bar is not shown when a run is loaded (the
+    SFT, RL and benchmark logs had one per load)."""
+    from mdlm.decode.loading import load_denoiser
+    from tests.conftest import save_untrained_sudoku_run
+
+    run = save_untrained_sudoku_run(tmp_path / "run")
+    capfd.readouterr()
+    load_denoiser(str(run))
+    assert "Loading weights" not in capfd.readouterr().err

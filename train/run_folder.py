@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from mdlm.decode.loading import quiet_transformers_progress  # noqa: F401  (the run folder saves quietly)
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 OPTIONS_FILE = "run_options.yaml"
@@ -86,21 +88,6 @@ def save_errors_named(folder: Path, what: str = "the checkpoint"):
     except SafetensorError as error:
         raise OSError(f"{folder}: could not write {what} ({' '.join(str(error).split())[:200]}); free disk "
                       "space or fix the folder's permissions, then --resume (the previous checkpoint is intact)") from None
-
-
-@contextmanager
-def quiet_transformers_progress():
-    """No "Writing model shards" bar from save_pretrained: it would break into the training bar's line and
-    leave that bar printed twice."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def read_state(folder: Path) -> dict | None:

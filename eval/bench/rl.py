@@ -129,7 +129,7 @@ def ensure_start(kind: str, sft: Path, ar_base: Path | None, folder: Path, given
     if (given or {}).get(kind):
         return Path(given[kind])
     out = folder / "starts" / kind
-    if is_finished(out):
+    if is_finished(out) or _reached_its_stop(out):
         return out
     resume = {"resume": "latest"} if (out / "checkpoints").is_dir() else {"overwrite": True}
     if kind == "asarm":
@@ -148,6 +148,16 @@ def ensure_start(kind: str, sft: Path, ar_base: Path | None, folder: Path, given
     else:
         options["model"] = str(ar_base)
     return finetune_with_objective({**options, "output_dir": str(out), "progress": False, **resume}, "ar")
+
+
+def _reached_its_stop(run: Path) -> bool:
+    """A run that ended at its recipe's --stop-at-step (early in a longer schedule, so not "finished")."""
+    import yaml
+
+    if not (run / "trainer_state.json").is_file() or not (run / "run_options.yaml").is_file():
+        return False
+    stop = yaml.safe_load((run / "run_options.yaml").read_text()).get("stop_at_step")
+    return stop is not None and json.loads((run / "trainer_state.json").read_text())["step"] >= stop
 
 
 def _task_of(run: Path) -> str:
