@@ -192,6 +192,15 @@ class MDLMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["Block"]
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' loader without its "Loading weights" bar: console output stays quiet (a run is loaded
+        many times in SFT, RL and the benchmarks)."""
+        from mdlm.decode.loading import quiet_transformers_progress
+
+        with quiet_transformers_progress():
+            return super().from_pretrained(*args, **kwargs)
+
     def _init_weights(self, module):
         std = 0.02
         if isinstance(module, nn.Linear):

@@ -443,3 +443,7 @@ def test_loading_a_run_prints_no_progress_bar(tmp_path, capfd):
     capfd.readouterr()
     load_denoiser(str(run))
     assert "Loading weights" not in capfd.readouterr().err
+    from mdlm import MDLMForMaskedLM
+
+    MDLMForMaskedLM.from_pretrained(run)  # the class's own loader too (RFT, the benchmarks, user code)
+    assert "Loading weights" not in capfd.readouterr().err
