@@ -87,7 +87,10 @@ def starts(tmp_path_factory):
     return out
 
 
-def test_units_run_once_and_the_results_wait_for_every_begun_method(starts, tmp_path):
+@pytest.mark.parametrize("methods", [pytest.param(["diffu-grpo", "rft"], id="two-columns"),
+                                     pytest.param(["diffu-grpo", "rft", "ar-grpo", "d2-anyorder"], id="every-column",
+                                                  marks=pytest.mark.slow)])
+def test_units_run_once_and_the_results_wait_for_every_begun_method(starts, tmp_path, methods):
     """A finished unit is read back, not rerun; a process whose methods are done does not write results while
     another process's method (begun in the same folder) has seeds to go; the last one writes them."""
     from mdlm.eval.bench.rl import main
@@ -96,13 +99,15 @@ def test_units_run_once_and_the_results_wait_for_every_begun_method(starts, tmp_
               "--ar-sft", str(starts["ar"]), "--run-folder", str(tmp_path / "runs"), "--output-dir",
               str(tmp_path / "out"), "--rollouts", "8", "--eval-examples", "4"]
     (tmp_path / "runs" / "mdpo-seed0").mkdir(parents=True)  # another process has begun MDPO
-    assert main(common + ["--methods", "diffu-grpo", "rft", "ar-grpo", "d2-anyorder"]) is None
+    assert main(common + ["--methods"] + methods) is None
     record = tmp_path / "runs" / "diffu-grpo-seed1" / "record.json"
     written = record.stat().st_mtime_ns
     assert json.loads(record.read_text())["updates"] == 2  # R 8 x mu 2 / batch 8
-    results = main(common + ["--methods", "mdpo", "--set", "mdpo.learning_rate=1e-3"])
+    (tmp_path / "runs" / "mdpo-seed1").mkdir()  # and seed 1 of MDPO, by the process of --seeds 1 below
+    assert main(common + ["--methods", "mdpo", "--seeds", "0", "--set", "mdpo.learning_rate=1e-3"]) is None
+    results = main(common + ["--methods", "mdpo", "--seeds", "1", "--set", "mdpo.learning_rate=1e-3"])
     assert record.stat().st_mtime_ns == written  # diffu-GRPO was not run again
-    assert set(results["units"]) == {"rft", "ar-grpo", "diffu-grpo", "mdpo", "d2-anyorder"}
+    assert set(results["units"]) == set(methods) | {"mdpo"}
     for method, records in results["units"].items():
         assert [r["seed"] for r in records] == [0, 1]
         assert all(0 <= r["accuracy_after"] <= 1 and r["accuracy_curve"] for r in records), method
@@ -118,3 +123,18 @@ def test_a_malformed_one_change_option_is_refused_in_one_line():
         method_options(["grpo.learning_rate=1e-3"])
     changed = method_options(["cj-grpo.num_iterations=1"])
     assert changed["cj-grpo"]["num_iterations"] == 1 and METHOD_OPTIONS["cj-grpo"]["num_iterations"] == 2
+
+
+def test_answer_shapes_count_every_greedy_answer_and_render(starts):
+    """rl_diagnose section 4: every held-out greedy answer has one shape (numbers as n); the table shows the
+    commonest shape's share."""
+    from mdlm.eval.bench.rl_diagnose import answer_shapes, markdown_table
+    from mdlm.train.tasks import get_task
+
+    task = get_task("sudoku")
+    shapes = answer_shapes([str(starts["sft"])], task, task.dataset("test", 4))
+    record = shapes[str(starts["sft"])]
+    assert sum(record["shapes"].values()) == 4 and 0 < record["top_shape_share"] <= 1
+    assert max(record["shapes"].values()) / 4 == record["top_shape_share"]
+    table = markdown_table({"task": "sudoku", "sft_run": "x", "answer_shapes": shapes, "eval_examples": 4})
+    assert "Held-out greedy answers by shape" in table and f"{100 * record['top_shape_share']:.0f}%" in table

@@ -18,6 +18,11 @@
    accuracy and the rollout reward's first and last fifth. Controls beside them: rejection-sampling
    finetuning (`train/rl/rft.py`) at the same number of samples and d2-AnyOrder (`train/rl/d2_anyorder.py`)
    from the same SFT model continued with the AS-ARM objective (`train/rl/sft_objectives.py`).
+4. Answer shapes (`--sections shapes --trained RUN ...`, no training). A policy can raise its reward by
+   answering every prompt the same way: the held-out greedy answers of the SFT model and of each trained
+   run, with every number replaced by `n` (countdown's operator pattern), and the share of the commonest
+   shape. A trained run whose greedy answers are all one shape has collapsed onto the pattern that is right
+   most often, instead of learning which pattern each prompt needs.
 """
 
 from __future__ import annotations
@@ -129,6 +134,38 @@ def estimator_alignment(model, tok, task, prompts_data, generations: int, mask_d
             "mean_seq_logp_exact": float(exact_np.mean()), "mean_seq_logp_d1": float(d1_np.mean())}
 
 
+def answer_shapes(runs: list[str], task, held) -> dict:
+    """Section 4: per run, held-out greedy accuracy (the run's own decoder: its algorithm's evaluation
+    config when it was trained by mdlm-rl) and the counts of its answers' shapes (numbers as `n`)."""
+    import collections
+    import re
+
+    import yaml
+
+    from mdlm import MDLMForMaskedLM
+    from mdlm.decode.generate import generate
+    from mdlm.tokenizer import load_tokenizer
+    from mdlm.train.rl import get_algorithm
+    from mdlm.train.tasks import greedy_config
+
+    length = task.max_completion_length
+    out = {}
+    for run in runs:
+        options = Path(run) / "run_options.yaml"
+        algorithm = (yaml.safe_load(options.read_text()) or {}).get("script", {}).get("algorithm") \
+            if options.is_file() else None
+        config = get_algorithm(algorithm)[1].evaluation_config(length) if algorithm else None
+        model, tok = MDLMForMaskedLM.from_pretrained(run).eval(), load_tokenizer(run)
+        prompts, texts = list(held["prompt"]), []
+        for start in range(0, len(prompts), 64):
+            texts += generate(model, tok, prompts[start:start + 64], length, config or greedy_config(length))
+        correct = task.accuracy(texts, **{k: list(held[k]) for k in task.columns})
+        shapes = collections.Counter(re.sub(r"\d+", "n", text.strip()) for text in texts)
+        out[run] = {"accuracy": sum(correct) / len(correct), "shapes": dict(shapes.most_common()),
+                    "top_shape_share": shapes.most_common(1)[0][1] / len(texts)}
+    return out
+
+
 # Section 3: (name, algorithm, start ("sft" | "asarm"), options). BASE is the benchmark's diffu-GRPO run
 # (G 4, batch 8, mu 2, L/2 steps, temperature 1, lr 3e-5); each other run changes one thing.
 BASE = {"num_generations": 4, "per_device_train_batch_size": 8, "num_iterations": 2, "diffusion_steps": 12,
@@ -224,6 +261,14 @@ def markdown_table(results: dict) -> str:
             rise = sum(r["rollout_reward_last_fifth"] - r["rollout_reward_first_fifth"] for r in rs) / len(rs)
             lines.append(f"- {name}: {len(rs)} seeds, {mean:+.1f} ± {se:.1f} points "
                          f"({', '.join(f'{g:+.1f}' for g in gains)}); rollout reward {rise:+.3f}")
+    shapes = results.get("answer_shapes")
+    if shapes:
+        lines += ["", f"Held-out greedy answers by shape (numbers as `n`; {results.get('eval_examples', 192)} prompts):", "",
+                  "| run | held-out accuracy | commonest shape: share | next shapes |", "| --- | --- | --- | --- |"]
+        for run, r in shapes.items():
+            top = list(r["shapes"].items())
+            lines.append(f"| `{run}` | {100 * r['accuracy']:.1f}% | `{top[0][0]}`: {100 * r['top_shape_share']:.0f}% | " +
+                         ", ".join(f"`{shape}` {count}" for shape, count in top[1:4]) + " |")
     rft = results.get("rft")
     if rft:
         lines += ["", f"Rejection-sampling finetuning: {rft['samples']} samples, {rft['kept']} distinct reward-1 pairs "
@@ -293,7 +338,8 @@ def main(argv=None) -> None:
     parser.add_argument("--prompts", type=int, default=48, help="train prompts of the group-spread measurement")
     add_output_dir_argument(parser)
     parser.add_argument("--sections", nargs="+", default=["spread", "estimator"],
-                        choices=["spread", "estimator", "runs", "rft"])
+                        choices=["spread", "estimator", "runs", "rft", "shapes"])
+    parser.add_argument("--trained", nargs="*", default=[], help="trained run folders of section 4 (shapes)")
     parser.add_argument("--asarm", default="runs/sft-sudoku-asarm", help="the SFT model continued as an AS-ARM")
     parser.add_argument("--rollouts", type=int, default=320, help="rollouts per RL run (section 3)")
     parser.add_argument("--eval-examples", type=int, default=192)
@@ -327,6 +373,12 @@ def main(argv=None) -> None:
     if "estimator" in args.sections:
         results["estimator"] = estimator_alignment(model, tok, task, task.dataset("train", 8, 11), 4, 3)
         print(json.dumps(results["estimator"], indent=1), flush=True)
+    if "shapes" in args.sections:
+        with torch.no_grad():
+            results["answer_shapes"] = answer_shapes([args.sft] + list(args.trained), task,
+                                                     task.dataset("test", args.eval_examples))
+        print(json.dumps({run: {k: v for k, v in r.items() if k != "shapes"} for run, r in
+                          results["answer_shapes"].items()}, indent=1), flush=True)
     if "runs" in args.sections:
         starts = {"sft": args.sft, "asarm": args.asarm}
         results.setdefault("runs", {})
