@@ -85,6 +85,19 @@ def test_group_advantages_on_a_hand_made_group():
     assert group_advantages(rewards, 4, "none").tolist() == [0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]
     with pytest.raises(ValueError, match="at least 2"):
         group_advantages(rewards, 1)
+    # the filtered half: the better-than-average draws keep their advantage, the others get 0
+    torch.testing.assert_close(group_advantages(rewards, 4, positive_only=True)[:4],
+                               expected.clamp(min=0))
+
+
+def test_positive_advantages_only_is_a_switch_of_mdlm_rl():
+    from mdlm.train.rl.cli import build_parser, resolve_options
+
+    given = vars(build_parser().parse_args(["--task", "sudoku", "--model", "runs/x", "--positive-advantages-only"]))
+    _, options, config_cls, _ = resolve_options(given)
+    assert options["positive_advantages_only"] is True
+    assert "positive_advantages_only" not in vars(build_parser().parse_args(["--task", "sudoku"]))  # default: off
+    assert config_cls.__dataclass_fields__["positive_advantages_only"].default is False
 
 
 def test_reward_functions_that_misbehave_are_named():

@@ -207,7 +207,10 @@ def _diffusion_rl_unit(method, seed, sizes, options, start, task_name, folder) -
     argv += ["--resume"] if (folder / "trainer_state.json").exists() or any(folder.glob("checkpoint-*")) \
         else ["--overwrite"]
     for key, value in options.items():
-        argv += ["--" + key.replace("_", "-"), str(value)]
+        if isinstance(value, bool):  # a switch
+            argv += ["--" + key.replace("_", "-")] if value else []
+        else:
+            argv += ["--" + key.replace("_", "-"), str(value)]
     run(vars(build_parser().parse_args(argv)))
     evaluation = json.loads((folder / "eval.json").read_text())
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -470,6 +473,8 @@ def method_options(overrides: list[str]) -> dict:
 
 
 def _number_or_text(value: str):
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
     for kind in (int, float):
         try:
             return kind(value)

@@ -174,11 +174,18 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=-1) -> torch.Tensor:
         mask.sum(dim).clamp(min=1.0)
 
 
-def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group") -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group",
+                     positive_only: bool = False) -> torch.Tensor:
     """GRPO advantages of rewards laid out as consecutive groups of `num_generations` (TRL's layout):
     r - group mean, divided by (group std + 1e-4) with "group", by (batch std + 1e-4) with "batch", not
     divided with "none" (Dr. GRPO / CJ-GRPO). std is the unbiased one, as TRL's. A group of equal
-    rewards gets exactly 0."""
+    rewards gets exactly 0. `positive_only` zeroes the negative ones: only the better-than-average draws
+    are pushed up (the filtered, RFT-like half of GRPO; a diagnosis of what the other half does)."""
+    advantages = _group_advantages(rewards, num_generations, scale_rewards)
+    return advantages.clamp(min=0) if positive_only else advantages
+
+
+def _group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str) -> torch.Tensor:
     if num_generations < 2:
         raise ValueError(f"num_generations={num_generations}: GRPO needs a group of at least 2 completions per "
                          "prompt to compare them")
@@ -248,6 +255,8 @@ class DiffusionGRPOConfig(GRPOConfig):
     remasking: str = field(default="low-confidence", metadata={"help": "low-confidence | random | margin | "
                            "entropy | rcr"})
     eoser: bool = field(default=False, metadata={"help": "EOS early rejection in rollouts"})
+    positive_advantages_only: bool = field(default=False, metadata={
+        "help": "zero the negative advantages: only draws better than their group's mean are pushed up"})
     disable_dropout: bool = field(default=True, metadata={"help": "no dropout (old and current log-probs agree)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "not supported by the mdlm model"})
     bf16: bool = field(default=False, metadata={"help": "float32 on CPU"})
@@ -393,7 +402,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         weights = self.reward_weights.to(rewards_per_func.device)
         rewards = (rewards_per_func * weights).sum(1)
         # Groups may straddle processes: advantages over the gathered batch, then this process's slice.
-        advantages = group_advantages(rewards, self.num_generations, self.scale_rewards)
+        advantages = group_advantages(rewards, self.num_generations, self.scale_rewards,
+                                      self.args.positive_advantages_only)
         start = self.accelerator.process_index * len(prompts)
         advantages = advantages[start:start + len(prompts)]
 

@@ -53,7 +53,8 @@ CONFIG_FLAGS = {"num_generations": int, "per_device_train_batch_size": int, "gra
                 "max_steps": int, "learning_rate": float, "beta": float, "epsilon": float, "num_iterations": int,
                 "max_completion_length": int, "temperature": float, "diffusion_steps": int, "block_length": int,
                 "remasking": str, "unmasking_schedule": str, "logging_steps": int, "save_steps": int,
-                "seed": int, "report_to": str, "prompt_mask_prob": float, "sample_train_steps": int}
+                "seed": int, "report_to": str, "prompt_mask_prob": float, "sample_train_steps": int,
+                "positive_advantages_only": "bool"}
 # Ranges of the options (as `train/options.py` declares them). Three of the zeros refused here meant a
 # default elsewhere, so each error says which: HINTS.
 RANGES = {**{name: {"at_least": 1} for name in ("max_steps", "diffusion_steps", "train_examples", "eval_examples",
@@ -97,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace a run in --output-dir")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     for name, kind in CONFIG_FLAGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
+        if kind == "bool":  # a switch: --positive-advantages-only
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true")
+        else:
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
     return parser
 
 
