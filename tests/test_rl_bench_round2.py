@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 
 
 def _fake_results():
@@ -47,6 +48,7 @@ def test_summary_targets_table_and_plot(tmp_path):
     assert (tmp_path / "rl.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # the round-2 benchmark's process split; its results are committed, its runs are not redone
 def test_a_baselines_only_process_keeps_its_numbers(tmp_path, monkeypatch):
     """`--methods` with none runs only the baselines (one process of a split benchmark) and leaves them
     in partial.json for --assemble, so a process stopped later loses nothing it measured."""

@@ -364,6 +364,16 @@ def markdown_table(results: dict) -> str:
                  f"{stat['seconds_per_update']['mean']:.2f}" if "seconds_per_update" in stat else "",
                  f"{stat['minutes_per_seed']:.1f}", f"{_lr(results, method):g}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if results.get("one_change"):
+        lines += ["", "One-change runs (seed 0, same sizes; each changes the named option of its method):", "",
+                  "| method | change | held-out before -> after | curve (rollouts: accuracy) | rollout reward, first -> "
+                  "last fifth | KL (last) |", "| --- | --- | --- | --- | --- | --- |"]
+        for r in results["one_change"]:
+            curve = ", ".join(f"{p['rollouts']:g}: {100 * p['accuracy']:.1f}" for p in r["accuracy_curve"])
+            change = ", ".join(f"{k} {v}" for k, v in r["change"].items()) or "none"
+            lines.append(f"| {LABELS[r['method']]} | {change} | {100 * r['accuracy_before']:.1f}% -> "
+                         f"{100 * r['accuracy_after']:.1f}% | {curve} | {r.get('reward_first_fifth', 0):.3f} -> "
+                         f"{r.get('reward_last_fifth', 0):.3f} | {r.get('kl_final', 0):.3f} |")
     lines += ["", "Targets: " + ("; ".join(f"{name}: {'met' if v['met'] else 'not met'}"
                                            for name, v in results["summary"]["targets"].items()) or "none checked"), ""]
     return "\n".join(lines) + "\n"
@@ -435,7 +445,7 @@ def baselines(sft: Path, task_name: str, sizes: dict, folder: Path) -> dict:
 
 
 def assemble(folder: Path, sizes: dict, options: dict, task_name: str, sft: Path, results_dir: Path,
-             methods) -> dict | None:
+             methods, one_change=()) -> dict | None:
     """The results from the finished units in `folder`, when every seed of `methods` and of every method begun
     there (by another process sharing the folder) is done; else None."""
     base = folder / "baselines.json"
@@ -456,7 +466,18 @@ def assemble(folder: Path, sizes: dict, options: dict, task_name: str, sft: Path
                "eval_examples": sizes["eval_examples"], "method_options": options,
                **json.loads(base.read_text()), "units": {m: r for m, r in units.items() if r}}
     results["summary"] = summarise(results)
+    results["one_change"] = [one_change_record(Path(unit), options) for unit in one_change]
     return write_results(results_dir, NAME, results, plot, markdown_table)
+
+
+def one_change_record(unit: Path, options: dict) -> dict:
+    """A finished unit run elsewhere with `--set` (its record), with the options that differ from the
+    benchmark's own."""
+    record = json.loads((unit / "record.json").read_text())
+    own = options[record["method"]]
+    record["change"] = {k: v for k, v in record.get("options", {}).items() if own.get(k) != v}
+    record["unit"] = str(unit)
+    return {k: v for k, v in record.items() if k != "reward_curve"}
 
 
 def method_options(overrides: list[str]) -> dict:
@@ -508,6 +529,8 @@ def main(argv=None) -> dict | None:
                         help="where the units live (default: $MDLM_BENCH_RUNS/rl-TASK)")
     parser.add_argument("--assemble", action="store_true",
                         help="only write the results from the finished units of the run folder")
+    parser.add_argument("--one-change", dest="one_change", nargs="*", type=Path, default=[], metavar="UNIT",
+                        help="finished unit folders of one-change runs (--set, another --run-folder) to list beside")
     parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="METHOD.OPTION=VALUE",
                         help="change one of a method's options (e.g. diffu-grpo.learning_rate=1e-3): a one-change "
                              "run; use its own --run-folder")
@@ -535,7 +558,8 @@ def main(argv=None) -> dict | None:
                 record = run_unit(method, seed, sizes, options, start, task_name, folder / f"{method}-seed{seed}")
                 print(json.dumps({k: record[k] for k in ("method", "seed", "accuracy_before", "accuracy_after",
                                                          "wall_seconds")}), flush=True)
-    return assemble(folder, sizes, options, task_name, args.sft, results_dir, () if args.assemble else args.methods)
+    return assemble(folder, sizes, options, task_name, args.sft, results_dir, () if args.assemble else args.methods,
+                    args.one_change)
 
 
 if __name__ == "__main__":
