@@ -142,3 +142,21 @@ def test_answer_shapes_count_every_greedy_answer_and_render(starts):
     assert max(record["shapes"].values()) / 4 == record["top_shape_share"]
     table = markdown_table({"task": "sudoku", "sft_run": "x", "answer_shapes": shapes, "eval_examples": 4})
     assert "Held-out greedy answers by shape" in table and f"{100 * record['top_shape_share']:.0f}%" in table
+
+
+def test_assemble_waits_for_every_unit_unless_asked_for_what_is_finished(tmp_path):
+    from mdlm.eval.bench.rl import METHOD_OPTIONS, QUICK, assemble
+
+    folder = tmp_path / "runs"
+    (folder / "diffu-grpo-seed0").mkdir(parents=True)
+    (folder / "diffu-grpo-seed1").mkdir()  # begun, not finished
+    (folder / "baselines.json").write_text(json.dumps({"sft": {"accuracy": 0.2},
+                                                        "best_of_n": {"n": 2, "accuracy": 0.5}}))
+    (folder / "diffu-grpo-seed0" / "record.json").write_text(json.dumps(_record("diffu-grpo", 0, 0.2, 0.25)))
+    args = (folder, dict(QUICK), METHOD_OPTIONS, "sudoku", tmp_path / "sft", tmp_path / "out", ["diffu-grpo"])
+    assert assemble(*args) is None
+    results = assemble(*args, require_all=False)
+    assert results["not_finished"] == ["diffu-grpo seed 1"] and len(results["units"]["diffu-grpo"]) == 1
+    from mdlm.eval.bench.rl import markdown_table
+
+    assert "Not finished (not in the table): diffu-grpo seed 1." in markdown_table(results)

@@ -374,6 +374,8 @@ def markdown_table(results: dict) -> str:
             lines.append(f"| {LABELS[r['method']]} | {change} | {100 * r['accuracy_before']:.1f}% -> "
                          f"{100 * r['accuracy_after']:.1f}% | {curve} | {r.get('reward_first_fifth', 0):.3f} -> "
                          f"{r.get('reward_last_fifth', 0):.3f} | {r.get('kl_final', 0):.3f} |")
+    if results.get("not_finished"):
+        lines += ["", "Not finished (not in the table): " + ", ".join(results["not_finished"]) + "."]
     lines += ["", "Targets: " + ("; ".join(f"{name}: {'met' if v['met'] else 'not met'}"
                                            for name, v in results["summary"]["targets"].items()) or "none checked"), ""]
     return "\n".join(lines) + "\n"
@@ -445,9 +447,10 @@ def baselines(sft: Path, task_name: str, sizes: dict, folder: Path) -> dict:
 
 
 def assemble(folder: Path, sizes: dict, options: dict, task_name: str, sft: Path, results_dir: Path,
-             methods, one_change=()) -> dict | None:
+             methods, one_change=(), require_all: bool = True) -> dict | None:
     """The results from the finished units in `folder`, when every seed of `methods` and of every method begun
-    there (by another process sharing the folder) is done; else None."""
+    there (by another process sharing the folder) is done; else None. Without `require_all` (--assemble),
+    from whatever is finished, each method with the seeds it has (the missing units are named)."""
     base = folder / "baselines.json"
     methods = [m for m in TRAINED if m in methods or any(folder.glob(f"{m}-seed*"))]
     # a seed another process runs (--seeds split over processes) counts too
@@ -458,7 +461,10 @@ def assemble(folder: Path, sizes: dict, options: dict, task_name: str, sft: Path
                  if (folder / f"{m}-seed{s}" / "record.json").exists()] for m in methods}
     missing = [f"{m} seed {s}" for m in methods for s in sizes["seeds"]
                if not (folder / f"{m}-seed{s}" / "record.json").exists()]
-    if missing or not base.exists():
+    if not require_all and base.exists() and any(units.values()):
+        if missing:
+            print(f"--assemble: without {', '.join(missing)} (not finished)", flush=True)
+    elif missing or not base.exists():
         print(f"{len(missing)} unit(s) to go ({', '.join(missing[:6])}{', ...' if len(missing) > 6 else ''})"
               + ("" if base.exists() else "; the baselines are not measured yet"), flush=True)
         return None
@@ -467,6 +473,7 @@ def assemble(folder: Path, sizes: dict, options: dict, task_name: str, sft: Path
                **json.loads(base.read_text()), "units": {m: r for m, r in units.items() if r}}
     results["summary"] = summarise(results)
     results["one_change"] = [one_change_record(Path(unit), options) for unit in one_change]
+    results["not_finished"] = missing
     return write_results(results_dir, NAME, results, plot, markdown_table)
 
 
@@ -559,7 +566,7 @@ def main(argv=None) -> dict | None:
                 print(json.dumps({k: record[k] for k in ("method", "seed", "accuracy_before", "accuracy_after",
                                                          "wall_seconds")}), flush=True)
     return assemble(folder, sizes, options, task_name, args.sft, results_dir, () if args.assemble else args.methods,
-                    args.one_change)
+                    args.one_change, require_all=not args.assemble)
 
 
 if __name__ == "__main__":
