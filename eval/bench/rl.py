@@ -495,6 +495,28 @@ def one_change_record(unit: Path, options: dict) -> dict:
     return {k: v for k, v in record.items() if k != "reward_curve"}
 
 
+def add_size_arguments(parser) -> None:
+    """The size flags every RL benchmark shares (resolved by `resolved_sizes`)."""
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    parser.add_argument("--rollouts", type=int, help="override R, the rollouts per run")
+    parser.add_argument("--batch", type=int, help="override the rollouts per generation (prompts x G)")
+    parser.add_argument("--num-generations", dest="num_generations", type=int, help="override G, rollouts per prompt")
+    parser.add_argument("--eval-examples", dest="eval_examples", type=int, help="override the held-out prompts")
+
+
+def resolved_sizes(args, defaults: dict, extra: tuple[str, ...] = ()) -> dict:
+    """`defaults` with the size flags given (those of `add_size_arguments` and the benchmark's `extra` ones),
+    checked: each generation must hold whole groups."""
+    sizes = dict(defaults)
+    for key in ("seeds", "rollouts", "batch", "num_generations", "eval_examples") + extra:
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    if sizes["batch"] % sizes["num_generations"] or sizes["num_generations"] < 2:
+        raise SystemExit(f"--batch {sizes['batch']} must be a multiple of --num-generations {sizes['num_generations']} "
+                         "(at least 2): each generation holds whole groups")
+    return sizes
+
+
 def method_options(overrides: list[str]) -> dict:
     """METHOD_OPTIONS with `METHOD.OPTION=VALUE` items applied (a number where the value reads as one)."""
     options = {method: dict(values) for method, values in METHOD_OPTIONS.items()}
@@ -533,11 +555,7 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--quick", action="store_true", help="smoke sizes, written under results/quick/")
     parser.add_argument("--methods", nargs="*", default=list(TRAINED), choices=TRAINED,
                         help="the trained columns to run (this process's share of the units)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
-    parser.add_argument("--rollouts", type=int, help="override R, the rollouts per run")
-    parser.add_argument("--batch", type=int, help="override the rollouts per generation (prompts x G)")
-    parser.add_argument("--num-generations", dest="num_generations", type=int, help="override G, rollouts per prompt")
-    parser.add_argument("--eval-examples", dest="eval_examples", type=int, help="override the held-out prompts")
+    add_size_arguments(parser)
     parser.add_argument("--curve-every", dest="curve_every", type=int, help="a curve point every N generations")
     parser.add_argument("--best-of-n", dest="best_of_n", type=int, help="n of the SFT best-of-n")
     parser.add_argument("--run-folder", dest="run_folder", type=Path,
@@ -552,13 +570,7 @@ def main(argv=None) -> dict | None:
     add_output_dir_argument(parser)
     args = parser.parse_args(argv)
     options = method_options(args.overrides)
-    sizes = dict(QUICK if args.quick else FULL)
-    for key in ("seeds", "rollouts", "batch", "num_generations", "eval_examples", "curve_every", "best_of_n"):
-        if getattr(args, key) is not None:
-            sizes[key] = getattr(args, key)
-    if sizes["batch"] % sizes["num_generations"] or sizes["num_generations"] < 2:
-        raise SystemExit(f"--batch {sizes['batch']} must be a multiple of --num-generations {sizes['num_generations']} "
-                         "(at least 2): each generation holds whole groups")
+    sizes = resolved_sizes(args, QUICK if args.quick else FULL, ("curve_every", "best_of_n"))
     if not (args.sft / "config.json").is_file():
         raise SystemExit(f"--sft {args.sft}: no SFT run there; train one with the recipe of docs/finetuning.md "
                          "(python train/sft.py --task countdown ... --output-dir runs/sft-countdown)")

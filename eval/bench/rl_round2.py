@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 from mdlm.eval.bench.common import REPO_ROOT, add_output_dir_argument, quick_results_dir, runs_dir, write_results
-from mdlm.eval.bench.rl import best_of_n, mean_se, pass_at_k, sample_many  # noqa: F401  (shared helpers)
+from mdlm.eval.bench.rl import (add_size_arguments, best_of_n, mean_se, pass_at_k,  # noqa: F401  (shared)
+                                resolved_sizes, sample_many)
 
 NAME = "rl"
 METHODS = ("diffu-grpo", "mdpo", "cj-grpo")
@@ -330,11 +331,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="smoke sizes, written under results/quick/")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
                         help="RL methods to run (none: only the baselines, for a benchmark split over processes)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
-    parser.add_argument("--rollouts", type=int, help="override R, the rollouts per run")
-    parser.add_argument("--batch", type=int, help="override the rollouts per generation (prompts x G)")
-    parser.add_argument("--num-generations", dest="num_generations", type=int, help="override G, rollouts per prompt")
-    parser.add_argument("--eval-examples", type=int, help="override the held-out prompts")
+    add_size_arguments(parser)
     parser.add_argument("--lrs", type=float, nargs="+", help="one learning-rate sweep for every method")
     parser.add_argument("--curve-every", dest="curve_every", type=int, help="checkpoint (curve point) every N updates")
     parser.add_argument("--pass-k", dest="pass_k", type=int, help="k of pass@k")
@@ -347,15 +344,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.assemble:
         return assemble(args.assemble, quick_results_dir(args.output_dir, args.quick))
-    sizes = dict(QUICK if args.quick else FULL)
-    for key in ("seeds", "rollouts", "batch", "num_generations", "eval_examples", "curve_every", "pass_k", "best_of_n"):
-        if getattr(args, key) is not None:
-            sizes[key] = getattr(args, key)
+    sizes = resolved_sizes(args, QUICK if args.quick else FULL, ("curve_every", "pass_k", "best_of_n"))
     if args.lrs:
         sizes["lrs"] = {m: list(args.lrs) for m in METHODS}
-    if sizes["batch"] % sizes["num_generations"] or sizes["num_generations"] < 2:
-        raise SystemExit(f"--batch {sizes['batch']} must be a multiple of --num-generations {sizes['num_generations']} "
-                         "(at least 2): each generation holds whole groups")
     if not (args.sft / "config.json").is_file():
         raise SystemExit(f"--sft {args.sft}: no SFT run there; train one with the recipe of docs/finetuning.md "
                          "(python train/sft.py --task sudoku ... --output-dir runs/sft-sudoku)")
