@@ -46,6 +46,18 @@ def test_a_block_renders_its_table_then_the_narrative_beside_the_data(tmp_path):
     assert out.index(table) < out.index("**What it shows.** Less memory.") < out.index("<!-- /results:lm_head -->")
 
 
+def test_a_table_block_renders_the_table_without_the_narrative(tmp_path):
+    from mdlm.eval.bench import lm_head
+
+    shutil.copy(ROOT / "results" / "lm_head.json", tmp_path / "lm_head.json")
+    (tmp_path / "lm_head.md").write_text("**What it shows.** Less memory.\n")
+    text = "<!-- results-table:lm_head -->\nstale\n<!-- /results-table:lm_head -->\n"
+    table = lm_head.markdown_table(json.loads((tmp_path / "lm_head.json").read_text())).strip()
+    assert report.render_text(text, tmp_path) == \
+        f"<!-- results-table:lm_head -->\n{table}\n<!-- /results-table:lm_head -->\n"
+    assert report.block_names(text) == ["lm_head"]
+
+
 def test_a_block_in_a_results_subfolder_renders_that_file(tmp_path):
     from mdlm.eval.bench import rl
 

@@ -134,6 +134,15 @@ def mean_token_reward(prompts, completions, completion_ids, **kw):
     return [sum(ids) / max(1, len(ids)) / 260 for ids in completion_ids]
 
 
+def test_building_a_trainer_is_quiet_about_special_tokens(sudoku_setup, tmp_path, capfd):
+    # TRL aligns the model's generation config to the tokenizer and warns about each id it had to add;
+    # the trainer gives the model every id the tokenizer defines, so a user sees no such warning.
+    trainer = _trainer(sudoku_setup, tmp_path, mean_token_reward)
+    _, _, tok, _ = sudoku_setup
+    assert trainer.model.generation_config.bos_token_id == tok.bos_token_id
+    assert "PAD/BOS/EOS" not in capfd.readouterr().err
+
+
 def test_ratio_is_one_before_any_update_and_kl_grows_after(sudoku_setup, tmp_path):
     trainer = _trainer(sudoku_setup, tmp_path, mean_token_reward)
     seen = []

@@ -7,7 +7,8 @@ how it was run) live beside the data as `results/NAME.md`, written by whoever ra
 `<!-- /results:NAME -->`; this script replaces what is between them with the table followed by the
 narrative. A benchmark run again into a subfolder (`--output-dir results/rl-countdown`) has the block
 `<!-- results:rl-countdown/rl -->`: the table of `results/rl-countdown/rl.json` by the module `rl`, and the
-narrative `results/rl-countdown/rl.md`. Tables generated from code rather than results live between
+narrative `results/rl-countdown/rl.md`. `<!-- results-table:NAME -->` ... `<!-- /results-table:NAME -->` holds
+the table alone (the README's summary; the narrative stays on the docs page). Tables generated from code rather than results live between
 `<!-- NAME -->` and `<!-- /NAME -->` for the NAMEs of `CODE_TABLES` (the model families' table).
 
     python -m mdlm.eval.bench.report            # rewrite the pages in place
@@ -24,7 +25,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BLOCK = re.compile(r"(<!-- results:(?P<name>[\w-]+(?:/[\w-]+)*) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
+BLOCK = re.compile(r"(<!-- (?P<kind>results|results-table):(?P<name>[\w-]+(?:/[\w-]+)*) -->\n)(?P<body>.*?)"
+                   r"(<!-- /(?P=kind):(?P=name) -->)", re.S)
 # Tables that code computes (no results file): marker name -> "module:function" returning the table.
 CODE_TABLES = {"families": "mdlm.decode.families:families_table"}
 CODE_BLOCK = re.compile(r"(<!-- (?P<name>%s) -->\n)(?P<body>.*?)(<!-- /(?P=name) -->)" % "|".join(CODE_TABLES), re.S)
@@ -42,8 +44,9 @@ def benchmark_module(name: str) -> str:
     return name.rsplit("/", 1)[-1].replace("-", "_")
 
 
-def render_block(name: str, results_dir: Path) -> str:
-    """The generated body of block `name`: the benchmark's table, then its narrative when it has one."""
+def render_block(name: str, results_dir: Path, with_narrative: bool = True) -> str:
+    """The generated body of block `name`: the benchmark's table, then its narrative when it has one (and
+    `with_narrative`)."""
     path = results_dir / f"{name}.json"
     module_name = benchmark_module(name)
     if not path.exists():
@@ -51,7 +54,7 @@ def render_block(name: str, results_dir: Path) -> str:
     module = importlib.import_module(f"mdlm.eval.bench.{module_name}")
     body = module.markdown_table(json.loads(path.read_text(encoding="utf-8"))).rstrip("\n") + "\n"
     narrative = results_dir / f"{name}.md"
-    if narrative.is_file():
+    if with_narrative and narrative.is_file():
         body += "\n" + narrative.read_text(encoding="utf-8").strip("\n") + "\n"
     return body
 
@@ -63,7 +66,8 @@ def render_code_table(name: str) -> str:
 
 def render_text(text: str, results_dir: Path) -> str:
     """`text` with every result block regenerated from `results_dir`, and every code table from its code."""
-    text = BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name"), results_dir) + m.group(4), text)
+    text = BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name"), results_dir, m.group("kind") == "results")
+                     + m.group(5), text)
     return CODE_BLOCK.sub(lambda m: m.group(1) + render_code_table(m.group("name")) + m.group(4), text)
 
 

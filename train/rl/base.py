@@ -302,7 +302,9 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         if not isinstance(reward_funcs, (list, tuple)):
             reward_funcs = [reward_funcs]
         if getattr(model, "generation_config", None) is None:
-            model.generation_config = GenerationConfig(eos_token_id=processing_class.eos_token_id,
+            # every id the tokenizer defines: TRL aligns the model to the tokenizer and warns about any it adds
+            model.generation_config = GenerationConfig(bos_token_id=processing_class.bos_token_id,
+                                                       eos_token_id=processing_class.eos_token_id,
                                                        pad_token_id=processing_class.pad_token_id)
         beta = args.beta
         reference = make_reference(model) if beta != 0.0 else None
