@@ -3,11 +3,13 @@ shared between processes), the summary's target check and the table."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
 import pytest
 
+from mdlm.eval.bench import rl
 from mdlm.eval.bench.rl import best_of_n, fifths, mean_se, pass_at_k
 
 
@@ -160,3 +162,16 @@ def test_assemble_waits_for_every_unit_unless_asked_for_what_is_finished(tmp_pat
     from mdlm.eval.bench.rl import markdown_table
 
     assert "Not finished (not in the table): diffu-grpo seed 1." in markdown_table(results)
+
+
+def test_a_bad_set_option_stops_before_anything_runs():
+    sizes = rl.resolved_sizes(argparse.Namespace(seeds=None, rollouts=None, batch=None, num_generations=None,
+                                                 eval_examples=None, curve_every=None, best_of_n=None),
+                              rl.FULL, ("curve_every", "best_of_n"))
+    rl.check_method_options(rl.TRAINED, sizes, rl.METHOD_OPTIONS, "countdown")  # the benchmark's own options build
+    bad = rl.method_options(["cj-grpo.unmasking_schedule=linear", "cj-grpo.diffusion_steps=16"])
+    with pytest.raises(SystemExit, match=r"cj-grpo: .*linear.*--set cj-grpo.OPTION=VALUE"):
+        rl.check_method_options(["rft", "cj-grpo"], sizes, bad, "countdown")
+    too_many = rl.method_options(["mdpo.sample_train_steps=9"])
+    with pytest.raises(SystemExit, match=r"mdpo: sample_train_steps=9"):
+        rl.check_method_options(["mdpo"], sizes, too_many, "countdown")

@@ -36,6 +36,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 from mdlm.eval.bench.common import REPO_ROOT, add_output_dir_argument, quick_results_dir, runs_dir, write_results
@@ -191,6 +192,44 @@ def run_unit(method: str, seed: int, sizes: dict, options: dict, start: Path, ta
     return record
 
 
+def _rl_argv(method, seed, sizes, options, start, task_name, folder) -> list[str]:
+    """The `mdlm-rl` command line of one diffusion RL unit (without --resume / --overwrite)."""
+    steps = sizes["rollouts"] * options["num_iterations"] // sizes["batch"]
+    save_every = max(1, sizes["curve_every"] * options["num_iterations"])
+    argv = ["--algorithm", method, "--task", task_name, "--model", str(start), "--output-dir", str(folder),
+            "--seed", str(seed), "--max-steps", str(steps), "--num-generations", str(sizes["num_generations"]),
+            "--per-device-train-batch-size", str(sizes["batch"]), "--save-steps", str(save_every),
+            "--eval-examples", str(sizes["eval_examples"]), "--no-progress", "--temperature", "1.0"]
+    for key, value in options.items():
+        if isinstance(value, bool):  # a switch
+            argv += ["--" + key.replace("_", "-")] if value else []
+        else:
+            argv += ["--" + key.replace("_", "-"), str(value)]
+    return argv
+
+
+def check_method_options(methods, sizes: dict, options: dict, task_name: str) -> None:
+    """Build each diffusion RL method's config from the options its units will run with, before anything is
+    trained or evaluated: a bad `--set` stops here in one line, not after the baselines and the starts."""
+    from mdlm.train.rl.cli import build_config, build_parser, resolve_options
+    from mdlm.train.tasks import get_task
+
+    length = get_task(task_name).max_completion_length
+    for method in methods:
+        if method not in RL_METHODS:
+            continue
+        argv = _rl_argv(method, 0, sizes, options[method], Path("start"), task_name, Path("unused"))
+        try:
+            with warnings.catch_warnings():  # a departure's warning is the unit's to give, when it runs
+                warnings.simplefilter("ignore")
+                _, config_options, config_cls, _ = resolve_options(vars(build_parser().parse_args(argv)))
+                config = build_config(config_cls, Path("unused"), {"max_completion_length": length, **config_options})
+                config.decode_config()  # the rollout decoder's own checks
+        except (ValueError, TypeError) as error:
+            raise SystemExit(f"{method}: {error} (the options of its units: {options[method]}; change them with "
+                             f"--set {method}.OPTION=VALUE)") from None
+
+
 def _diffusion_rl_unit(method, seed, sizes, options, start, task_name, folder) -> dict:
     from mdlm import MDLMForMaskedLM
     from mdlm.tokenizer import load_tokenizer
@@ -199,18 +238,9 @@ def _diffusion_rl_unit(method, seed, sizes, options, start, task_name, folder) -
     from mdlm.train.tasks import evaluate, get_task
 
     steps = sizes["rollouts"] * options["num_iterations"] // sizes["batch"]
-    save_every = max(1, sizes["curve_every"] * options["num_iterations"])
-    argv = ["--algorithm", method, "--task", task_name, "--model", str(start), "--output-dir", str(folder),
-            "--seed", str(seed), "--max-steps", str(steps), "--num-generations", str(sizes["num_generations"]),
-            "--per-device-train-batch-size", str(sizes["batch"]), "--save-steps", str(save_every),
-            "--eval-examples", str(sizes["eval_examples"]), "--no-progress", "--temperature", "1.0"]
+    argv = _rl_argv(method, seed, sizes, options, start, task_name, folder)
     argv += ["--resume"] if (folder / "trainer_state.json").exists() or any(folder.glob("checkpoint-*")) \
         else ["--overwrite"]
-    for key, value in options.items():
-        if isinstance(value, bool):  # a switch
-            argv += ["--" + key.replace("_", "-")] if value else []
-        else:
-            argv += ["--" + key.replace("_", "-"), str(value)]
     run(vars(build_parser().parse_args(argv)))
     evaluation = json.loads((folder / "eval.json").read_text())
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -578,6 +608,7 @@ def main(argv=None) -> dict | None:
     results_dir = quick_results_dir(args.output_dir, args.quick)
     folder = args.run_folder or runs_dir() / (f"rl-{task_name}" + ("-quick" if args.quick else ""))
     if not args.assemble:
+        check_method_options(args.methods, sizes, options, task_name)
         baselines(args.sft, task_name, sizes, folder)
         for method in args.methods:
             start = ensure_start(START[method], args.sft, args.ar_base, folder, {"asarm": args.asarm, "ar": args.ar_sft})
