@@ -7,9 +7,10 @@ how it was run) live beside the data as `results/NAME.md`, written by whoever ra
 `<!-- /results:NAME -->`; this script replaces what is between them with the table followed by the
 narrative. A benchmark run again into a subfolder (`--output-dir results/rl-countdown`) has the block
 `<!-- results:rl-countdown/rl -->`: the table of `results/rl-countdown/rl.json` by the module `rl`, and the
-narrative `results/rl-countdown/rl.md`. `<!-- results-table:NAME -->` ... `<!-- /results-table:NAME -->` holds
-the table alone (the README's summary; the narrative stays on the docs page). Tables generated from code rather than results live between
-`<!-- NAME -->` and `<!-- /NAME -->` for the NAMEs of `CODE_TABLES` (the model families' table).
+narrative `results/rl-countdown/rl.md`. `<!-- results-table:NAME -->` ... `<!-- /results-table:NAME -->`
+holds the table alone (the README's summary; the narrative stays on the docs page). Tables generated from
+code rather than results live between `<!-- NAME -->` and `<!-- /NAME -->` for the NAMEs of `CODE_TABLES`
+(the model families' table).
 
     python -m mdlm.eval.bench.report            # rewrite the pages in place
     python -m mdlm.eval.bench.report --check    # exit 1 if a page is out of date
@@ -66,8 +67,9 @@ def render_code_table(name: str) -> str:
 
 def render_text(text: str, results_dir: Path) -> str:
     """`text` with every result block regenerated from `results_dir`, and every code table from its code."""
-    text = BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name"), results_dir, m.group("kind") == "results")
-                     + m.group(5), text)
+    text = BLOCK.sub(lambda m: m.group(1) + render_block(m.group("name"), results_dir,
+                                                         with_narrative=m.group("kind") == "results") + m.group(5),
+                     text)
     return CODE_BLOCK.sub(lambda m: m.group(1) + render_code_table(m.group("name")) + m.group(4), text)
 
 

@@ -93,16 +93,13 @@ def sample_many(model, tok, task, held, length: int, n: int, seed: int, batch_si
     """n samples per held-out prompt (L/2-step confidence decoder, temperature 1, the rollout decoder):
     (rewards, correct), each a list of n lists."""
     from mdlm.decode.config import DecodeConfig
-    from mdlm.decode.generate import generate
+    from mdlm.train.tasks import complete
 
     rewards, correct = [], []
     prompts, columns = list(held["prompt"]), {k: list(held[k]) for k in task.columns}
-    model.eval()
     for i in range(n):
         config = DecodeConfig(steps=length // 2, temperature=1.0, seed=seed * 1000 + i)
-        texts = []
-        for start in range(0, len(prompts), batch_size):
-            texts += generate(model, tok, prompts[start:start + batch_size], length, config)
+        texts = complete(model, tok, prompts, length, config, batch_size)
         rewards.append(task.reward(prompts, texts, None, **columns))
         correct.append(task.accuracy(texts, **columns))
     return rewards, correct
@@ -192,9 +189,14 @@ def run_unit(method: str, seed: int, sizes: dict, options: dict, start: Path, ta
     return record
 
 
+def updates_of(sizes: dict, options: dict) -> int:
+    """Optimizer steps of a run of R rollouts: R / (rollouts per generation) generations, mu passes each."""
+    return sizes["rollouts"] * options["num_iterations"] // sizes["batch"]
+
+
 def _rl_argv(method, seed, sizes, options, start, task_name, folder) -> list[str]:
     """The `mdlm-rl` command line of one diffusion RL unit (without --resume / --overwrite)."""
-    steps = sizes["rollouts"] * options["num_iterations"] // sizes["batch"]
+    steps = updates_of(sizes, options)
     save_every = max(1, sizes["curve_every"] * options["num_iterations"])
     argv = ["--algorithm", method, "--task", task_name, "--model", str(start), "--output-dir", str(folder),
             "--seed", str(seed), "--max-steps", str(steps), "--num-generations", str(sizes["num_generations"]),
@@ -237,7 +239,7 @@ def _diffusion_rl_unit(method, seed, sizes, options, start, task_name, folder) -
     from mdlm.train.rl.cli import build_parser, run
     from mdlm.train.tasks import evaluate, get_task
 
-    steps = sizes["rollouts"] * options["num_iterations"] // sizes["batch"]
+    steps = updates_of(sizes, options)
     argv = _rl_argv(method, seed, sizes, options, start, task_name, folder)
     argv += ["--resume"] if (folder / "trainer_state.json").exists() or any(folder.glob("checkpoint-*")) \
         else ["--overwrite"]
@@ -298,7 +300,7 @@ def _rft_unit(seed, sizes, every_options, start, task_name, folder) -> dict:
 
     options = every_options["rft"]
     # as many optimizer steps as diffu-GRPO takes from the same rollouts
-    steps = sizes["rollouts"] * every_options["diffu-grpo"]["num_iterations"] // sizes["batch"]
+    steps = updates_of(sizes, every_options["diffu-grpo"])
     began = time.time()
     result = rejection_sampling_finetune(str(start), task_name, str(folder / "sft"), sizes["rollouts"],
                                          sizes["num_generations"], seed=seed,

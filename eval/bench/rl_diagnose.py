@@ -143,10 +143,9 @@ def answer_shapes(runs: list[str], task, held) -> dict:
     import yaml
 
     from mdlm import MDLMForMaskedLM
-    from mdlm.decode.generate import generate
     from mdlm.tokenizer import load_tokenizer
     from mdlm.train.rl import get_algorithm
-    from mdlm.train.tasks import greedy_config
+    from mdlm.train.tasks import complete, greedy_config
 
     length = task.max_completion_length
     out = {}
@@ -156,9 +155,7 @@ def answer_shapes(runs: list[str], task, held) -> dict:
             if options.is_file() else None
         config = get_algorithm(algorithm)[1].evaluation_config(length) if algorithm else None
         model, tok = MDLMForMaskedLM.from_pretrained(run).eval(), load_tokenizer(run)
-        prompts, texts = list(held["prompt"]), []
-        for start in range(0, len(prompts), 64):
-            texts += generate(model, tok, prompts[start:start + 64], length, config or greedy_config(length))
+        texts = complete(model, tok, list(held["prompt"]), length, config or greedy_config(length))
         correct = task.accuracy(texts, **{k: list(held[k]) for k in task.columns})
         shapes = collections.Counter(re.sub(r"\d+", "n", text.strip()) for text in texts)
         out[run] = {"accuracy": sum(correct) / len(correct), "shapes": dict(shapes.most_common()),

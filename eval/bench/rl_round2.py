@@ -35,7 +35,7 @@ from pathlib import Path
 
 from mdlm.eval.bench.common import REPO_ROOT, add_output_dir_argument, quick_results_dir, runs_dir, write_results
 from mdlm.eval.bench.rl import (add_size_arguments, best_of_n, mean_se, pass_at_k,  # noqa: F401  (shared)
-                                resolved_sizes, sample_many)
+                                resolved_sizes, sample_many, updates_of)
 
 NAME = "rl"
 METHODS = ("diffu-grpo", "mdpo", "cj-grpo")
@@ -144,7 +144,7 @@ def rl_run(method: str, lr: float, seed: int, sizes: dict, task_name: str, sft: 
     from mdlm.train.rl.cli import build_parser, run
 
     options = METHOD_OPTIONS[method]
-    steps = sizes["rollouts"] * options["num_iterations"] // sizes["batch"]
+    steps = updates_of(sizes, options)
     argv = ["--algorithm", method, "--task", task_name, "--model", str(sft), "--output-dir", str(out),
             "--overwrite", "--seed", str(seed), "--learning-rate", str(lr), "--max-steps", str(steps),
             "--num-generations", str(sizes["num_generations"]), "--per-device-train-batch-size", str(sizes["batch"]),
@@ -288,8 +288,7 @@ def assemble(folders: list[Path], results_dir: Path) -> dict:
                 lr = part["sizes"]["lrs"][method][0]
                 block = {"best_lr": lr, "sweep": {str(lr): block["seeds"][0]["eval"]["decoders"]["one-per-step"]
                                                   ["accuracy"]},
-                         "steps": part["sizes"]["rollouts"] * METHOD_OPTIONS[method]["num_iterations"] //
-                         part["sizes"]["batch"], "seeds": block["seeds"]}
+                         "steps": updates_of(part["sizes"], METHOD_OPTIONS[method]), "seeds": block["seeds"]}
             if "best_lr" in block:
                 earlier = results["methods"].get(method)
                 results["methods"][method] = block if earlier is None else merge_seeds(method, earlier, block)
@@ -381,7 +380,7 @@ def main(argv=None) -> dict:
         lr = best[0]
         seeds = []
         options = METHOD_OPTIONS[method]
-        steps = sizes["rollouts"] * options["num_iterations"] // sizes["batch"]
+        steps = updates_of(sizes, options)
         for seed in sizes["seeds"]:
             if seed == sizes["seeds"][0]:
                 out, seconds = best[1], best[2]

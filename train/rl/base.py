@@ -181,11 +181,6 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards:
     divided with "none" (Dr. GRPO / CJ-GRPO). std is the unbiased one, as TRL's. A group of equal
     rewards gets exactly 0. `positive_only` zeroes the negative ones: only the better-than-average draws
     are pushed up (the filtered, RFT-like half of GRPO; a diagnosis of what the other half does)."""
-    advantages = _group_advantages(rewards, num_generations, scale_rewards)
-    return advantages.clamp(min=0) if positive_only else advantages
-
-
-def _group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str) -> torch.Tensor:
     if num_generations < 2:
         raise ValueError(f"num_generations={num_generations}: GRPO needs a group of at least 2 completions per "
                          "prompt to compare them")
@@ -194,14 +189,13 @@ def _group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards
     grouped = rewards.view(-1, num_generations)
     advantages = (grouped - grouped.mean(1, keepdim=True)).view(-1)
     if scale_rewards == "group":
-        std = grouped.std(1).repeat_interleave(num_generations)
+        advantages = advantages / (grouped.std(1).repeat_interleave(num_generations) + 1e-4)
     elif scale_rewards == "batch":
         std = rewards.std().expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
-    elif scale_rewards == "none":
-        return advantages
-    else:
+        advantages = advantages / (std + 1e-4)
+    elif scale_rewards != "none":
         raise ValueError(f"scale_rewards={scale_rewards!r}; choose group, batch or none")
-    return advantages / (std + 1e-4)
+    return advantages.clamp(min=0) if positive_only else advantages
 
 
 def _name(fn) -> str:

@@ -61,24 +61,30 @@ def greedy_config(completion_length: int):
     return DecodeConfig(sampler="confidence", steps=completion_length, temperature=0.0)
 
 
-def evaluate(model, tokenizer, task: Task, dataset, config=None, completion_length: int | None = None,
-             batch_size: int = 64) -> dict:
-    """Held-out accuracy and mean reward of `model` on `dataset` (decoded with `config`, by default
-    greedy confidence decoding of the task's completion length)."""
+def complete(model, tokenizer, prompts: list[str], length: int, config, batch_size: int = 64) -> list[str]:
+    """`model`'s completions of `prompts` under the decoder `config`, decoded `batch_size` prompts at a time
+    in eval mode without gradients (the model's mode is restored after)."""
     import torch
 
     from mdlm.decode.generate import generate
 
-    length = completion_length or task.max_completion_length
-    config = config or greedy_config(length)
     completions = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            prompts = dataset["prompt"][start:start + batch_size]
-            completions += generate(model, tokenizer, list(prompts), length, config)
+        for start in range(0, len(prompts), batch_size):
+            completions += generate(model, tokenizer, list(prompts[start:start + batch_size]), length, config)
     model.train(was_training)
+    return completions
+
+
+def evaluate(model, tokenizer, task: Task, dataset, config=None, completion_length: int | None = None,
+             batch_size: int = 64) -> dict:
+    """Held-out accuracy and mean reward of `model` on `dataset` (decoded with `config`, by default
+    greedy confidence decoding of the task's completion length)."""
+    length = completion_length or task.max_completion_length
+    completions = complete(model, tokenizer, list(dataset["prompt"]), length, config or greedy_config(length),
+                           batch_size)
     columns = {k: list(dataset[k]) for k in task.columns}
     rewards = task.reward(list(dataset["prompt"]), completions, None, **columns)
     accuracy = task.accuracy(completions, **columns)
